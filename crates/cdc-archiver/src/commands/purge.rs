@@ -1,0 +1,79 @@
+//! `cdc-archiver purge`: delete the row versions that checkpoints prove are
+//! archived. Flags and config in, `cdc_purger::purge` does the work.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cdc_common::storage::ArchiveStore;
+use cdc_purger::{PurgeOptions, PurgerConfig};
+use clap::Args;
+use serde::Serialize;
+
+use crate::cli::GlobalArgs;
+
+#[derive(Debug, Args, Serialize)]
+pub struct PurgeArgs {
+    /// Table to purge (`name` or `schema.name`); overrides `purger.table`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Database URL; overrides `purger.database_url`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// Largest rows per DELETE batch; overrides `purger.batch_size`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Rows per second at most; overrides `purger.max_rows_per_second`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_second: Option<u32>,
+    /// Archive URL (file:///dir or s3://bucket/prefix); overrides `purger.storage.url`.
+    #[arg(long)]
+    #[serde(skip)]
+    pub archive_url: Option<String>,
+    /// Report what would be deleted per checkpoint; delete nothing.
+    #[arg(long)]
+    #[serde(skip)]
+    pub dry_run: bool,
+    /// Start even when foreign keys reference the table from unindexed
+    /// columns (every delete then scans the referencing table).
+    #[arg(long)]
+    #[serde(skip)]
+    pub allow_unindexed_foreign_keys: bool,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub summary_json: Option<PathBuf>,
+}
+
+pub async fn run(global: &GlobalArgs, args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = PurgerConfig::load(global.config.as_deref(), &args).context("loading the purger configuration")?;
+    if let Some(url) = &args.archive_url {
+        cfg.storage.url.clone_from(url);
+    }
+    let store = ArchiveStore::open(&cfg.storage).context("opening the archive")?;
+    let crash_after_batches = match std::env::var("CDC_PURGE_CRASH_AFTER_BATCHES") {
+        Ok(v) => Some(v.parse().context("CDC_PURGE_CRASH_AFTER_BATCHES must be a number")?),
+        Err(_) => None,
+    };
+    let opts = PurgeOptions {
+        dry_run: args.dry_run,
+        allow_unindexed_foreign_keys: args.allow_unindexed_foreign_keys,
+        crash_after_batches,
+        progress: true,
+    };
+    let shutdown = cdc_common::shutdown::on_signal();
+    let summary = cdc_purger::purge(&cfg, &store, shutdown, &opts).await?;
+    print!("{}", summary.render());
+    if let Some(path) = &args.summary_json {
+        let json = serde_json::to_vec_pretty(&summary)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    for r in &summary.refused {
+        eprintln!("error: refused {}: {}", r.checkpoint, r.reason);
+    }
+    Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

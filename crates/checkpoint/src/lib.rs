@@ -1,0 +1,696 @@
+//! The checkpoint chain: the archive's record of which Kafka offsets are
+//! safely archived, and in which segment.
+//!
+//! Per `(table, partition)` the sink writes one checkpoint per flushed
+//! offset range, each starting exactly at the previous one's
+//! `last_offset + 1`. Checkpoints are created with a conditional put that
+//! never overwrites, so only one writer can extend a chain at a given
+//! offset: a zombie sink that lost its partition fails with
+//! [`CheckpointError::Conflict`] and must abandon its work. The guarantee
+//! kept here is what the purger relies on before it deletes a row: a chain
+//! read by [`read_chain`] is contiguous (or the read fails with
+//! [`CheckpointError::Broken`]), and a segment is trusted only if a
+//! checkpoint names it and its size and sha256 match
+//! ([`verify_segment`]). Anyone can compute a table's archive watermark
+//! from object storage alone ([`watermark`]).
+
+pub mod key_filter;
+pub mod layout;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cdc_changefeed::Hlc;
+use cdc_common::retry::Retryable;
+use cdc_common::storage::ArchiveStore;
+use futures::TryStreamExt;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The only checkpoint format this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Errors reading or writing the archive's bookkeeping.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The object store failed; retryable when the transport failed.
+    #[error("object store {op} {path}: {source}")]
+    Storage {
+        /// What we were doing (`get`, `put`, `list`, `delete`).
+        op: &'static str,
+        /// The object or prefix.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Another writer already created this checkpoint: the caller lost the
+    /// partition (or is a zombie) and must abandon its buffered work and
+    /// reload the chain. Not retryable.
+    #[error("checkpoint {path} already exists (written by {existing_writer:?}): another sink owns this partition")]
+    Conflict {
+        /// The checkpoint object.
+        path: String,
+        /// Who wrote the existing one, when readable.
+        existing_writer: Option<String>,
+    },
+    /// Two consecutive checkpoints do not join up (gap or overlap), or a
+    /// checkpoint does not match its name. Needs an operator.
+    #[error(
+        "checkpoint chain {table}/p{partition} is broken between {previous} and {next}: {reason}"
+    )]
+    Broken {
+        /// Archive table.
+        table: String,
+        /// Partition.
+        partition: i32,
+        /// The earlier object (or the same object when it contradicts its name).
+        previous: String,
+        /// The later object.
+        next: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// An object is not the JSON we expect.
+    #[error("{path} is not a valid checkpoint/purge record: {source}")]
+    Malformed {
+        /// The object.
+        path: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A checkpoint names a segment that is not in the store.
+    #[error("segment {path} named by a checkpoint is missing")]
+    SegmentMissing {
+        /// The segment path (relative to the archive root).
+        path: String,
+    },
+    /// A segment's size or sha256 differs from what its checkpoint says.
+    #[error("segment {path} is corrupt: expected {expected}, found {actual}")]
+    SegmentCorrupt {
+        /// The segment path (relative to the archive root).
+        path: String,
+        /// `size=… sha256=…` from the checkpoint.
+        expected: String,
+        /// `size=… sha256=…` of the object.
+        actual: String,
+    },
+}
+
+impl Retryable for CheckpointError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            CheckpointError::Storage { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+fn storage<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(object_store::Error) -> CheckpointError + 'a {
+    move |source| CheckpointError::Storage {
+        op,
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// What one checkpoint's offset range contained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counts {
+    /// Kafka messages in the range (all kinds, duplicates included).
+    pub events: u64,
+    /// Rows written to the segment.
+    pub rows_archived: u64,
+    /// Delete events (not archived as rows).
+    pub deletes: u64,
+    /// Row events whose row is not marked archived (not archived as rows).
+    pub not_archived: u64,
+    /// Resolved-timestamp messages.
+    pub resolved: u64,
+    /// Undecodable messages written to the quarantine.
+    pub quarantined: u64,
+}
+
+/// The segment a checkpoint vouches for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRef {
+    /// Path relative to the archive root.
+    pub path: String,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Lowercase hex sha256 of the object.
+    pub sha256: String,
+    /// Records in the segment.
+    pub rows: u64,
+    /// SQL column names of the rows, in segment order.
+    pub columns: Vec<String>,
+}
+
+impl SegmentRef {
+    /// Describes `bytes` uploaded at `path`.
+    pub fn describe(path: String, bytes: &[u8], rows: u64, columns: Vec<String>) -> Self {
+        Self {
+            path,
+            size: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+            rows,
+            columns,
+        }
+    }
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// One link of a partition's chain: offsets `first_offset..=last_offset`
+/// are archived (or accounted for) and need never be read from Kafka again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Always [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Archive table name.
+    pub table: String,
+    /// Kafka topic.
+    pub topic: String,
+    /// Kafka partition.
+    pub partition: i32,
+    /// The topic's partition count when this was written, so the watermark
+    /// can be computed from storage alone.
+    pub partitions: i32,
+    /// First offset covered (inclusive).
+    pub first_offset: i64,
+    /// Last offset covered (inclusive). Every offset in between is
+    /// accounted for in `counts`.
+    pub last_offset: i64,
+    /// The segment, `None` when the range held no archivable row.
+    pub segment: Option<SegmentRef>,
+    /// What the range contained.
+    pub counts: Counts,
+    /// Smallest `updated` of the archived rows.
+    pub min_updated: Option<Hlc>,
+    /// Largest `updated` of the archived rows.
+    pub max_updated: Option<Hlc>,
+    /// Latest resolved timestamp seen in this partition at or before
+    /// `last_offset` (carried forward from the previous checkpoint).
+    pub resolved: Option<Hlc>,
+    /// The sink instance that wrote it.
+    pub writer_id: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Reserved for retrieval (a per-segment key filter); `None` for now.
+    pub key_filter: Option<String>,
+}
+
+impl Checkpoint {
+    /// Path of this checkpoint relative to the archive root.
+    pub fn path(&self) -> String {
+        layout::checkpoint_path(&self.table, self.partition, self.first_offset)
+    }
+
+    /// Pretty JSON, as stored.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a checkpoint always serialises")
+    }
+}
+
+/// The current time as RFC 3339 (UTC, milliseconds).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn get_bytes(store: &ArchiveStore, path: &Path) -> Result<Option<Bytes>, CheckpointError> {
+    match store.store.get(path).await {
+        Ok(r) => Ok(Some(r.bytes().await.map_err(storage("get", path))?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(storage("get", path)(e)),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Result<T, CheckpointError> {
+    serde_json::from_slice(bytes).map_err(|source| CheckpointError::Malformed {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Outcome of a conditional create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// We created the object.
+    Created,
+    /// An identical object was already there (our own earlier attempt whose
+    /// response was lost, or an idempotent repeat).
+    AlreadyThere,
+}
+
+/// Creates `relative` with `body` unless it exists. If it exists with the
+/// same bytes, that is our own earlier attempt: success. Otherwise
+/// returns the existing bytes.
+async fn create_object(
+    store: &ArchiveStore,
+    relative: &str,
+    body: Vec<u8>,
+) -> Result<Result<Created, Bytes>, CheckpointError> {
+    let path = store.path(relative);
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match store
+        .store
+        .put_opts(&path, PutPayload::from(body.clone()), opts)
+        .await
+    {
+        Ok(_) => Ok(Ok(Created::Created)),
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => {
+            let existing = get_bytes(store, &path).await?.unwrap_or_default();
+            if existing.as_ref() == body.as_slice() {
+                Ok(Ok(Created::AlreadyThere))
+            } else {
+                Ok(Err(existing))
+            }
+        }
+        Err(e) => Err(storage("put", &path)(e)),
+    }
+}
+
+/// Creates the checkpoint, never overwriting. An existing different
+/// checkpoint at the same first offset is a [`CheckpointError::Conflict`]:
+/// another writer extended the chain first. Safe to retry: an identical
+/// existing checkpoint (our own lost response) counts as success.
+pub async fn create(
+    store: &ArchiveStore,
+    checkpoint: &Checkpoint,
+) -> Result<Created, CheckpointError> {
+    let relative = checkpoint.path();
+    match create_object(store, &relative, checkpoint.to_json()).await? {
+        Ok(created) => Ok(created),
+        Err(existing) => Err(CheckpointError::Conflict {
+            existing_writer: serde_json::from_slice::<Checkpoint>(&existing)
+                .ok()
+                .map(|c| c.writer_id),
+            path: relative,
+        }),
+    }
+}
+
+/// Reads one checkpoint, `None` if absent.
+pub async fn read(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    first_offset: i64,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let path = store.path(&layout::checkpoint_path(table, partition, first_offset));
+    match get_bytes(store, &path).await? {
+        Some(b) => Ok(Some(parse(&path, &b)?)),
+        None => Ok(None),
+    }
+}
+
+/// Lists the objects under a relative prefix (recursively).
+async fn list(
+    store: &ArchiveStore,
+    prefix: &str,
+) -> Result<Vec<object_store::ObjectMeta>, CheckpointError> {
+    let path = store.path(prefix);
+    store
+        .store
+        .list(Some(&path))
+        .try_collect()
+        .await
+        .map_err(storage("list", &path))
+}
+
+/// First offsets of the checkpoints of one partition, sorted.
+pub async fn list_checkpoints(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<Vec<i64>, CheckpointError> {
+    let mut firsts: Vec<i64> = list(store, &layout::checkpoints_dir(table, partition))
+        .await?
+        .iter()
+        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
+        .collect();
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+/// A partition's checkpoints, sorted and verified contiguous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// Archive table.
+    pub table: String,
+    /// Partition.
+    pub partition: i32,
+    /// The checkpoints in offset order.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+impl Chain {
+    /// The last archived offset, `None` for an empty chain.
+    pub fn end(&self) -> Option<i64> {
+        self.checkpoints.last().map(|c| c.last_offset)
+    }
+
+    /// The first offset of the chain.
+    pub fn start(&self) -> Option<i64> {
+        self.checkpoints.first().map(|c| c.first_offset)
+    }
+
+    /// The last checkpoint.
+    pub fn last(&self) -> Option<&Checkpoint> {
+        self.checkpoints.last()
+    }
+
+    /// The latest resolved timestamp recorded in the chain.
+    pub fn resolved(&self) -> Option<Hlc> {
+        self.checkpoints.iter().rev().find_map(|c| c.resolved)
+    }
+}
+
+/// Checks that `checkpoints` (sorted by first offset, read from `table`/p`partition`)
+/// form a chain. Pure; [`read_chain`] calls it.
+pub fn verify_chain(
+    table: &str,
+    partition: i32,
+    checkpoints: &[Checkpoint],
+) -> Result<(), CheckpointError> {
+    let broken = |prev: &Checkpoint, next: &Checkpoint, reason: String| CheckpointError::Broken {
+        table: table.to_owned(),
+        partition,
+        previous: prev.path(),
+        next: next.path(),
+        reason,
+    };
+    for c in checkpoints {
+        if c.table != table || c.partition != partition || c.last_offset < c.first_offset {
+            return Err(broken(
+                c,
+                c,
+                format!(
+                    "checkpoint says table {:?} partition {} offsets {}..={}",
+                    c.table, c.partition, c.first_offset, c.last_offset
+                ),
+            ));
+        }
+        if c.format_version != FORMAT_VERSION {
+            return Err(broken(
+                c,
+                c,
+                format!("unsupported format_version {}", c.format_version),
+            ));
+        }
+    }
+    for pair in checkpoints.windows(2) {
+        let (prev, next) = (&pair[0], &pair[1]);
+        if next.first_offset != prev.last_offset + 1 {
+            let what = if next.first_offset > prev.last_offset + 1 {
+                "gap"
+            } else {
+                "overlap"
+            };
+            return Err(broken(
+                prev,
+                next,
+                format!(
+                    "{what}: previous ends at {}, next starts at {}",
+                    prev.last_offset, next.first_offset
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and verifies a partition's chain (empty if it has no checkpoint).
+pub async fn read_chain(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<Chain, CheckpointError> {
+    let mut checkpoints = Vec::new();
+    for first in list_checkpoints(store, table, partition).await? {
+        let path = store.path(&layout::checkpoint_path(table, partition, first));
+        let bytes = get_bytes(store, &path)
+            .await?
+            .ok_or_else(|| CheckpointError::Storage {
+                op: "get",
+                path: path.to_string(),
+                source: object_store::Error::NotFound {
+                    path: path.to_string(),
+                    source: "listed but gone".into(),
+                },
+            })?;
+        let c: Checkpoint = parse(&path, &bytes)?;
+        if c.first_offset != first {
+            return Err(CheckpointError::Broken {
+                table: table.to_owned(),
+                partition,
+                previous: path.to_string(),
+                next: path.to_string(),
+                reason: format!("named {first} but first_offset is {}", c.first_offset),
+            });
+        }
+        checkpoints.push(c);
+    }
+    verify_chain(table, partition, &checkpoints)?;
+    Ok(Chain {
+        table: table.to_owned(),
+        partition,
+        checkpoints,
+    })
+}
+
+/// Partitions that have at least one checkpoint, sorted.
+pub async fn partitions(store: &ArchiveStore, table: &str) -> Result<Vec<i32>, CheckpointError> {
+    let prefix = store.path(&layout::checkpoints_root(table));
+    let listing = store
+        .store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(storage("list", &prefix))?;
+    let mut parts: Vec<i32> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().and_then(layout::parse_partition_dir))
+        .collect();
+    parts.sort_unstable();
+    Ok(parts)
+}
+
+/// The latest checkpoint of a partition (by name; not chain-verified).
+pub async fn latest(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    match list_checkpoints(store, table, partition).await?.last() {
+        Some(&first) => read(store, table, partition, first).await,
+        None => Ok(None),
+    }
+}
+
+/// The table's archive watermark: every change at or before it, in every
+/// partition, is archived. The minimum over ALL partitions `0..partitions`
+/// (the count recorded in the checkpoints) of each chain's latest resolved
+/// timestamp; `None` when any partition has none yet.
+pub async fn watermark(store: &ArchiveStore, table: &str) -> Result<Option<Hlc>, CheckpointError> {
+    let mut latest_by_partition = BTreeMap::new();
+    let mut count = 0;
+    for p in partitions(store, table).await? {
+        if let Some(c) = latest(store, table, p).await? {
+            count = count.max(c.partitions);
+            latest_by_partition.insert(p, c.resolved);
+        }
+    }
+    if count == 0 {
+        return Ok(None);
+    }
+    let mut min: Option<Hlc> = None;
+    for p in 0..count {
+        match latest_by_partition.get(&p).copied().flatten() {
+            Some(r) => min = Some(min.map_or(r, |m| m.min(r))),
+            None => return Ok(None),
+        }
+    }
+    Ok(min)
+}
+
+/// Fetches a segment and checks it against its checkpoint's size and
+/// sha256. Only bytes that pass are returned.
+pub async fn verify_segment(
+    store: &ArchiveStore,
+    segment: &SegmentRef,
+) -> Result<Bytes, CheckpointError> {
+    let path = store.path(&segment.path);
+    let bytes = get_bytes(store, &path)
+        .await?
+        .ok_or_else(|| CheckpointError::SegmentMissing {
+            path: segment.path.clone(),
+        })?;
+    let sha = sha256_hex(&bytes);
+    if bytes.len() as u64 != segment.size || sha != segment.sha256 {
+        return Err(CheckpointError::SegmentCorrupt {
+            path: segment.path.clone(),
+            expected: format!("size={} sha256={}", segment.size, segment.sha256),
+            actual: format!("size={} sha256={sha}", bytes.len()),
+        });
+    }
+    Ok(bytes)
+}
+
+/// A segment object that no checkpoint names: never trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// Path relative to the archive root.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the store last modified it.
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// Segments under `<table>/segments/` that no checkpoint names (left by a
+/// crash between upload and checkpoint, or by a zombie writer).
+pub async fn orphans(store: &ArchiveStore, table: &str) -> Result<Vec<Orphan>, CheckpointError> {
+    let mut named = HashSet::new();
+    for p in partitions(store, table).await? {
+        for first in list_checkpoints(store, table, p).await? {
+            if let Some(c) = read(store, table, p, first).await? {
+                if let Some(s) = c.segment {
+                    named.insert(s.path);
+                }
+            }
+        }
+    }
+    let mut out: Vec<Orphan> = list(store, &layout::segments_root(table))
+        .await?
+        .into_iter()
+        .map(|m| Orphan {
+            path: store.relative(&m.location),
+            size: m.size,
+            last_modified: m.last_modified,
+        })
+        .filter(|o| layout::parse_segment_name(&o.path).is_some() && !named.contains(&o.path))
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Deletes the orphans older than `grace` (a younger one may belong to a
+/// sink that is about to write its checkpoint). Returns what was deleted.
+pub async fn clean_orphans(
+    store: &ArchiveStore,
+    table: &str,
+    grace: Duration,
+) -> Result<Vec<Orphan>, CheckpointError> {
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let mut deleted = Vec::new();
+    for o in orphans(store, table).await? {
+        if o.last_modified <= cutoff {
+            let path = store.path(&o.path);
+            match store.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted.push(o),
+                Err(e) => return Err(storage("delete", &path)(e)),
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// What the purger did for one checkpoint (`<table>/purged/p<partition>/<first:020>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRecord {
+    /// Always [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Archive table.
+    pub table: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset of the purged checkpoint (names the record).
+    pub first_offset: i64,
+    /// Last offset of the purged checkpoint.
+    pub last_offset: i64,
+    /// The checkpoint's segment path (`None` for a segment-less checkpoint).
+    pub segment: Option<String>,
+    /// Rows deleted from the source table.
+    pub deleted: u64,
+    /// Rows already gone from the source.
+    pub already_gone: u64,
+    /// Rows that changed since they were archived (kept).
+    pub skipped_changed: u64,
+    /// Rows no longer marked archived (kept).
+    pub skipped_unmarked: u64,
+    /// Always false for a stored record (dry runs store nothing).
+    pub dry_run: bool,
+    /// The purger instance.
+    pub purger_id: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub finished_at: String,
+}
+
+impl PurgeRecord {
+    /// Path relative to the archive root.
+    pub fn path(&self) -> String {
+        layout::purged_path(&self.table, self.partition, self.first_offset)
+    }
+}
+
+/// Outcome of [`write_purge_record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeWrite {
+    /// This record is now stored (or an identical one was).
+    Written,
+    /// A different record already exists: the checkpoint was already purged.
+    AlreadyPurged(Box<PurgeRecord>),
+}
+
+/// Stores a purge record with a conditional create. An existing record
+/// means the checkpoint was already purged: idempotent, not an error.
+pub async fn write_purge_record(
+    store: &ArchiveStore,
+    record: &PurgeRecord,
+) -> Result<PurgeWrite, CheckpointError> {
+    let relative = record.path();
+    let body = serde_json::to_vec_pretty(record).expect("a purge record always serialises");
+    match create_object(store, &relative, body).await? {
+        Ok(_) => Ok(PurgeWrite::Written),
+        Err(existing) => Ok(PurgeWrite::AlreadyPurged(Box::new(parse(
+            &store.path(&relative),
+            &existing,
+        )?))),
+    }
+}
+
+/// Reads the purge record of the checkpoint starting at `first_offset`.
+pub async fn read_purge_record(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    first_offset: i64,
+) -> Result<Option<PurgeRecord>, CheckpointError> {
+    let path = store.path(&layout::purged_path(table, partition, first_offset));
+    match get_bytes(store, &path).await? {
+        Some(b) => Ok(Some(parse(&path, &b)?)),
+        None => Ok(None),
+    }
+}

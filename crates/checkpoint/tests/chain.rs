@@ -1,0 +1,212 @@
+//! Checkpoint chain operations against a real local file system archive and
+//! the stack's S3-compatible server.
+
+use std::time::Duration;
+
+use cdc_changefeed::Hlc;
+use cdc_checkpoint::*;
+use cdc_common::storage::ArchiveStore;
+use object_store::{ObjectStoreExt, PutPayload};
+
+fn checkpoint(
+    table: &str,
+    partition: i32,
+    first: i64,
+    last: i64,
+    resolved: Option<Hlc>,
+    writer: &str,
+) -> Checkpoint {
+    Checkpoint {
+        format_version: FORMAT_VERSION,
+        table: table.into(),
+        topic: format!("topic_{table}"),
+        partition,
+        partitions: 2,
+        first_offset: first,
+        last_offset: last,
+        segment: None,
+        counts: Counts {
+            events: (last - first + 1) as u64,
+            resolved: 1,
+            ..Counts::default()
+        },
+        min_updated: None,
+        max_updated: None,
+        resolved,
+        writer_id: writer.into(),
+        created_at: now_rfc3339(),
+        key_filter: None,
+    }
+}
+
+async fn put(store: &ArchiveStore, relative: &str, bytes: Vec<u8>) {
+    store
+        .store
+        .put(&store.path(relative), PutPayload::from(bytes))
+        .await
+        .unwrap();
+}
+
+async fn chain_ops(store: &ArchiveStore) {
+    let table = cdc_tests::unique("chain");
+    assert_eq!(read_chain(store, &table, 0).await.unwrap().end(), None);
+    assert_eq!(watermark(store, &table).await.unwrap(), None);
+
+    let c0 = checkpoint(&table, 0, 0, 9, Some(Hlc::new(100, 0)), "w1");
+    assert_eq!(create(store, &c0).await.unwrap(), Created::Created);
+    // Retrying the identical create (a lost response) is a success.
+    assert_eq!(create(store, &c0).await.unwrap(), Created::AlreadyThere);
+    // A zombie writing a different checkpoint at the same offset loses.
+    match create(store, &checkpoint(&table, 0, 0, 12, None, "zombie")).await {
+        Err(CheckpointError::Conflict {
+            existing_writer,
+            path,
+        }) => {
+            assert_eq!(existing_writer.as_deref(), Some("w1"));
+            assert_eq!(path, layout::checkpoint_path(&table, 0, 0));
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    let c1 = checkpoint(&table, 0, 10, 19, Some(Hlc::new(300, 1)), "w1");
+    create(store, &c1).await.unwrap();
+    let chain = read_chain(store, &table, 0).await.unwrap();
+    assert_eq!(chain.checkpoints, vec![c0.clone(), c1.clone()]);
+    assert_eq!((chain.start(), chain.end()), (Some(0), Some(19)));
+
+    // Only one of two partitions has a resolved timestamp: no watermark yet.
+    assert_eq!(partitions(store, &table).await.unwrap(), vec![0]);
+    assert_eq!(watermark(store, &table).await.unwrap(), None);
+    create(
+        store,
+        &checkpoint(&table, 1, 5, 7, Some(Hlc::new(200, 0)), "w2"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        watermark(store, &table).await.unwrap(),
+        Some(Hlc::new(200, 0))
+    );
+
+    // A gap breaks the chain and names both objects.
+    create(store, &checkpoint(&table, 0, 25, 30, None, "w1"))
+        .await
+        .unwrap();
+    match read_chain(store, &table, 0).await {
+        Err(CheckpointError::Broken {
+            previous,
+            next,
+            reason,
+            ..
+        }) => {
+            assert_eq!(previous, layout::checkpoint_path(&table, 0, 10));
+            assert_eq!(next, layout::checkpoint_path(&table, 0, 25));
+            assert!(reason.starts_with("gap"), "{reason}");
+        }
+        other => panic!("expected Broken, got {other:?}"),
+    }
+}
+
+async fn segments_and_orphans(store: &ArchiveStore) {
+    let table = cdc_tests::unique("seg");
+    let body = b"segment bytes".to_vec();
+    let path = layout::segment_path(&table, 0, 0, 9, "n1");
+    put(store, &path, body.clone()).await;
+    let orphan_path = layout::segment_path(&table, 0, 0, 9, "n0");
+    put(store, &orphan_path, b"zombie".to_vec()).await;
+    let seg = SegmentRef::describe(path.clone(), &body, 3, vec!["id".into()]);
+    let mut c = checkpoint(&table, 0, 0, 9, None, "w1");
+    c.segment = Some(seg.clone());
+    create(store, &c).await.unwrap();
+
+    assert_eq!(
+        verify_segment(store, &seg).await.unwrap().as_ref(),
+        body.as_slice()
+    );
+    let mut bad = seg.clone();
+    bad.sha256 = sha256_hex(b"other");
+    assert!(matches!(
+        verify_segment(store, &bad).await,
+        Err(CheckpointError::SegmentCorrupt { .. })
+    ));
+    let mut gone = seg.clone();
+    gone.path = layout::segment_path(&table, 0, 0, 9, "missing");
+    assert!(matches!(
+        verify_segment(store, &gone).await,
+        Err(CheckpointError::SegmentMissing { .. })
+    ));
+
+    let orphans = orphans(store, &table).await.unwrap();
+    assert_eq!(
+        orphans.iter().map(|o| o.path.as_str()).collect::<Vec<_>>(),
+        vec![orphan_path.as_str()]
+    );
+    assert_eq!(orphans[0].size, 6);
+    // Inside the grace period nothing is deleted.
+    assert!(clean_orphans(store, &table, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .is_empty());
+    let deleted = clean_orphans(store, &table, Duration::ZERO).await.unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert!(cdc_checkpoint::orphans(store, &table)
+        .await
+        .unwrap()
+        .is_empty());
+    // The trusted segment is still there.
+    verify_segment(store, &seg).await.unwrap();
+}
+
+async fn purge_records(store: &ArchiveStore) {
+    let table = cdc_tests::unique("purge");
+    let rec = PurgeRecord {
+        format_version: FORMAT_VERSION,
+        table: table.clone(),
+        partition: 0,
+        first_offset: 10,
+        last_offset: 19,
+        segment: Some("x.avro".into()),
+        deleted: 5,
+        already_gone: 1,
+        skipped_changed: 2,
+        skipped_unmarked: 0,
+        dry_run: false,
+        purger_id: "p1".into(),
+        started_at: now_rfc3339(),
+        finished_at: now_rfc3339(),
+    };
+    assert_eq!(read_purge_record(store, &table, 0, 10).await.unwrap(), None);
+    assert_eq!(
+        write_purge_record(store, &rec).await.unwrap(),
+        PurgeWrite::Written
+    );
+    assert_eq!(
+        write_purge_record(store, &rec).await.unwrap(),
+        PurgeWrite::Written
+    );
+    let mut other = rec.clone();
+    other.purger_id = "p2".into();
+    assert_eq!(
+        write_purge_record(store, &other).await.unwrap(),
+        PurgeWrite::AlreadyPurged(Box::new(rec.clone()))
+    );
+    assert_eq!(
+        read_purge_record(store, &table, 0, 10).await.unwrap(),
+        Some(rec)
+    );
+}
+
+#[tokio::test]
+async fn local_file_system() {
+    let (store, _dir) = cdc_tests::local_archive();
+    chain_ops(&store).await;
+    segments_and_orphans(&store).await;
+    purge_records(&store).await;
+}
+
+#[tokio::test]
+async fn s3_compatible_server() {
+    let store = cdc_tests::s3_archive(&cdc_tests::unique("ckpt"));
+    chain_ops(&store).await;
+    segments_and_orphans(&store).await;
+    purge_records(&store).await;
+}

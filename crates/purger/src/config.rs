@@ -1,0 +1,189 @@
+//! The purger's settings. One `[purger]` table in the TOML config file,
+//! overridden by `CDC_ARCHIVER_PURGER__*` environment variables, overridden
+//! in turn by command-line flags.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cdc_common::config::ConfigError;
+use cdc_common::ident::TableName;
+use cdc_common::retry::RetryConfig;
+use cdc_common::storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the purger needs. Defaults are documented per field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgerConfig {
+    /// PostgreSQL or CockroachDB connection URL. Default: the local stack,
+    /// `postgres://postgres@127.0.0.1:54329/postgres`.
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    /// The table rows are deleted from, `name` or `schema.name`. Required.
+    pub table: TableName,
+    /// The table's name in the archive (`<archive_table>/checkpoints/…`).
+    /// Default: the table's own name (without schema).
+    #[serde(default)]
+    pub archive_table: Option<String>,
+    /// The boolean column the marker sets; the DELETE keeps `AND <column>`
+    /// so that un-marking a row protects it. Default: `archived`.
+    #[serde(default = "default_archived_column")]
+    pub archived_column: String,
+    /// Largest (and starting) rows per DELETE batch. Default: 500.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// Smallest batch the adaptive sizing shrinks to. Default: 10.
+    #[serde(default = "default_min_batch_size")]
+    pub min_batch_size: u32,
+    /// A batch slower than this shrinks the next one. Default: 500ms.
+    #[serde(default = "default_target_latency", with = "humantime_serde")]
+    pub target_batch_latency: Duration,
+    /// Rows deleted per second at most. Default: unlimited.
+    #[serde(default)]
+    pub max_rows_per_second: Option<u32>,
+    /// Retry policy for SQLSTATE 40001, timeouts and dropped connections.
+    /// Default: 50ms doubling to 5s, 10 retries per batch.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// CockroachDB only: run the session with
+    /// `SET disable_changefeed_replication = true`, so the purger's deletes
+    /// are not emitted by the changefeed (they would otherwise flow back
+    /// to the sink as delete events). Trade-off: a reader of the Kafka
+    /// topic does not see these deletes; the purge records in the archive
+    /// are their audit trail. Default: true.
+    #[serde(default = "default_true")]
+    pub disable_changefeed_replication: bool,
+    /// Where the archive lives. Default: see [`StorageConfig`].
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+fn default_database_url() -> String {
+    "postgres://postgres@127.0.0.1:54329/postgres".to_owned()
+}
+fn default_archived_column() -> String {
+    "archived".to_owned()
+}
+fn default_batch_size() -> u32 {
+    500
+}
+fn default_min_batch_size() -> u32 {
+    10
+}
+fn default_target_latency() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl PurgerConfig {
+    /// A config for `table` with every default.
+    pub fn new(table: TableName) -> Self {
+        Self {
+            database_url: default_database_url(),
+            table,
+            archive_table: None,
+            archived_column: default_archived_column(),
+            batch_size: default_batch_size(),
+            min_batch_size: default_min_batch_size(),
+            target_batch_latency: default_target_latency(),
+            max_rows_per_second: None,
+            retry: RetryConfig::default(),
+            disable_changefeed_replication: true,
+            storage: StorageConfig::default(),
+        }
+    }
+
+    /// The table's directory name in the archive.
+    pub fn archive_table(&self) -> &str {
+        self.archive_table.as_deref().unwrap_or(&self.table.name)
+    }
+
+    /// Loads the `[purger]` table of `file` (if any), then the
+    /// `CDC_ARCHIVER_PURGER__*` environment, then `overrides` (fields set by
+    /// flags; serialize only the ones given). Errors name the field.
+    pub fn load<O: Serialize>(file: Option<&Path>, overrides: &O) -> Result<Self, ConfigError> {
+        let cfg: Self = cdc_common::config::load_section_with(
+            file,
+            "purger",
+            &["database_url", "storage"],
+            overrides,
+        )?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what can be checked without a database.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.batch_size == 0 {
+            return Err(ConfigError {
+                message: "field `purger.batch_size`: must be at least 1".into(),
+            });
+        }
+        if self.max_rows_per_second == Some(0) {
+            return Err(ConfigError {
+                message: "field `purger.max_rows_per_second`: 0 would never delete anything; omit it for no limit".into(),
+            });
+        }
+        cdc_common::ident::validate_ident(&self.archived_column).map_err(|e| ConfigError {
+            message: format!("field `purger.archived_column`: {e}"),
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        batch_size: Option<u32>,
+    }
+
+    #[test]
+    fn loads_the_purger_table_and_flags_override_it() {
+        let dir = tempfile_dir();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[marker]\nanything = 1\n[purger]\ntable = \"public.payments\"\nbatch_size = 100\n[purger.storage]\nurl = \"file:///tmp/x\"\n",
+        )
+        .unwrap();
+        let cfg = PurgerConfig::load(Some(&file), &Flags::default()).unwrap();
+        assert_eq!(cfg.table.to_string(), "public.payments");
+        assert_eq!(cfg.batch_size, 100);
+        assert_eq!(cfg.archive_table(), "payments");
+        assert!(cfg.disable_changefeed_replication);
+        assert_eq!(cfg.storage.url, "file:///tmp/x");
+        let cfg = PurgerConfig::load(
+            Some(&file),
+            &Flags {
+                batch_size: Some(7),
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.batch_size, 7);
+
+        std::fs::write(&file, "[purger]\ntable = \"t\"\nbatch_sise = 5\n").unwrap();
+        let err = PurgerConfig::load(Some(&file), &Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+        std::fs::write(&file, "[purger]\nbatch_size = 5\n").unwrap();
+        let err = PurgerConfig::load(Some(&file), &Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("table"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("cdc-purger-cfg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

@@ -1,0 +1,231 @@
+//! What a purge did, per checkpoint and in total: printed at the end of a
+//! run and written as JSON with `--summary-json`.
+
+use serde::Serialize;
+
+use crate::catalog::Preflight;
+
+/// Row counts of one checkpoint (or of the whole run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RowCounts {
+    /// Archived row versions examined (one per key, the latest).
+    pub rows: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// Dry run: rows that match the guard and would be deleted.
+    pub would_delete: u64,
+    /// Rows no longer in the table.
+    pub already_gone: u64,
+    /// Rows whose current version is not the archived one (kept until the
+    /// newer version is archived).
+    pub skipped_changed: u64,
+    /// Rows whose archived column is no longer true (kept: a legal hold).
+    pub skipped_unmarked: u64,
+    /// Keys whose archived event carries no version (the changefeed must
+    /// run `WITH mvcc_timestamp`; the PostgreSQL changefeed records the
+    /// xid): never deleted. Included in `skipped_changed` of the purge record.
+    pub skipped_no_version: u64,
+}
+
+impl RowCounts {
+    /// Adds `o` to `self`.
+    pub fn add(&mut self, o: &RowCounts) {
+        self.rows += o.rows;
+        self.deleted += o.deleted;
+        self.would_delete += o.would_delete;
+        self.already_gone += o.already_gone;
+        self.skipped_changed += o.skipped_changed;
+        self.skipped_unmarked += o.skipped_unmarked;
+        self.skipped_no_version += o.skipped_no_version;
+    }
+}
+
+/// What happened to one checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStatus {
+    /// Purged now; its purge record is written.
+    Purged,
+    /// A purge record existed already (an earlier run or another purger).
+    AlreadyPurged,
+    /// Dry run: counted, nothing deleted, no record written.
+    DryRun,
+    /// Its segment is missing, corrupt or unreadable: nothing deleted, and
+    /// the partition's later checkpoints were not touched.
+    Refused,
+    /// Shutdown arrived mid-checkpoint: some batches committed, no record
+    /// written; the next run completes it (those rows count as already gone).
+    Interrupted,
+}
+
+/// One checkpoint's line in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointReport {
+    /// Partition.
+    pub partition: i32,
+    /// First offset (names the checkpoint).
+    pub first_offset: i64,
+    /// Last offset.
+    pub last_offset: i64,
+    /// Segment path, if any.
+    pub segment: Option<String>,
+    /// Outcome.
+    pub status: CheckpointStatus,
+    /// Counts (for `already_purged`: the stored record's counts).
+    pub counts: RowCounts,
+}
+
+/// A checkpoint (or chain) the purger would not trust.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    /// Partition.
+    pub partition: i32,
+    /// The checkpoint object (relative path), or the chain for a broken chain.
+    pub checkpoint: String,
+    /// The segment it names, if any.
+    pub segment: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of [`crate::purge`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PurgeSummary {
+    /// The table purged.
+    pub table: String,
+    /// Its name in the archive.
+    pub archive_table: String,
+    /// `postgres` or `cockroach`.
+    pub dialect: cdc_common::db::Dialect,
+    /// Whether nothing was deleted on purpose.
+    pub dry_run: bool,
+    /// This purger instance (also in every purge record it wrote).
+    pub purger_id: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub finished_at: String,
+    /// Totals over the checkpoints processed in this run (already purged
+    /// ones are not added).
+    pub totals: RowCounts,
+    /// Per checkpoint, in partition and chain order.
+    pub checkpoints: Vec<CheckpointReport>,
+    /// Checkpoints refused (segment missing/corrupt, chain broken).
+    pub refused: Vec<Refusal>,
+    /// Foreign keys referencing the table.
+    pub preflight: Preflight,
+    /// DELETE batches committed.
+    pub batches: u64,
+    /// Batch attempts retried (40001, dropped connections, timeouts).
+    pub retries: u64,
+    /// Times the adaptive batch size was cut.
+    pub batch_size_cuts: u64,
+    /// Shutdown was requested before the end.
+    pub interrupted: bool,
+}
+
+impl PurgeSummary {
+    /// True when nothing was refused and the run was not interrupted.
+    pub fn ok(&self) -> bool {
+        self.refused.is_empty() && !self.interrupted
+    }
+}
+
+impl PurgeSummary {
+    /// A plain-text table for the terminal: one line per checkpoint, then
+    /// totals, refusals and the pre-flight findings.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        let _ = writeln!(
+            s,
+            "purge of {} (archive {}){}",
+            self.table,
+            self.archive_table,
+            if self.dry_run { " — DRY RUN" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
+            "part",
+            "first_offset",
+            "last_offset",
+            "status",
+            "rows",
+            verb,
+            "gone",
+            "changed",
+            "unmarked",
+            "no_ver"
+        );
+        for c in &self.checkpoints {
+            let n = &c.counts;
+            let _ = writeln!(
+                s,
+                "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
+                c.partition,
+                c.first_offset,
+                c.last_offset,
+                format!("{:?}", c.status).to_lowercase(),
+                n.rows,
+                if self.dry_run {
+                    n.would_delete
+                } else {
+                    n.deleted
+                },
+                n.already_gone,
+                n.skipped_changed,
+                n.skipped_unmarked,
+                n.skipped_no_version
+            );
+        }
+        let t = &self.totals;
+        let _ = writeln!(
+            s,
+            "total: {} rows, {verb} {}, already gone {}, skipped (changed {}, unmarked {}, no version {}); {} batches, {} retries",
+            t.rows,
+            if self.dry_run { t.would_delete } else { t.deleted },
+            t.already_gone,
+            t.skipped_changed,
+            t.skipped_unmarked,
+            t.skipped_no_version,
+            self.batches,
+            self.retries
+        );
+        for fk in &self.preflight.referencing {
+            if !fk.indexed {
+                let _ = writeln!(
+                    s,
+                    "warning: foreign key {} has no index; fix: {}",
+                    fk.constraint,
+                    fk.create_index()
+                );
+            }
+            if fk.blocks_deletes() {
+                let _ = writeln!(
+                    s,
+                    "note: foreign key {} on {}.{} is ON DELETE {}: parent rows with children fail to delete",
+                    fk.constraint,
+                    fk.child_schema,
+                    fk.child_table,
+                    fk.on_delete.to_uppercase()
+                );
+            }
+        }
+        for r in &self.refused {
+            let _ = writeln!(s, "REFUSED {}: {}", r.checkpoint, r.reason);
+        }
+        if self.interrupted {
+            let _ = writeln!(
+                s,
+                "interrupted: rerun to finish (finished checkpoints are not redone)"
+            );
+        }
+        s
+    }
+}

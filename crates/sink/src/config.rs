@@ -1,0 +1,230 @@
+//! `SinkConfig`: what the `sink` command reads from its TOML file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cdc_common::retry::RetryConfig;
+use cdc_common::storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+
+/// One consumed topic and the archive table it feeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Kafka topic.
+    pub name: String,
+    /// Archive table name (the folder under the archive root). Default: the topic name.
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+impl TopicConfig {
+    /// The archive table name.
+    pub fn table(&self) -> &str {
+        self.table.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Where a partition without any checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPolicy {
+    /// At the earliest offset still in Kafka (the low watermark), which the
+    /// chain's first checkpoint records as its `first_offset`. If retention
+    /// already removed messages, those are knowingly not archived: choosing
+    /// this is the operator's decision. Default.
+    #[default]
+    Earliest,
+    /// Only at offset 0: a fresh chain on a partition whose low watermark
+    /// is above 0 stops with `offset_gap` instead of starting.
+    Zero,
+}
+
+/// Configuration of `cdc-archiver sink`. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Kafka bootstrap servers. Default: `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Consumer group; sinks sharing it share the partitions. Default: `cdc-archiver-sink`.
+    pub group_id: String,
+    /// Topics to archive (`[[topics]] name = "payments"`, optional `table`). Default: none (required).
+    pub topics: Vec<TopicConfig>,
+    /// Boolean column that marks a row as ready to archive; rows where it is
+    /// not `true` are counted (`not_archived`) but not archived. Default: `archived`.
+    pub archived_column: String,
+    /// Flush a partition's buffer at this many rows. Default: 50 000.
+    pub flush_rows: usize,
+    /// Flush a partition's buffer at this many (estimated) bytes. Default: 64 MiB.
+    pub flush_bytes: u64,
+    /// Flush a partition's buffer when its oldest event is this old, even
+    /// without new data (also moves the watermark of resolved-only
+    /// partitions). Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub flush_age: Duration,
+    /// Bound on buffered bytes over all partitions; past it the sink pauses
+    /// consumption and flushes the largest buffers. Default: 128 MiB.
+    pub memory_budget: u64,
+    /// Segments at least this large are uploaded in parts. Default: 16 MiB.
+    pub multipart_threshold: u64,
+    /// Part size of multipart uploads (S3 needs at least 5 MiB). Default: 8 MiB.
+    pub multipart_part_size: u64,
+    /// Start position of a partition that has no chain yet. Default: `earliest`.
+    pub start: StartPolicy,
+    /// The archive. Default: `file:///var/lib/cdc-archiver/archive`.
+    pub storage: StorageConfig,
+    /// Backoff for transient storage errors. Default: see `RetryConfig`.
+    pub retry: RetryConfig,
+    /// Prometheus endpoint; `None` disables it. Default: `127.0.0.1:9464`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Identifies this instance in checkpoints. Default: `<host>-<pid>-<uuid>`.
+    pub writer_id: Option<String>,
+    /// `sink orphans --clean` only deletes orphan segments older than this. Default: 1h.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
+    /// Extra librdkafka consumer properties (e.g. `security.protocol`).
+    /// The ones the sink's guarantees depend on (`enable.auto.commit`,
+    /// `enable.auto.offset.store`, `auto.offset.reset`, `group.id`, `partition.assignment.strategy`)
+    /// cannot be overridden. Default: none.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "cdc-archiver-sink".into(),
+            topics: Vec::new(),
+            archived_column: "archived".into(),
+            flush_rows: 50_000,
+            flush_bytes: 64 << 20,
+            flush_age: Duration::from_secs(30),
+            memory_budget: 128 << 20,
+            multipart_threshold: 16 << 20,
+            multipart_part_size: 8 << 20,
+            start: StartPolicy::Earliest,
+            storage: StorageConfig::default(),
+            retry: RetryConfig::default(),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            writer_id: None,
+            orphan_grace: Duration::from_secs(3600),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// Properties the sink sets itself and refuses to take from `kafka`.
+pub const PROTECTED_KAFKA_KEYS: [&str; 6] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "group.id",
+    "bootstrap.servers",
+    // The rebalance callback implements the eager protocol.
+    "partition.assignment.strategy",
+];
+
+impl SinkConfig {
+    /// The writer id: configured, or `<host>-<pid>-<uuid>`.
+    pub fn writer_id(&self) -> String {
+        self.writer_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "host".into());
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}-{}", std::process::id(), &id[..12])
+        })
+    }
+
+    /// The archive table of `topic`.
+    pub fn table_of(&self, topic: &str) -> Option<&str> {
+        self.topics
+            .iter()
+            .find(|t| t.name == topic)
+            .map(TopicConfig::table)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.topics.is_empty() {
+            return Err("`topics` is empty: add [[topics]] name = \"<topic>\"".into());
+        }
+        if self.flush_rows == 0 || self.flush_bytes == 0 || self.memory_budget == 0 {
+            return Err("flush_rows, flush_bytes and memory_budget must be > 0".into());
+        }
+        if self.archived_column.is_empty() {
+            return Err("archived_column must not be empty".into());
+        }
+        for k in self.kafka.keys() {
+            if PROTECTED_KAFKA_KEYS.contains(&k.as_str()) {
+                return Err(format!(
+                    "kafka.{k} is set by the sink itself and cannot be overridden"
+                ));
+            }
+        }
+        for t in &self.topics {
+            let table = t.table();
+            if table.is_empty() || table.contains('/') || table.starts_with('.') {
+                return Err(format!(
+                    "table name {table:?} of topic {:?} must be a plain folder name",
+                    t.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_defaults_and_validation() {
+        let c = SinkConfig::default();
+        assert_eq!(
+            (c.flush_rows, c.flush_bytes, c.flush_age),
+            (50_000, 64 << 20, Duration::from_secs(30))
+        );
+        assert_eq!(
+            (c.memory_budget, c.archived_column.as_str()),
+            (128 << 20, "archived")
+        );
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(c.validate().unwrap_err().contains("topics"));
+        let mut c = SinkConfig {
+            topics: vec![TopicConfig {
+                name: "payments".into(),
+                table: None,
+            }],
+            ..SinkConfig::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.table_of("payments"), Some("payments"));
+        c.kafka.insert("enable.auto.commit".into(), "true".into());
+        assert!(c.validate().unwrap_err().contains("enable.auto.commit"));
+        c.kafka.clear();
+        c.topics[0].table = Some("../x".into());
+        assert!(c.validate().is_err());
+        let id = c.writer_id();
+        assert!(id.contains(&std::process::id().to_string()), "{id}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<SinkConfig>("flush_rowz = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flush_rowz"), "{err}");
+        let c: SinkConfig =
+            toml::from_str("flush_age = \"2s\"\n[[topics]]\nname = \"t\"\ntable = \"tt\"").unwrap();
+        assert_eq!(
+            (c.flush_age, c.table_of("t")),
+            (Duration::from_secs(2), Some("tt"))
+        );
+    }
+}

@@ -1,0 +1,679 @@
+//! `cdc-archiver sink`: consumes changefeed events from Kafka and archives
+//! them as Avro segments in object storage, each recorded in a checkpoint.
+//!
+//! Guarantee: for every partition, the order of durability is segment
+//! upload -> checkpoint (conditional create, never overwrite) -> Kafka
+//! offset commit, and the checkpoint chain covers every Kafka offset
+//! exactly once with no gap: on assignment the sink resumes at the chain's
+//! end + 1 whatever Kafka's committed offset says, drops redelivered
+//! offsets below it, and stops a partition (loudly, with the metric
+//! `cdc_sink_partition_stopped{reason}`) rather than skip offsets it cannot
+//! account for. A sink that lost its partition cannot extend the chain:
+//! its conditional create fails and it abandons its buffered work.
+
+pub mod config;
+pub mod crash;
+mod kafka;
+pub mod partition;
+mod upload;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::Retryable as _;
+use cdc_changefeed::{decode, Hlc, RawRecord};
+use cdc_checkpoint::key_filter::KeyFilter;
+use cdc_checkpoint::{Checkpoint, CheckpointError, SegmentRef};
+use cdc_common::retry::Retryable;
+use cdc_common::storage::ArchiveStore;
+use cdc_segment::{encode_segment, SegmentMeta};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{SinkConfig, StartPolicy, TopicConfig};
+pub use partition::StopReason;
+
+use crate::kafka::SinkContext;
+use crate::partition::{accept, start_offset, Accept, Outcome, PartitionBuffer, Run};
+
+/// Errors that end the sink. Per-partition problems (gaps, conflicts,
+/// quarantined messages) do not: they are handled per partition.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Invalid configuration.
+    #[error("sink configuration: {0}")]
+    Config(String),
+    /// The archive could not be opened.
+    #[error(transparent)]
+    Storage(#[from] cdc_common::storage::StorageError),
+    /// Kafka client failure.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Checkpoint/object store failure that survived the retries.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A segment could not be encoded.
+    #[error(transparent)]
+    Segment(#[from] cdc_segment::SegmentError),
+    /// A blocking task panicked.
+    #[error("internal task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Retryable for SinkError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Checkpoint(e) => e.is_retryable(),
+            SinkError::Kafka(e) => !matches!(
+                e,
+                KafkaError::ClientCreation(_) | KafkaError::Subscription(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What a sink run did, returned at shutdown.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Segments written.
+    pub segments: u64,
+    /// Rows archived.
+    pub rows: u64,
+    /// Messages quarantined.
+    pub quarantined: u64,
+    /// Partitions stopped: `(topic, partition, reason, message)`.
+    pub stopped: Vec<(String, i32, StopReason, String)>,
+}
+
+enum State {
+    /// Assigned and paused; waiting for the chain to be read.
+    Loading,
+    /// Consuming.
+    Active(Box<PartitionBuffer>),
+    /// Stopped for good (until reassigned).
+    Stopped,
+}
+
+struct Sink {
+    config: SinkConfig,
+    store: ArchiveStore,
+    consumer: Arc<StreamConsumer<SinkContext>>,
+    context: SinkContext,
+    writer_id: String,
+    parts: HashMap<(String, i32), State>,
+    summary: SinkSummary,
+    crash: crash::CrashPoints,
+    /// Set once shutdown began: offset commits become synchronous.
+    shutting_down: bool,
+}
+
+/// Runs the sink until `cancel` fires, then flushes, checkpoints and
+/// commits what is buffered and returns.
+pub async fn run(config: &SinkConfig, cancel: CancellationToken) -> Result<SinkSummary, SinkError> {
+    config.validate().map_err(SinkError::Config)?;
+    let store = ArchiveStore::open(&config.storage)?;
+    let writer_id = config.writer_id();
+    let context = SinkContext::default();
+    let mut cc = ClientConfig::new();
+    for (k, v) in &config.kafka {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Never jump: an out-of-range position is an error we handle.
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "false")
+        // Eager assignors: the rebalance callback assigns/unassigns whole sets.
+        .set("partition.assignment.strategy", "range,roundrobin");
+    if !config.kafka.contains_key("queued.max.messages.kbytes") {
+        // librdkafka's prefetch queue counts against the memory budget.
+        cc.set("queued.max.messages.kbytes", "16384");
+    }
+    let consumer: StreamConsumer<SinkContext> = cc.create_with_context(context.clone())?;
+    let topics: Vec<&str> = config.topics.iter().map(|t| t.name.as_str()).collect();
+    consumer.subscribe(&topics)?;
+    tracing::info!(%writer_id, topics = ?topics, archive = %store.url, "sink started");
+    let mut sink = Sink {
+        config: config.clone(),
+        store,
+        consumer: Arc::new(consumer),
+        context,
+        writer_id,
+        parts: HashMap::new(),
+        summary: SinkSummary::default(),
+        crash: crash::CrashPoints::from_env(),
+        shutting_down: false,
+    };
+    sink.main_loop(&cancel).await?;
+    Ok(sink.summary)
+}
+
+impl Sink {
+    async fn main_loop(&mut self, cancel: &CancellationToken) -> Result<(), SinkError> {
+        let tick_every =
+            (self.config.flush_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.handle_rebalance().await?;
+            let consumer = Arc::clone(&self.consumer);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => self.flush_aged().await?,
+                msg = consumer.recv() => match msg {
+                    Ok(m) => self.on_message(&m).await?,
+                    Err(e) => self.on_kafka_error(&e).await?,
+                },
+            }
+        }
+        tracing::info!("shutting down: flushing buffered partitions");
+        self.shutting_down = true;
+        self.handle_rebalance().await?;
+        let keys: Vec<(String, i32)> = self.parts.keys().cloned().collect();
+        for k in keys {
+            self.flush(&k).await?;
+        }
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Applies recorded assignment changes: drops revoked partitions'
+    /// buffers (the next owner re-reads them) and loads new ones.
+    async fn handle_rebalance(&mut self) -> Result<(), SinkError> {
+        let (assigned, revoked) = {
+            let mut ev = self
+                .context
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                std::mem::take(&mut ev.assigned),
+                std::mem::take(&mut ev.revoked),
+            )
+        };
+        for k in revoked {
+            if let Some(State::Active(b)) = self.parts.remove(&k) {
+                if b.pending_events() > 0 {
+                    tracing::info!(topic = %k.0, partition = k.1, events = b.pending_events(),
+                        "partition revoked: abandoning its unflushed events to the next owner");
+                }
+            }
+            metrics::gauge!("cdc_sink_assigned", "topic" => k.0.clone(), "partition" => k.1.to_string()).set(0.0);
+        }
+        for k in assigned {
+            self.parts.insert(k, State::Loading);
+        }
+        let loading: Vec<(String, i32)> = self
+            .parts
+            .iter()
+            .filter(|(_, s)| matches!(s, State::Loading))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in loading {
+            self.load(k).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the chain, checks it against Kafka's watermarks, seeks to its
+    /// end + 1 and resumes the partition.
+    async fn load(&mut self, key: (String, i32)) -> Result<(), SinkError> {
+        let (topic, partition) = key.clone();
+        let Some(table) = self.config.table_of(&topic).map(str::to_owned) else {
+            self.stop(
+                &key,
+                StopReason::ChainBroken,
+                format!("topic {topic} is not configured"),
+            );
+            return Ok(());
+        };
+        let chain = match (|| cdc_checkpoint::read_chain(&self.store, &table, partition))
+            .retry(self.config.retry.backoff())
+            .when(Retryable::is_retryable)
+            .await
+        {
+            Ok(c) => c,
+            Err(e @ CheckpointError::Broken { .. }) => {
+                self.stop(&key, StopReason::ChainBroken, e.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let consumer = Arc::clone(&self.consumer);
+        let t = topic.clone();
+        let (low, high, count) =
+            tokio::task::spawn_blocking(move || -> Result<(i64, i64, i32), KafkaError> {
+                let timeout = Duration::from_secs(10);
+                let (low, high) = consumer.fetch_watermarks(&t, partition, timeout)?;
+                let md = consumer.fetch_metadata(Some(&t), timeout)?;
+                let count = md.topics().first().map_or(0, |m| m.partitions().len());
+                Ok((low, high, i32::try_from(count).unwrap_or(i32::MAX)))
+            })
+            .await??;
+        let start = match start_offset(chain.end(), low, high, self.config.start) {
+            Ok(s) => s,
+            Err((reason, msg)) => {
+                self.stop(&key, reason, msg);
+                return Ok(());
+            }
+        };
+        self.seek(&topic, partition, start).await?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, partition);
+        self.consumer.resume(&tpl)?;
+        tracing::info!(%topic, partition, %table, start, chain_end = ?chain.end(), low, high, "partition resumed after its chain");
+        metrics::gauge!("cdc_sink_assigned", "topic" => topic.clone(), "partition" => partition.to_string()).set(1.0);
+        let buffer = PartitionBuffer::new(
+            table,
+            topic,
+            partition,
+            count.max(partition + 1),
+            start,
+            chain.resolved(),
+        );
+        self.parts.insert(key, State::Active(Box::new(buffer)));
+        Ok(())
+    }
+
+    /// Seeks, retrying while the partition's fetcher is still starting
+    /// (librdkafka answers `Erroneous state` until it is).
+    async fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<(), SinkError> {
+        let mut attempt = 0;
+        loop {
+            let consumer = Arc::clone(&self.consumer);
+            let t = topic.to_owned();
+            let r = tokio::task::spawn_blocking(move || {
+                consumer.seek(
+                    &t,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(10),
+                )
+            })
+            .await?;
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 100 => {
+                    attempt += 1;
+                    tracing::debug!(topic, partition, offset, error = %e, "seek not accepted yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn stop(&mut self, key: &(String, i32), reason: StopReason, message: String) {
+        tracing::error!(topic = %key.0, partition = key.1, reason = reason.label(), %message,
+            "PARTITION STOPPED: nothing more is archived from it until an operator acts");
+        metrics::gauge!("cdc_sink_partition_stopped", "topic" => key.0.clone(), "partition" => key.1.to_string(),
+            "reason" => reason.label()).set(1.0);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&key.0, key.1);
+        let _ = self.consumer.pause(&tpl);
+        self.parts.insert(key.clone(), State::Stopped);
+        self.summary
+            .stopped
+            .push((key.0.clone(), key.1, reason, message));
+    }
+
+    async fn on_kafka_error(&mut self, e: &KafkaError) -> Result<(), SinkError> {
+        if matches!(
+            e,
+            KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)
+                | KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)
+        ) {
+            // A position fell out of Kafka's range (retention deleted what we
+            // had not archived yet). The error does not say which partition:
+            // re-check every active one against the watermarks.
+            tracing::error!(error = %e, "an offset is out of range; checking every partition for a gap");
+            let keys: Vec<(String, i32)> = self
+                .parts
+                .iter()
+                .filter(|(_, s)| matches!(s, State::Active(_)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                let consumer = Arc::clone(&self.consumer);
+                let (t, p) = k.clone();
+                let (low, _) = tokio::task::spawn_blocking(move || {
+                    consumer.fetch_watermarks(&t, p, Duration::from_secs(10))
+                })
+                .await??;
+                if let Some(State::Active(b)) = self.parts.get(&k) {
+                    if b.expected < low {
+                        let msg = format!(
+                            "next offset {} is below the earliest offset still in Kafka ({low})",
+                            b.expected
+                        );
+                        self.stop(&k, StopReason::OffsetGap, msg);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        tracing::warn!(error = %e, "kafka consumer error");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<(), SinkError> {
+        let key = (m.topic().to_owned(), m.partition());
+        let offset = m.offset();
+        let Some(State::Active(buffer)) = self.parts.get_mut(&key) else {
+            // Not (yet) ours to consume: the seek after loading repositions it.
+            return Ok(());
+        };
+        match accept(buffer.expected, offset) {
+            Accept::Duplicate => {
+                metrics::counter!("cdc_sink_duplicates_dropped_total").increment(1);
+                return Ok(());
+            }
+            Accept::Gap => {
+                let msg = format!(
+                    "expected offset {} but Kafka delivered {offset}",
+                    buffer.expected
+                );
+                self.stop(&key, StopReason::OffsetGap, msg);
+                return Ok(());
+            }
+            Accept::Next => {}
+        }
+        let raw = RawRecord {
+            topic: &key.0,
+            partition: key.1,
+            offset,
+            key: m.key(),
+            value: m.payload(),
+        };
+        let event = match decode(&raw) {
+            Ok(ev) => Ok(ev),
+            Err(err) => {
+                let table = self.config.table_of(&key.0).unwrap_or(&key.0).to_owned();
+                upload::quarantine(
+                    &self.store,
+                    &self.config.retry,
+                    &table,
+                    &err,
+                    &self.writer_id,
+                )
+                .await?;
+                metrics::counter!("cdc_sink_quarantined_total", "table" => table.clone())
+                    .increment(1);
+                self.summary.quarantined += 1;
+                tracing::warn!(%table, partition = key.1, offset, error = %err, "message quarantined");
+                Err(())
+            }
+        };
+        let Some(State::Active(buffer)) = self.parts.get_mut(&key) else {
+            return Ok(());
+        };
+        let outcome = buffer.push(offset, event, &self.config.archived_column);
+        if outcome == Outcome::Archived
+            && (buffer.rows >= self.config.flush_rows || buffer.bytes >= self.config.flush_bytes)
+        {
+            self.flush(&key).await?;
+        }
+        self.enforce_budget().await
+    }
+
+    /// Past the memory budget: pause everything, flush the largest buffers
+    /// until under half the budget, resume.
+    async fn enforce_budget(&mut self) -> Result<(), SinkError> {
+        let total: u64 = self.buffers().map(|b| b.bytes).sum();
+        if total <= self.config.memory_budget {
+            return Ok(());
+        }
+        let assignment = self.consumer.assignment()?;
+        self.consumer.pause(&assignment)?;
+        tracing::info!(
+            buffered = total,
+            budget = self.config.memory_budget,
+            "memory budget reached: consumption paused"
+        );
+        let mut sizes: Vec<((String, i32), u64)> = self
+            .parts
+            .iter()
+            .filter_map(|(k, s)| match s {
+                State::Active(b) => Some((k.clone(), b.bytes)),
+                _ => None,
+            })
+            .collect();
+        sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
+        let mut remaining = total;
+        for (k, bytes) in sizes {
+            if remaining <= self.config.memory_budget / 2 {
+                break;
+            }
+            self.flush(&k).await?;
+            remaining -= bytes;
+        }
+        // Resume only what is still ours and active.
+        let mut tpl = TopicPartitionList::new();
+        for k in self
+            .parts
+            .iter()
+            .filter(|(_, s)| matches!(s, State::Active(_)))
+            .map(|(k, _)| k)
+        {
+            tpl.add_partition(&k.0, k.1);
+        }
+        self.consumer.resume(&tpl)?;
+        Ok(())
+    }
+
+    fn buffers(&self) -> impl Iterator<Item = &PartitionBuffer> {
+        self.parts.values().filter_map(|s| match s {
+            State::Active(b) => Some(b.as_ref()),
+            _ => None,
+        })
+    }
+
+    async fn flush_aged(&mut self) -> Result<(), SinkError> {
+        let total: u64 = self.buffers().map(|b| b.bytes).sum();
+        metrics::gauge!("cdc_sink_buffered_bytes").set(total as f64);
+        let age = self.config.flush_age;
+        let due: Vec<(String, i32)> = self
+            .parts
+            .iter()
+            .filter_map(|(k, s)| match s {
+                State::Active(b) if b.oldest.is_some_and(|t| t.elapsed() >= age) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        for k in due {
+            self.flush(&k).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered run of a partition: segment, then checkpoint,
+    /// then the offset commit.
+    async fn flush(&mut self, key: &(String, i32)) -> Result<(), SinkError> {
+        let Some(State::Active(buffer)) = self.parts.get_mut(key) else {
+            return Ok(());
+        };
+        let runs = buffer.take_runs();
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let (table, topic, partition, partitions) = (
+            buffer.table.clone(),
+            buffer.topic.clone(),
+            buffer.partition,
+            buffer.partitions,
+        );
+        let mut committed_to = None;
+        for run in runs {
+            let last = run.last.expect("taken runs are sealed");
+            match self
+                .write_run(&table, &topic, partition, partitions, run)
+                .await
+            {
+                Ok(()) => committed_to = Some(last + 1),
+                Err(SinkError::Checkpoint(CheckpointError::Conflict {
+                    path,
+                    existing_writer,
+                })) => {
+                    tracing::warn!(%table, partition, %path, ?existing_writer,
+                        "another sink extended this chain first: abandoning buffered work and reloading");
+                    metrics::counter!("cdc_sink_conflicts_total", "table" => table.clone())
+                        .increment(1);
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, partition);
+                    let _ = self.consumer.pause(&tpl);
+                    self.parts.insert(key.clone(), State::Loading);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(next) = committed_to {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+            // A failed commit only costs redelivered (and dropped) duplicates.
+            let mode = if self.shutting_down {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
+            if let Err(e) = self.consumer.commit(&tpl, mode) {
+                tracing::warn!(%topic, partition, error = %e, "offset commit failed");
+            }
+            self.report_lag(&topic, partition, next).await;
+        }
+        Ok(())
+    }
+
+    async fn report_lag(&self, topic: &str, partition: i32, next: i64) {
+        let consumer = Arc::clone(&self.consumer);
+        let t = topic.to_owned();
+        if let Ok(Ok((_, high))) = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&t, partition, Duration::from_secs(5))
+        })
+        .await
+        {
+            metrics::gauge!("cdc_sink_consumer_lag", "topic" => topic.to_owned(), "partition" => partition.to_string())
+                .set((high - next).max(0) as f64);
+        }
+    }
+
+    async fn write_run(
+        &mut self,
+        table: &str,
+        topic: &str,
+        partition: i32,
+        partitions: i32,
+        run: Run,
+    ) -> Result<(), SinkError> {
+        let last = run.last.expect("sealed");
+        let rows = run.rows.len() as u64;
+        let mut key_filter = None;
+        let segment = if run.rows.is_empty() {
+            None
+        } else {
+            let meta = SegmentMeta {
+                table: table.to_owned(),
+                topic: topic.to_owned(),
+                partition,
+                first_offset: run.first,
+                last_offset: last,
+            };
+            let columns: Vec<String> = run.rows[0].columns.iter().map(|(c, _)| c.clone()).collect();
+            // The key filter lets a look-up by key skip this segment.
+            let (body, filter) = tokio::task::spawn_blocking(move || {
+                let filter = KeyFilter::from_key_json(run.rows.iter().map(|r| r.key_json.as_str()));
+                encode_segment(&meta, &run.rows).map(|body| (body, filter.encode()))
+            })
+            .await??;
+            key_filter = Some(filter);
+            let nonce = &uuid::Uuid::new_v4().simple().to_string()[..12];
+            let path =
+                cdc_checkpoint::layout::segment_path(table, partition, run.first, last, nonce);
+            let seg = SegmentRef::describe(path.clone(), &body, rows, columns);
+            upload::put_segment(&self.store, &self.config, &path, body, &mut self.crash).await?;
+            self.crash.hit("after_segment_upload");
+            metrics::counter!("cdc_sink_segments_total", "table" => table.to_owned()).increment(1);
+            metrics::counter!("cdc_sink_segment_bytes_total", "table" => table.to_owned())
+                .increment(seg.size);
+            Some(seg)
+        };
+        let checkpoint = Checkpoint {
+            format_version: cdc_checkpoint::FORMAT_VERSION,
+            table: table.to_owned(),
+            topic: topic.to_owned(),
+            partition,
+            partitions,
+            first_offset: run.first,
+            last_offset: last,
+            segment,
+            counts: run.counts,
+            min_updated: run.min_updated,
+            max_updated: run.max_updated,
+            resolved: run.resolved,
+            writer_id: self.writer_id.clone(),
+            created_at: cdc_checkpoint::now_rfc3339(),
+            key_filter,
+        };
+        (|| cdc_checkpoint::create(&self.store, &checkpoint))
+            .retry(self.config.retry.backoff())
+            .when(Retryable::is_retryable)
+            .await?;
+        self.crash.hit("after_checkpoint");
+        tracing::info!(%table, partition, first = run.first, last, rows, events = run.counts.events,
+            segment = ?checkpoint.segment.as_ref().map(|s| &s.path), "checkpoint written");
+        metrics::counter!("cdc_sink_checkpoints_total", "table" => table.to_owned()).increment(1);
+        metrics::counter!("cdc_sink_rows_archived_total", "table" => table.to_owned())
+            .increment(rows);
+        // Counted per checkpoint, not per message: no registry look-up on the hot path.
+        metrics::counter!("cdc_sink_events_total", "table" => table.to_owned())
+            .increment(run.counts.events);
+        if let Some(r) = run.resolved {
+            metrics::gauge!("cdc_sink_watermark_age_seconds", "table" => table.to_owned(), "partition" => partition.to_string())
+                .set(watermark_age(r));
+        }
+        self.summary.checkpoints += 1;
+        self.summary.rows += rows;
+        self.summary.segments += u64::from(checkpoint.segment.is_some());
+        Ok(())
+    }
+}
+
+fn watermark_age(r: Hlc) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    ((now - r.wall) as f64 / 1e9).max(0.0)
+}
+
+/// Orphan segments of every configured table (`cdc-archiver sink orphans`);
+/// with `clean`, deletes those older than `config.orphan_grace`.
+pub async fn orphans(
+    config: &SinkConfig,
+    clean: bool,
+) -> Result<Vec<(String, cdc_checkpoint::Orphan)>, SinkError> {
+    let store = ArchiveStore::open(&config.storage)?;
+    let mut out = Vec::new();
+    for t in &config.topics {
+        let list = if clean {
+            cdc_checkpoint::clean_orphans(&store, t.table(), config.orphan_grace).await?
+        } else {
+            cdc_checkpoint::orphans(&store, t.table()).await?
+        };
+        out.extend(list.into_iter().map(|o| (t.table().to_owned(), o)));
+    }
+    Ok(out)
+}

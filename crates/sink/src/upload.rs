@@ -1,0 +1,118 @@
+//! Object store writes of the sink: segments (single or multipart) and
+//! quarantine records, with retries for transient errors.
+
+use backon::Retryable as _;
+use base64::Engine as _;
+use bytes::Bytes;
+use cdc_changefeed::DecodeError;
+use cdc_checkpoint::CheckpointError;
+use cdc_common::retry::{RetryConfig, Retryable};
+use cdc_common::storage::ArchiveStore;
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+
+use crate::config::SinkConfig;
+use crate::crash::CrashPoints;
+use crate::SinkError;
+
+fn storage_err<'a>(
+    op: &'static str,
+    path: &'a str,
+) -> impl FnOnce(object_store::Error) -> CheckpointError + 'a {
+    move |source| CheckpointError::Storage {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Uploads a segment; large ones in parts. The name is unique per upload,
+/// so a retry or another writer never replaces a trusted object.
+pub(crate) async fn put_segment(
+    store: &ArchiveStore,
+    config: &SinkConfig,
+    relative: &str,
+    body: Vec<u8>,
+    crash: &mut CrashPoints,
+) -> Result<(), SinkError> {
+    let path = store.path(relative);
+    let body = Bytes::from(body);
+    if (body.len() as u64) < config.multipart_threshold {
+        crash.hit("mid_upload");
+        (|| async { store.store.put(&path, PutPayload::from(body.clone())).await })
+            .retry(config.retry.backoff())
+            .when(Retryable::is_retryable)
+            .await
+            .map_err(storage_err("put", relative))?;
+        return Ok(());
+    }
+    // Multipart: a failed upload is aborted and restarted whole (parts
+    // cannot be re-sent individually through WriteMultipart).
+    let part = usize::try_from(config.multipart_part_size)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let mut attempt = 0;
+    loop {
+        let result: Result<(), object_store::Error> = async {
+            let upload = store.store.put_multipart(&path).await?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
+            for (i, chunk) in body.chunks(part).enumerate() {
+                writer.write(chunk);
+                if i == 0 {
+                    writer.wait_for_capacity(0).await?;
+                    crash.hit("mid_upload");
+                }
+            }
+            writer.finish().await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && attempt < config.retry.max_retries => {
+                attempt += 1;
+                tracing::warn!(path = relative, error = %e, attempt, "multipart upload failed; retrying");
+                tokio::time::sleep(
+                    config.retry.initial_delay * 2u32.saturating_pow(attempt as u32).min(64),
+                )
+                .await;
+            }
+            Err(e) => return Err(storage_err("put_multipart", relative)(e).into()),
+        }
+    }
+}
+
+/// Writes `<table>/quarantine/p<partition>/<offset>.json` with the raw
+/// bytes (base64), the offset and the error.
+pub(crate) async fn quarantine(
+    store: &ArchiveStore,
+    retry: &RetryConfig,
+    table: &str,
+    err: &DecodeError,
+    writer_id: &str,
+) -> Result<(), SinkError> {
+    let b64 = |b: &Option<Vec<u8>>| {
+        b.as_ref()
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+    };
+    let record = serde_json::json!({
+        "table": table,
+        "topic": err.topic,
+        "partition": err.partition,
+        "offset": err.offset,
+        "error": err.to_string(),
+        "key_base64": b64(&err.key),
+        "value_base64": b64(&err.value),
+        "writer_id": writer_id,
+        "created_at": cdc_checkpoint::now_rfc3339(),
+    });
+    let relative = cdc_checkpoint::layout::quarantine_path(table, err.partition, err.offset);
+    let path = store.path(&relative);
+    let body = Bytes::from(serde_json::to_vec_pretty(&record).expect("json"));
+    // Overwrite is fine: the same offset always holds the same bytes.
+    (|| async { store.store.put(&path, PutPayload::from(body.clone())).await })
+        .retry(retry.backoff())
+        .when(Retryable::is_retryable)
+        .await
+        .map_err(storage_err("put", &relative))?;
+    Ok(())
+}
