@@ -28,7 +28,11 @@ fn has_the_pipeline_services() {
     let doc = compose();
     let s = services(&doc);
     for name in ["cockroachdb", "kafka", "minio", "sink", "marker", "purger"] {
-        assert!(s.contains_key(name), "service {name} missing; have {:?}", s.keys());
+        assert!(
+            s.contains_key(name),
+            "service {name} missing; have {:?}",
+            s.keys()
+        );
     }
     // Rangefeeds are a cluster setting, applied by the one-shot setup job
     // once the node is healthy.
@@ -37,12 +41,25 @@ fn has_the_pipeline_services() {
         setup.contains("SET CLUSTER SETTING kv.rangefeed.enabled = true"),
         "CockroachDB must enable rangefeeds"
     );
-    assert!(s["setup"]["depends_on"]["cockroachdb"]["condition"].as_str() == Some("service_healthy"));
+    assert!(
+        s["setup"]["depends_on"]["cockroachdb"]["condition"].as_str() == Some("service_healthy")
+    );
     let kafka = serde_yaml::to_string(&s["kafka"]).unwrap();
-    assert!(kafka.contains("KAFKA_PROCESS_ROLES") && kafka.contains("controller"), "Kafka must run in KRaft mode");
-    assert_eq!(s["sink"]["restart"].as_str(), Some("unless-stopped"), "the sink is long-running");
+    assert!(
+        kafka.contains("KAFKA_PROCESS_ROLES") && kafka.contains("controller"),
+        "Kafka must run in KRaft mode"
+    );
+    assert_eq!(
+        s["sink"]["restart"].as_str(),
+        Some("unless-stopped"),
+        "the sink is long-running"
+    );
     for one_shot in ["marker", "purger"] {
-        assert_eq!(s[one_shot]["restart"].as_str(), Some("no"), "{one_shot} is one-shot");
+        assert_eq!(
+            s[one_shot]["restart"].as_str(),
+            Some("no"),
+            "{one_shot} is one-shot"
+        );
     }
 }
 
@@ -51,8 +68,13 @@ fn every_port_is_loopback_only() {
     let doc = compose();
     for (name, svc) in services(&doc) {
         for port in svc["ports"].as_sequence().cloned().unwrap_or_default() {
-            let p = port.as_str().unwrap_or_else(|| panic!("{name}: write ports as strings"));
-            assert!(p.starts_with("127.0.0.1:"), "{name}: port {p} must be bound to 127.0.0.1");
+            let p = port
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: write ports as strings"));
+            assert!(
+                p.starts_with("127.0.0.1:"),
+                "{name}: port {p} must be bound to 127.0.0.1"
+            );
         }
     }
 }
@@ -64,7 +86,9 @@ fn long_running_services_have_healthchecks_and_jobs_wait_for_them() {
     for (name, svc) in &s {
         let one_shot = svc["restart"].as_str() == Some("no");
         if one_shot {
-            let deps = svc["depends_on"].as_mapping().unwrap_or_else(|| panic!("{name}: depends_on missing"));
+            let deps = svc["depends_on"]
+                .as_mapping()
+                .unwrap_or_else(|| panic!("{name}: depends_on missing"));
             for (dep, cond) in deps {
                 let c = cond["condition"].as_str().unwrap_or("");
                 assert!(
@@ -73,7 +97,10 @@ fn long_running_services_have_healthchecks_and_jobs_wait_for_them() {
                 );
             }
         } else {
-            assert!(svc["healthcheck"]["test"].is_sequence(), "{name} needs a healthcheck");
+            assert!(
+                svc["healthcheck"]["test"].is_sequence(),
+                "{name} needs a healthcheck"
+            );
         }
     }
 }

@@ -17,7 +17,11 @@ use cdc_retrieve::{Query, Selector};
 use tokio_util::sync::CancellationToken;
 
 /// Each row as PostgreSQL prints it, keyed by `(region, id)`.
-async fn snapshot(client: &tokio_postgres::Client, table: &str, filter: &str) -> BTreeMap<(String, i32), Vec<Option<String>>> {
+async fn snapshot(
+    client: &tokio_postgres::Client,
+    table: &str,
+    filter: &str,
+) -> BTreeMap<(String, i32), Vec<Option<String>>> {
     let sql = format!(
         "SELECT region, id, amount::text, happened_at::text, doc::text, encode(blob, 'hex'), note, created::text \
          FROM {} WHERE {filter}",
@@ -119,7 +123,8 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
            url = "{archive_url}""#
     ))
     .unwrap();
-    let run_cfg: cdc_run::RunConfig = toml::from_str("wait_timeout = \"120s\"\npoll_interval = \"200ms\"").unwrap();
+    let run_cfg: cdc_run::RunConfig =
+        toml::from_str("wait_timeout = \"120s\"\npoll_interval = \"200ms\"").unwrap();
 
     let cancel = CancellationToken::new();
     let feed = tokio::spawn({
@@ -136,24 +141,45 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
             .await
             .unwrap()
             .get(0);
         if n == 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the changefeed did not create its slot within 60s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changefeed did not create its slot within 60s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let plan = cdc_run::TablePlan { database_url: pg_url.clone(), marker, purger };
-    let report = cdc_run::run_once(std::slice::from_ref(&plan), &run_cfg, &archive, &CancellationToken::new()).await;
+    let plan = cdc_run::TablePlan {
+        database_url: pg_url.clone(),
+        marker,
+        purger,
+    };
+    let report = cdc_run::run_once(
+        std::slice::from_ref(&plan),
+        &run_cfg,
+        &archive,
+        &CancellationToken::new(),
+    )
+    .await;
 
     // Retrieve everything archived before stopping the pipeline's tasks.
     let (found, stats) = cdc_retrieve::retrieve(
         &archive,
-        &Query { table: table.clone(), selector: Selector::KeyPrefix(vec![]), all_versions: false, limit: None },
+        &Query {
+            table: table.clone(),
+            selector: Selector::KeyPrefix(vec![]),
+            all_versions: false,
+            limit: None,
+        },
     )
     .await
     .unwrap();
@@ -161,17 +187,27 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
     cancel.cancel();
     let feed_result = tokio::time::timeout(Duration::from_secs(60), feed).await;
     let sink_result = tokio::time::timeout(Duration::from_secs(60), sink).await;
-    let _ = client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await;
+    let _ = client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await;
 
     // On failure, show what the archive holds.
     let mut chains = String::new();
-    for p in cdc_checkpoint::partitions(&archive, &table).await.unwrap_or_default() {
+    for p in cdc_checkpoint::partitions(&archive, &table)
+        .await
+        .unwrap_or_default()
+    {
         if let Ok(chain) = cdc_checkpoint::read_chain(&archive, &table, p).await {
             for c in chain.checkpoints {
                 chains.push_str(&format!(
                     "p{p} {}..{} rows {} events {} not_archived {} resolved {:?} created {}\n",
-                    c.first_offset, c.last_offset, c.counts.rows_archived, c.counts.events,
-                    c.counts.not_archived, c.resolved, c.created_at
+                    c.first_offset,
+                    c.last_offset,
+                    c.counts.rows_archived,
+                    c.counts.events,
+                    c.counts.not_archived,
+                    c.resolved,
+                    c.created_at
                 ));
             }
         }
@@ -184,11 +220,20 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
     let n = eligible.len() as u64;
     assert_eq!(t.eligible, Some(n), "{diag}");
     assert_eq!(mark.rows_marked, n, "{diag}");
-    assert_eq!(t.archived, n, "every marked row version archived once: {diag}");
+    assert_eq!(
+        t.archived, n,
+        "every marked row version archived once: {diag}"
+    );
     assert_eq!(purge.totals.deleted, n, "{diag}");
-    assert_eq!(purge.totals.skipped_changed + purge.totals.skipped_unmarked + purge.totals.already_gone, 0);
+    assert_eq!(
+        purge.totals.skipped_changed + purge.totals.skipped_unmarked + purge.totals.already_gone,
+        0
+    );
     assert_eq!(t.verify.as_ref().unwrap().rows_still_marked, 0);
-    assert!(feed_result.is_ok() && sink_result.is_ok(), "changefeed and sink stop on the shutdown signal");
+    assert!(
+        feed_result.is_ok() && sink_result.is_ok(),
+        "changefeed and sink stop on the shutdown signal"
+    );
 
     // The table holds exactly the recent rows, untouched.
     let remaining = snapshot(&client, &table, "true").await;
@@ -197,11 +242,23 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
     // Every deleted row is in the archive with identical values.
     assert_eq!(found.len(), eligible.len(), "{stats:?}");
     for f in &found {
-        let cols: BTreeMap<&str, &Value> = f.row.columns.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let key = (cols["region"].as_str().unwrap().to_owned(), cols["id"].to_json_text().parse::<i32>().unwrap());
+        let cols: BTreeMap<&str, &Value> =
+            f.row.columns.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let key = (
+            cols["region"].as_str().unwrap().to_owned(),
+            cols["id"].to_json_text().parse::<i32>().unwrap(),
+        );
         let want = &eligible[&key];
-        assert_eq!(text_of(cols["amount"]), want[0], "exact NUMERIC text for {key:?}");
-        assert_eq!(text_of(cols["note"]), want[4], "text with quotes and non-ASCII for {key:?}");
+        assert_eq!(
+            text_of(cols["amount"]),
+            want[0],
+            "exact NUMERIC text for {key:?}"
+        );
+        assert_eq!(
+            text_of(cols["note"]),
+            want[4],
+            "text with quotes and non-ASCII for {key:?}"
+        );
         assert_eq!(text_of(cols["created"]), want[5]);
         match (&want[2], cols["doc"]) {
             (None, v) => assert!(v.is_null()),
@@ -213,11 +270,22 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         }
         match (&want[3], cols["blob"]) {
             (None, v) => assert!(v.is_null()),
-            (Some(hex), v) => assert_eq!(v.as_str(), Some(format!("\\x{hex}").as_str()), "BYTEA for {key:?}"),
+            (Some(hex), v) => assert_eq!(
+                v.as_str(),
+                Some(format!("\\x{hex}").as_str()),
+                "BYTEA for {key:?}"
+            ),
         }
-        assert_eq!(cols["happened_at"].is_null(), want[1].is_none(), "TIMESTAMPTZ NULLs for {key:?}");
+        assert_eq!(
+            cols["happened_at"].is_null(),
+            want[1].is_none(),
+            "TIMESTAMPTZ NULLs for {key:?}"
+        );
         assert_eq!(cols["archived"], &Value::Bool(true));
-        assert!(f.row.pg_xid.is_some(), "the version guard's transaction id is archived");
+        assert!(
+            f.row.pg_xid.is_some(),
+            "the version guard's transaction id is archived"
+        );
     }
 
     // Restore puts every row back exactly as it was (archived flag reset).
@@ -228,12 +296,23 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         keep_archived_flag: false,
         batch_size: 50,
     };
-    let restored = cdc_retrieve::restore(&mut client, &found, &opts).await.unwrap();
+    let restored = cdc_retrieve::restore(&mut client, &found, &opts)
+        .await
+        .unwrap();
     assert_eq!(restored.inserted, n);
-    let again = cdc_retrieve::restore(&mut client, &found, &opts).await.unwrap();
-    assert_eq!((again.inserted, again.already_present), (0, n), "restore is idempotent");
+    let again = cdc_retrieve::restore(&mut client, &found, &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.inserted, again.already_present),
+        (0, n),
+        "restore is idempotent"
+    );
     let after = snapshot(&client, &table, "created < now() - interval '60 days'").await;
-    assert_eq!(after, eligible, "restored rows are identical to the originals");
+    assert_eq!(
+        after, eligible,
+        "restored rows are identical to the originals"
+    );
     let marked: i64 = client
         .query_one(&format!("SELECT count(*) FROM {qt} WHERE archived"), &[])
         .await
@@ -241,5 +320,8 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         .get(0);
     assert_eq!(marked, 0, "restored rows are not re-marked for archiving");
 
-    client.batch_execute(&format!("DROP TABLE {qt}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {qt}"))
+        .await
+        .unwrap();
 }

@@ -25,9 +25,17 @@ async fn produce_consume_commit_round_trip() {
         let key = format!("[{i}]");
         let value = format!("{{\"after\": {{\"id\": {i}}}}}");
         producer
-            .send(FutureRecord::to(&topic).key(&key).payload(&value).partition(0), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&value)
+                    .partition(0),
+                Duration::from_secs(30),
+            )
             .await
-            .unwrap_or_else(|(e, _)| panic!("produce to {brokers} failed ({e}): run `scripts/stack up`"));
+            .unwrap_or_else(|(e, _)| {
+                panic!("produce to {brokers} failed ({e}): run `scripts/stack up`")
+            });
     }
 
     let group = cdc_tests::unique("smoke_group");
@@ -46,20 +54,36 @@ async fn produce_consume_commit_round_trip() {
             .await
             .expect("no message within 60s from the consumer group")
             .expect("consume");
-        seen.push((msg.offset(), String::from_utf8(msg.key().unwrap().to_vec()).unwrap()));
+        seen.push((
+            msg.offset(),
+            String::from_utf8(msg.key().unwrap().to_vec()).unwrap(),
+        ));
     }
     let keys: Vec<_> = seen.iter().map(|(_, k)| k.clone()).collect();
     assert_eq!(keys, (0..10).map(|i| format!("[{i}]")).collect::<Vec<_>>());
-    assert_eq!(seen.iter().map(|(o, _)| *o).collect::<Vec<_>>(), (0..10).collect::<Vec<i64>>());
+    assert_eq!(
+        seen.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<i64>>()
+    );
 
     // Commit "next offset to read" = 7, as a sink would after archiving 0..=6.
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(7)).unwrap();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(7))
+        .unwrap();
     consumer.commit(&tpl, CommitMode::Sync).expect("commit");
 
     let mut query = TopicPartitionList::new();
     query.add_partition(&topic, 0);
-    let committed = consumer.committed_offsets(query, Duration::from_secs(10)).expect("committed offsets");
-    let off = committed.find_partition(&topic, 0).expect("partition").offset();
-    assert_eq!(off, Offset::Offset(7), "the committed offset must read back");
+    let committed = consumer
+        .committed_offsets(query, Duration::from_secs(10))
+        .expect("committed offsets");
+    let off = committed
+        .find_partition(&topic, 0)
+        .expect("partition")
+        .offset();
+    assert_eq!(
+        off,
+        Offset::Offset(7),
+        "the committed offset must read back"
+    );
 }

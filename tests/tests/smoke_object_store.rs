@@ -9,10 +9,25 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 async fn round_trip(archive: &ArchiveStore) {
     let a = archive.path("smoke/segments/p0/00000000000000000000.avro");
     let b = archive.path("smoke/segments/p0/00000000000000000010.avro");
-    archive.store.put(&a, PutPayload::from_static(b"first")).await.expect("put a");
-    archive.store.put(&b, PutPayload::from_static(b"second")).await.expect("put b");
+    archive
+        .store
+        .put(&a, PutPayload::from_static(b"first"))
+        .await
+        .expect("put a");
+    archive
+        .store
+        .put(&b, PutPayload::from_static(b"second"))
+        .await
+        .expect("put b");
 
-    let got = archive.store.get(&a).await.expect("get").bytes().await.expect("body");
+    let got = archive
+        .store
+        .get(&a)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
     assert_eq!(got.as_ref(), b"first");
 
     let listed: Vec<_> = archive
@@ -32,11 +47,18 @@ async fn round_trip(archive: &ArchiveStore) {
         ]
     );
 
-    let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
     let c = archive.path("smoke/checkpoints/p0/00000000000000000000.json");
     archive
         .store
-        .put_opts(&c, PutPayload::from_static(b"{\"writer\":\"one\"}"), create.clone())
+        .put_opts(
+            &c,
+            PutPayload::from_static(b"{\"writer\":\"one\"}"),
+            create.clone(),
+        )
         .await
         .expect("first conditional create succeeds");
     let second = archive
@@ -47,8 +69,19 @@ async fn round_trip(archive: &ArchiveStore) {
         matches!(second, Err(object_store::Error::AlreadyExists { .. })),
         "a second conditional create must be refused, got {second:?}"
     );
-    let kept = archive.store.get(&c).await.expect("get checkpoint").bytes().await.expect("body");
-    assert_eq!(kept.as_ref(), b"{\"writer\":\"one\"}", "the first writer's object must survive");
+    let kept = archive
+        .store
+        .get(&c)
+        .await
+        .expect("get checkpoint")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(
+        kept.as_ref(),
+        b"{\"writer\":\"one\"}",
+        "the first writer's object must survive"
+    );
 }
 
 #[tokio::test]
@@ -62,15 +95,24 @@ async fn s3_server_round_trip() {
     let archive = cdc_tests::s3_archive(&cdc_tests::unique("smoke"));
     // A clear failure when the server is down, instead of a retry storm.
     let probe = reqwest_like_probe(&cdc_tests::s3_endpoint()).await;
-    assert!(probe, "the S3-compatible server at {} does not answer: run `scripts/stack up`", cdc_tests::s3_endpoint());
+    assert!(
+        probe,
+        "the S3-compatible server at {} does not answer: run `scripts/stack up`",
+        cdc_tests::s3_endpoint()
+    );
     round_trip(&archive).await;
 }
 
 async fn reqwest_like_probe(endpoint: &str) -> bool {
-    let addr = endpoint.trim_start_matches("http://").trim_start_matches("https://");
+    let addr = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
     let addr = addr.split('/').next().unwrap_or(addr).to_owned();
-    tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false)
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map(|r| r.is_ok())
+    .unwrap_or(false)
 }

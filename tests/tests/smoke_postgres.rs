@@ -4,8 +4,15 @@
 #[tokio::test]
 async fn wal2json_slot_sees_an_update() {
     let client = cdc_tests::pg().await;
-    let wal: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
-    assert_eq!(wal, "logical", "the stack's PostgreSQL must run with wal_level=logical");
+    let wal: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        wal, "logical",
+        "the stack's PostgreSQL must run with wal_level=logical"
+    );
 
     let table = cdc_tests::unique("smoke_pg");
     let slot = cdc_tests::unique("smoke_slot");
@@ -18,13 +25,19 @@ async fn wal2json_slot_sees_an_update() {
         .await
         .unwrap();
     client
-        .execute("SELECT pg_create_logical_replication_slot($1, 'wal2json')", &[&slot])
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'wal2json')",
+            &[&slot],
+        )
         .await
         .expect("create a wal2json slot (is postgresql-NN-wal2json installed?)");
 
     let result = async {
         client
-            .execute(&format!("UPDATE {qt} SET archived = true WHERE id = $1"), &[&1i32])
+            .execute(
+                &format!("UPDATE {qt} SET archived = true WHERE id = $1"),
+                &[&1i32],
+            )
             .await?;
         let add_tables = format!("public.{table}");
         client
@@ -37,12 +50,20 @@ async fn wal2json_slot_sees_an_update() {
     }
     .await;
     // Slots pin WAL: always drop it, then check.
-    client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
-    client.batch_execute(&format!("DROP TABLE {qt}")).await.unwrap();
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {qt}"))
+        .await
+        .unwrap();
 
     let rows = result.expect("read changes");
-    let changes: Vec<serde_json::Value> =
-        rows.iter().map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap()).collect();
+    let changes: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .collect();
     let updates: Vec<_> = changes.iter().filter(|c| c["action"] == "U").collect();
     assert_eq!(updates.len(), 1, "exactly one update in {changes:?}");
     let u = updates[0];
@@ -51,5 +72,7 @@ async fn wal2json_slot_sees_an_update() {
     let find = |name: &str| cols.iter().find(|c| c["name"] == name).unwrap()["value"].clone();
     assert_eq!(find("id"), serde_json::json!(1));
     assert_eq!(find("archived"), serde_json::json!(true));
-    assert!(changes.iter().any(|c| c["action"] == "B") && changes.iter().any(|c| c["action"] == "C"));
+    assert!(
+        changes.iter().any(|c| c["action"] == "B") && changes.iter().any(|c| c["action"] == "C")
+    );
 }

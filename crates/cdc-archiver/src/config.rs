@@ -40,7 +40,8 @@ struct TopLevel {
 /// no stage reads.
 pub fn check_top_level(file: Option<&Path>) -> anyhow::Result<()> {
     let Some(path) = file else { return Ok(()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str::<TopLevel>(&text).with_context(|| {
         format!(
             "config file {}: the top level may hold database_url, brokers and the sections \
@@ -76,13 +77,18 @@ mod tests {
             assert!(markers[0].cutoff.is_some());
             let purger = cdc_purger::PurgerConfig::load(f, &serde_json::json!({})).unwrap();
             assert_eq!(purger.table.name, "payments");
-            let _: cdc_common::storage::StorageConfig = cdc_common::config::load_section(f, "storage", &[]).unwrap();
+            let _: cdc_common::storage::StorageConfig =
+                cdc_common::config::load_section(f, "storage", &[]).unwrap();
             let run: cdc_run::RunConfig = cdc_common::config::load_section(f, "run", &[]).unwrap();
             assert_eq!(run.wait_timeout, std::time::Duration::from_secs(600));
         }
         let f = file("example.toml");
-        let pg: cdc_pg_changefeed::PgChangefeedConfig =
-            cdc_common::config::load_section(Some(&f), "pg_changefeed", &["database_url", "brokers"]).unwrap();
+        let pg: cdc_pg_changefeed::PgChangefeedConfig = cdc_common::config::load_section(
+            Some(&f),
+            "pg_changefeed",
+            &["database_url", "brokers"],
+        )
+        .unwrap();
         assert_eq!(pg.tables[0].filter_column.as_deref(), Some("archived"));
     }
 

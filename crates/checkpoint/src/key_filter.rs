@@ -74,10 +74,16 @@ impl KeyFilter {
     pub fn with_capacity(expected: usize) -> Self {
         let n = expected.max(1) as f64;
         let ln2 = std::f64::consts::LN_2;
-        let m = (-(n * FALSE_POSITIVE_RATE.ln()) / (ln2 * ln2)).ceil().max(64.0) as u64;
+        let m = (-(n * FALSE_POSITIVE_RATE.ln()) / (ln2 * ln2))
+            .ceil()
+            .max(64.0) as u64;
         let k = ((m as f64 / n) * ln2).round().clamp(1.0, 16.0) as u32;
         let m = m.div_ceil(8) * 8;
-        Self { k, bits: vec![0; (m / 8) as usize], m }
+        Self {
+            k,
+            bits: vec![0; (m / 8) as usize],
+            m,
+        }
     }
 
     /// Builds a filter holding every key in `keys` (canonical texts).
@@ -114,7 +120,8 @@ impl KeyFilter {
 
     /// `false` only if the key is certainly not in the segment.
     pub fn may_contain(&self, key: &str) -> bool {
-        self.probes(key).all(|bit| self.bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
+        self.probes(key)
+            .all(|bit| self.bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
     }
 
     /// The text stored in a checkpoint's `key_filter`.
@@ -137,7 +144,9 @@ impl KeyFilter {
         }
         let k: u32 = parts.next()?.parse().ok()?;
         let m: u64 = parts.next()?.parse().ok()?;
-        let bits = base64::engine::general_purpose::STANDARD.decode(parts.next()?).ok()?;
+        let bits = base64::engine::general_purpose::STANDARD
+            .decode(parts.next()?)
+            .ok()?;
         if k == 0 || m == 0 || bits.len() as u64 * 8 != m {
             return None;
         }
@@ -150,7 +159,10 @@ mod tests {
     use super::*;
 
     fn key(i: usize) -> String {
-        canonical_key(&[Value::String(format!("2025-06-{:02}", i % 28 + 1)), Value::String(format!("id-{i}"))])
+        canonical_key(&[
+            Value::String(format!("2025-06-{:02}", i % 28 + 1)),
+            Value::String(format!("id-{i}")),
+        ])
     }
 
     #[test]
@@ -185,7 +197,10 @@ mod tests {
     fn canonical_key_ignores_spacing_but_keeps_exact_numbers() {
         let a = canonical_key(&[Value::String("a".into()), Value::Number("1250.00".into())]);
         assert_eq!(a, r#"["a",1250.00]"#);
-        assert_ne!(a, canonical_key(&[Value::String("a".into()), Value::Number("1250".into())]));
+        assert_ne!(
+            a,
+            canonical_key(&[Value::String("a".into()), Value::Number("1250".into())])
+        );
     }
 
     #[test]
@@ -194,7 +209,9 @@ mod tests {
         // computed by an independent implementation of the module docs'
         // specification (a dozen lines of Python with hashlib), not by
         // this code.
-        let f = KeyFilter::from_keys([r#"["2025-06-10","8a1f5c3e-2b7d-4e41-9c0a-5d6e7f809a1b"]"#].into_iter());
+        let f = KeyFilter::from_keys(
+            [r#"["2025-06-10","8a1f5c3e-2b7d-4e41-9c0a-5d6e7f809a1b"]"#].into_iter(),
+        );
         assert_eq!(f.encode(), "bloom1:16:64:ERERQURERBQ=");
     }
 }

@@ -31,7 +31,11 @@ impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
         let mut parts = Vec::new();
         for err in e {
-            let path = if err.path.is_empty() { "(top level)".to_owned() } else { err.path.join(".") };
+            let path = if err.path.is_empty() {
+                "(top level)".to_owned()
+            } else {
+                err.path.join(".")
+            };
             let origin = err
                 .metadata
                 .as_ref()
@@ -39,7 +43,9 @@ impl From<figment::Error> for ConfigError {
                 .unwrap_or_default();
             parts.push(format!("field `{path}`{origin}: {}", err.kind));
         }
-        ConfigError { message: parts.join("; ") }
+        ConfigError {
+            message: parts.join("; "),
+        }
     }
 }
 
@@ -55,10 +61,14 @@ pub fn figment<T: Serialize + Default>(file: Option<&Path>) -> Figment {
 }
 
 /// Loads `T` from defaults, the file and the environment.
-pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, ConfigError> {
+pub fn load<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+) -> Result<T, ConfigError> {
     if let Some(p) = file {
         if !p.exists() {
-            return Err(ConfigError { message: format!("config file {} does not exist", p.display()) });
+            return Err(ConfigError {
+                message: format!("config file {} does not exist", p.display()),
+            });
         }
     }
     Ok(figment::<T>(file).extract()?)
@@ -72,7 +82,9 @@ pub const SHARED_KEYS: &[&str] = &["database_url", "brokers", "storage"];
 fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
     if let Some(p) = file {
         if !p.exists() {
-            return Err(ConfigError { message: format!("config file {} does not exist", p.display()) });
+            return Err(ConfigError {
+                message: format!("config file {} does not exist", p.display()),
+            });
         }
     }
     let mut f = Figment::new();
@@ -94,7 +106,9 @@ fn with_shared(base: &Figment, shared: &[&str], section: Figment) -> Figment {
 
 fn in_section(name: &str, e: figment::Error) -> ConfigError {
     let e = ConfigError::from(e);
-    ConfigError { message: e.message.replace("field `", &format!("field `{name}.")) }
+    ConfigError {
+        message: e.message.replace("field `", &format!("field `{name}.")),
+    }
 }
 
 /// Loads the `[name]` section of a multi-section config file as `T`
@@ -132,9 +146,7 @@ pub fn load_section_list<T: DeserializeOwned>(
 ) -> Result<Vec<T>, ConfigError> {
     let base = base(file)?;
     let items: Vec<figment::value::Value> = match base.find_value(name) {
-        Ok(v) => v
-            .deserialize()
-            .map_err(|e| in_section(name, e))?,
+        Ok(v) => v.deserialize().map_err(|e| in_section(name, e))?,
         Err(_) => return Ok(Vec::new()),
     };
     items
@@ -189,13 +201,24 @@ mod tests {
         )
         .unwrap();
         let p: Section = load_section(Some(&file), "purger", &["database_url"]).unwrap();
-        assert_eq!(p, Section { database_url: "postgres://top".into(), batch_size: 3 });
+        assert_eq!(
+            p,
+            Section {
+                database_url: "postgres://top".into(),
+                batch_size: 3
+            }
+        );
         let m: Vec<Section> = load_section_list(Some(&file), "marker", &["database_url"]).unwrap();
         assert_eq!(m[0].database_url, "postgres://top");
         assert_eq!(m[1].database_url, "postgres://own");
         std::fs::write(&file, "[purger]\nbatch_sise = 3\n").unwrap();
-        let err = load_section::<Section>(Some(&file), "purger", &[]).unwrap_err().to_string();
-        assert!(err.contains("purger.") && err.contains("batch_sise"), "{err}");
+        let err = load_section::<Section>(Some(&file), "purger", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("purger.") && err.contains("batch_sise"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -61,7 +61,13 @@ pub fn redact_url(url: &str) -> String {
         // Key/value connection strings: drop any password=... pair.
         Err(_) => url
             .split_whitespace()
-            .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+            .map(|kv| {
+                if kv.starts_with("password=") {
+                    "password=***"
+                } else {
+                    kv
+                }
+            })
             .collect::<Vec<_>>()
             .join(" "),
     }
@@ -76,10 +82,13 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, DbErro
         source,
     })?;
     config.application_name(application_name);
-    let (client, connection) = config.connect(NoTls).await.map_err(|source| DbError::Connect {
-        redacted_url: redact_url(url),
-        source,
-    })?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|source| DbError::Connect {
+            redacted_url: redact_url(url),
+            source,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "database connection ended");
@@ -102,7 +111,9 @@ mod tests {
     #[test]
     fn dialect_from_version() {
         assert_eq!(
-            Dialect::from_version_string("CockroachDB CCL v24.1.0 (x86_64-pc-linux-gnu, built 2024/05/15)"),
+            Dialect::from_version_string(
+                "CockroachDB CCL v24.1.0 (x86_64-pc-linux-gnu, built 2024/05/15)"
+            ),
             Dialect::Cockroach
         );
         assert_eq!(
@@ -113,8 +124,14 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact_url("host=h password=secret user=u"), "host=h password=*** user=u");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("host=h password=secret user=u"),
+            "host=h password=*** user=u"
+        );
         assert!(!redact_url("postgresql://root:hunter2@localhost/x").contains("hunter2"));
     }
 }

@@ -54,8 +54,14 @@ impl TableName {
             validate_ident(p)?;
         }
         match parts.len() {
-            1 => Ok(Self { schema: None, name: parts[0].clone() }),
-            2 => Ok(Self { schema: Some(parts[0].clone()), name: parts[1].clone() }),
+            1 => Ok(Self {
+                schema: None,
+                name: parts[0].clone(),
+            }),
+            2 => Ok(Self {
+                schema: Some(parts[0].clone()),
+                name: parts[1].clone(),
+            }),
             _ => Err(InvalidIdent(text.to_owned())),
         }
     }
@@ -149,7 +155,10 @@ mod tests {
     fn quotes_hostile_names() {
         assert_eq!(quote_ident("payments"), "\"payments\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("Robert'); DROP TABLE x;--"), "\"Robert'); DROP TABLE x;--\"");
+        assert_eq!(
+            quote_ident("Robert'); DROP TABLE x;--"),
+            "\"Robert'); DROP TABLE x;--\""
+        );
     }
 
     #[test]

@@ -57,8 +57,10 @@ impl RetryConfig {
 /// cancelled (57014), admin shutdown and crash (57P01..57P03) and the
 /// connection-exception class (08).
 pub fn is_retryable_sqlstate(code: &str) -> bool {
-    matches!(code, "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03")
-        || code.starts_with("08")
+    matches!(
+        code,
+        "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03"
+    ) || code.starts_with("08")
 }
 
 impl Retryable for tokio_postgres::Error {
@@ -109,9 +111,15 @@ mod tests {
 
     #[test]
     fn object_store_semantic_errors_are_final() {
-        let e = object_store::Error::AlreadyExists { path: "x".into(), source: "exists".into() };
+        let e = object_store::Error::AlreadyExists {
+            path: "x".into(),
+            source: "exists".into(),
+        };
         assert!(!e.is_retryable());
-        let e = object_store::Error::Generic { store: "S3", source: "connection reset".into() };
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into(),
+        };
         assert!(e.is_retryable());
     }
 }

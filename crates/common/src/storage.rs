@@ -96,11 +96,18 @@ impl ArchiveStore {
                     source,
                 })?;
                 let store = LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|source| StorageError::Open { url: config.url.clone(), source })?
+                    .map_err(|source| StorageError::Open {
+                        url: config.url.clone(),
+                        source,
+                    })?
                     // Writes go to a temporary file and are renamed into
                     // place, so a crash never leaves a half-written object.
                     .with_automatic_cleanup(true);
-                Ok(Self { store: Arc::new(store), root: Path::default(), url: config.url.clone() })
+                Ok(Self {
+                    store: Arc::new(store),
+                    root: Path::default(),
+                    url: config.url.clone(),
+                })
             }
             "s3" => {
                 let bucket = url.host_str().ok_or_else(|| StorageError::BadUrl {
@@ -113,24 +120,34 @@ impl ArchiveStore {
                     .clone()
                     .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
                 if let Some(ep) = &endpoint {
-                    let loopback = ep.contains("://127.0.0.1") || ep.contains("://localhost") || ep.contains("://[::1]");
+                    let loopback = ep.contains("://127.0.0.1")
+                        || ep.contains("://localhost")
+                        || ep.contains("://[::1]");
                     builder = builder
                         .with_endpoint(ep)
                         .with_allow_http(config.allow_http || loopback)
                         .with_virtual_hosted_style_request(false);
                 }
-                if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+                if std::env::var_os("AWS_REGION").is_none()
+                    && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                {
                     builder = builder.with_region("us-east-1");
                 }
                 // Conditional create (PutMode::Create) is what keeps the
                 // checkpoint chain single-writer; S3 supports it natively
                 // with If-None-Match.
-                builder = builder.with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
-                let store = builder
-                    .build()
-                    .map_err(|source| StorageError::Open { url: config.url.clone(), source })?;
+                builder =
+                    builder.with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+                let store = builder.build().map_err(|source| StorageError::Open {
+                    url: config.url.clone(),
+                    source,
+                })?;
                 let root = Path::from(url.path().trim_matches('/'));
-                Ok(Self { store: Arc::new(store), root, url: config.url.clone() })
+                Ok(Self {
+                    store: Arc::new(store),
+                    root,
+                    url: config.url.clone(),
+                })
             }
             other => Err(StorageError::BadUrl {
                 url: config.url.clone(),
@@ -142,14 +159,23 @@ impl ArchiveStore {
     /// `root/relative`, where `relative` is a `/`-separated path.
     pub fn path(&self, relative: &str) -> Path {
         let mut parts: Vec<String> = self.root.parts().map(|p| p.as_ref().to_owned()).collect();
-        parts.extend(relative.split('/').filter(|s| !s.is_empty()).map(str::to_owned));
+        parts.extend(
+            relative
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
         Path::from_iter(parts)
     }
 
     /// The inverse of [`ArchiveStore::path`]: a store path relative to the root.
     pub fn relative(&self, path: &Path) -> String {
         let root_len = self.root.parts().count();
-        path.parts().skip(root_len).map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/")
+        path.parts()
+            .skip(root_len)
+            .map(|p| p.as_ref().to_owned())
+            .collect::<Vec<_>>()
+            .join("/")
     }
 }
 
@@ -159,16 +185,30 @@ mod tests {
 
     #[test]
     fn rejects_unknown_schemes_with_the_fix() {
-        let err = ArchiveStore::open(&StorageConfig { url: "ftp://x/y".into(), ..Default::default() }).unwrap_err();
+        let err = ArchiveStore::open(&StorageConfig {
+            url: "ftp://x/y".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("storage.url") && msg.contains("s3://bucket/prefix"), "{msg}");
+        assert!(
+            msg.contains("storage.url") && msg.contains("s3://bucket/prefix"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn paths_are_under_the_root() {
         let dir = std::env::temp_dir().join(format!("cdc-store-{}", std::process::id()));
-        let s = ArchiveStore::open(&StorageConfig { url: format!("file://{}", dir.display()), ..Default::default() }).unwrap();
-        assert_eq!(s.path("payments/segments/p0/x.avro").as_ref(), "payments/segments/p0/x.avro");
+        let s = ArchiveStore::open(&StorageConfig {
+            url: format!("file://{}", dir.display()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.path("payments/segments/p0/x.avro").as_ref(),
+            "payments/segments/p0/x.avro"
+        );
         assert_eq!(s.relative(&s.path("a/b")), "a/b");
         let _ = std::fs::remove_dir_all(dir);
     }

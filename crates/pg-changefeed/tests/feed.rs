@@ -522,16 +522,26 @@ async fn survives_lost_database_sessions() {
     let mut terminated = 0;
     for at in [300, 3000] {
         r.until(LIMIT, "progress", |tp| tp.rows().len() >= at).await;
-        let n: i64 = pg
-            .query_one(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE application_name = $1",
-                &[&app],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        terminated += n;
+        // The feed may be between sessions (reconnecting after the last
+        // termination): wait for its next session rather than race it.
+        let start = std::time::Instant::now();
+        loop {
+            let n: i64 = pg
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = $1",
+                    &[&app],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n > 0 {
+                terminated += n;
+                break;
+            }
+            assert!(start.elapsed() < LIMIT, "the feed never reconnected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     assert_eq!(terminated, 2, "one feed session terminated each time");
     let want = i64::from(rounds);

@@ -13,5 +13,8 @@
 mod query;
 mod restore;
 
-pub use query::{parse_key_arg, retrieve, to_json_line, Found, Predicate, Query, RetrieveError, RetrieveStats, Selector};
+pub use query::{
+    parse_key_arg, retrieve, to_json_line, Found, Predicate, Query, RetrieveError, RetrieveStats,
+    Selector,
+};
 pub use restore::{restore, RestoreError, RestoreOptions, RestoreSummary};

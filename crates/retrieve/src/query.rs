@@ -77,7 +77,8 @@ impl Predicate {
             (Ok(a), Ok(b), Value::Number(_)) => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
             _ => text.as_str().cmp(self.value.as_str()),
         };
-        let exact_eq = text == self.value || (matches!(v, Value::Number(_)) && ord == Ordering::Equal);
+        let exact_eq =
+            text == self.value || (matches!(v, Value::Number(_)) && ord == Ordering::Equal);
         match self.op.as_str() {
             "=" => exact_eq,
             "!=" => !exact_eq,
@@ -173,9 +174,17 @@ pub fn parse_key_arg(text: &str) -> Result<Vec<Value>, RetrieveError> {
 }
 
 /// Whether a checkpoint's segment can hold rows matching `selector`.
-fn may_match(cp: &Checkpoint, seg: &SegmentRef, selector: &Selector, canonical: Option<&str>) -> bool {
+fn may_match(
+    cp: &Checkpoint,
+    seg: &SegmentRef,
+    selector: &Selector,
+    canonical: Option<&str>,
+) -> bool {
     match selector {
-        Selector::Key(_) => match (canonical, cp.key_filter.as_deref().and_then(KeyFilter::decode)) {
+        Selector::Key(_) => match (
+            canonical,
+            cp.key_filter.as_deref().and_then(KeyFilter::decode),
+        ) {
             (Some(k), Some(f)) => f.may_contain(k),
             _ => true,
         },
@@ -194,7 +203,9 @@ fn row_matches(row: &ArchivedRow, selector: &Selector, canonical: Option<&str>) 
         Selector::KeyPrefix(prefix) => parse_key(&row.key_json)
             .map(|k| {
                 k.len() >= prefix.len()
-                    && k.iter().zip(prefix).all(|(a, b)| a.to_json_text() == b.to_json_text())
+                    && k.iter()
+                        .zip(prefix)
+                        .all(|(a, b)| a.to_json_text() == b.to_json_text())
             })
             .unwrap_or(false),
         Selector::Updated { from, to } => match row.updated {
@@ -211,7 +222,12 @@ fn row_matches(row: &ArchivedRow, selector: &Selector, canonical: Option<&str>) 
 
 /// The identity of a row version: redelivered copies share it.
 fn version_id(row: &ArchivedRow) -> (String, Option<Hlc>, Option<Hlc>, Option<u64>) {
-    (row.key_json.clone(), row.updated, row.mvcc_timestamp, row.pg_xid)
+    (
+        row.key_json.clone(),
+        row.updated,
+        row.mvcc_timestamp,
+        row.pg_xid,
+    )
 }
 
 /// Runs `query` against the archive.
@@ -231,7 +247,9 @@ pub async fn retrieve(
         let chain = cdc_checkpoint::read_chain(store, &query.table, partition).await?;
         for cp in chain.checkpoints {
             stats.checkpoints += 1;
-            let Some(seg) = cp.segment.clone() else { continue };
+            let Some(seg) = cp.segment.clone() else {
+                continue;
+            };
             stats.segments_total += 1;
             if may_match(&cp, &seg, &query.selector, canonical.as_deref()) {
                 candidates.push((cp.first_offset, seg));
@@ -241,20 +259,28 @@ pub async fn retrieve(
 
     let selector = &query.selector;
     let canonical_ref = canonical.as_deref();
-    let mut results = futures::stream::iter(candidates.into_iter().map(|(first, seg)| async move {
-        let bytes = cdc_checkpoint::verify_segment(store, &seg).await?;
-        let decoded = cdc_segment::decode_segment(&bytes)
-            .map_err(|source| RetrieveError::Segment { path: seg.path.clone(), source })?;
-        let scanned = decoded.rows.len();
-        let hits: Vec<Found> = decoded
-            .rows
-            .into_iter()
-            .filter(|r| row_matches(r, selector, canonical_ref))
-            .map(|row| Found { row, segment: seg.path.clone(), checkpoint_first_offset: first })
-            .collect();
-        Ok::<_, RetrieveError>((scanned, hits))
-    }))
-    .buffer_unordered(PARALLEL_SEGMENTS);
+    let mut results =
+        futures::stream::iter(candidates.into_iter().map(|(first, seg)| async move {
+            let bytes = cdc_checkpoint::verify_segment(store, &seg).await?;
+            let decoded =
+                cdc_segment::decode_segment(&bytes).map_err(|source| RetrieveError::Segment {
+                    path: seg.path.clone(),
+                    source,
+                })?;
+            let scanned = decoded.rows.len();
+            let hits: Vec<Found> = decoded
+                .rows
+                .into_iter()
+                .filter(|r| row_matches(r, selector, canonical_ref))
+                .map(|row| Found {
+                    row,
+                    segment: seg.path.clone(),
+                    checkpoint_first_offset: first,
+                })
+                .collect();
+            Ok::<_, RetrieveError>((scanned, hits))
+        }))
+        .buffer_unordered(PARALLEL_SEGMENTS);
 
     let mut by_version: HashMap<_, Found> = HashMap::new();
     while let Some((scanned, hits)) = results.try_next().await? {
@@ -265,7 +291,8 @@ pub async fn retrieve(
                 std::collections::hash_map::Entry::Occupied(mut e) => {
                     stats.duplicates_dropped += 1;
                     // Keep the earliest copy: the first time it was archived.
-                    if f.row.offset < e.get().row.offset && f.row.partition == e.get().row.partition {
+                    if f.row.offset < e.get().row.offset && f.row.partition == e.get().row.partition
+                    {
                         e.insert(f);
                     }
                 }
@@ -283,7 +310,8 @@ pub async fn retrieve(
         for f in found {
             let key = canonical_of(&f.row.key_json);
             match latest.get(&key) {
-                Some(prev) if (prev.row.updated, prev.row.offset) >= (f.row.updated, f.row.offset) => {}
+                Some(prev)
+                    if (prev.row.updated, prev.row.offset) >= (f.row.updated, f.row.offset) => {}
                 _ => {
                     latest.insert(key, f);
                 }
@@ -346,7 +374,10 @@ mod tests {
     #[test]
     fn predicates_parse_and_compare_exactly() {
         let p = Predicate::parse("amount>=100").unwrap();
-        assert_eq!((p.column.as_str(), p.op.as_str(), p.value.as_str()), ("amount", ">=", "100"));
+        assert_eq!(
+            (p.column.as_str(), p.op.as_str(), p.value.as_str()),
+            ("amount", ">=", "100")
+        );
         assert!(p.matches(&Value::Number("1250.00".into())));
         assert!(!p.matches(&Value::Number("99.95".into())));
         let eq = Predicate::parse("currency = EUR").unwrap();
@@ -354,7 +385,10 @@ mod tests {
         assert!(!eq.matches(&Value::String("USD".into())));
         assert!(!eq.matches(&Value::Null));
         let num_eq = Predicate::parse("amount=1250").unwrap();
-        assert!(num_eq.matches(&Value::Number("1250.00".into())), "numbers compare by value");
+        assert!(
+            num_eq.matches(&Value::Number("1250.00".into())),
+            "numbers compare by value"
+        );
         assert!(Predicate::parse("=5").is_none());
     }
 

@@ -96,10 +96,15 @@ fn value_text(v: &Value) -> Option<String> {
 /// parameter and exact text (a NUMERIC never passes through a float).
 fn insert_sql(table: &TableName, columns: &[(String, String)]) -> String {
     let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
-    let arrays: Vec<String> = (1..=columns.len()).map(|i| format!("${i}::text[]")).collect();
+    let arrays: Vec<String> = (1..=columns.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect();
     let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
-    let casts: Vec<String> =
-        columns.iter().enumerate().map(|(i, (_, ty))| format!("u.c{i}::{ty}")).collect();
+    let casts: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("u.c{i}::{ty}"))
+        .collect();
     format!(
         "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT DO NOTHING",
         table.quoted(),
@@ -116,20 +121,34 @@ pub async fn restore(
     rows: &[Found],
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary, RestoreError> {
-    let mut summary = RestoreSummary { rows: rows.len() as u64, ..Default::default() };
+    let mut summary = RestoreSummary {
+        rows: rows.len() as u64,
+        ..Default::default()
+    };
     if rows.is_empty() {
         return Ok(summary);
     }
-    let db = |source| RestoreError::Db { table: opts.table.to_string(), source };
+    let db = |source| RestoreError::Db {
+        table: opts.table.to_string(),
+        source,
+    };
     let catalog = client
         .query(COLUMNS_SQL, &[&opts.table.quoted()])
         .await
-        .map_err(|e| match e.as_db_error().map(|d| d.code().code().to_owned()).as_deref() {
-            Some("42P01") => RestoreError::NoTable(opts.table.to_string()),
-            _ => db(e),
+        .map_err(|e| {
+            match e
+                .as_db_error()
+                .map(|d| d.code().code().to_owned())
+                .as_deref()
+            {
+                Some("42P01") => RestoreError::NoTable(opts.table.to_string()),
+                _ => db(e),
+            }
         })?;
-    let types: std::collections::HashMap<String, String> =
-        catalog.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+    let types: std::collections::HashMap<String, String> = catalog
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
 
     // Columns of the archived rows, in the first row's order.
     let mut columns: Vec<(String, String)> = Vec::new();
@@ -144,10 +163,16 @@ pub async fn restore(
     let stmt = client.prepare(&sql).await.map_err(db)?;
 
     for chunk in rows.chunks(opts.batch_size.max(1)) {
-        let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(chunk.len()); columns.len()];
+        let mut arrays: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(chunk.len()); columns.len()];
         for f in chunk {
             for (i, (name, _)) in columns.iter().enumerate() {
-                let v = f.row.columns.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+                let v = f
+                    .row
+                    .columns
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v);
                 let text = if *name == opts.archived_column && !opts.keep_archived_flag {
                     Some("false".to_owned())
                 } else {
@@ -156,8 +181,10 @@ pub async fn restore(
                 arrays[i].push(text);
             }
         }
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
         let tx = client.transaction().await.map_err(db)?;
         let inserted = tx.execute(&stmt, &params).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -177,7 +204,10 @@ mod tests {
         let t = TableName::parse("public.Odd \"Table\"").unwrap();
         let sql = insert_sql(
             &t,
-            &[("id".into(), "uuid".into()), ("a\"b".into(), "numeric".into())],
+            &[
+                ("id".into(), "uuid".into()),
+                ("a\"b".into(), "numeric".into()),
+            ],
         );
         assert_eq!(
             sql,

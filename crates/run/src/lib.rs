@@ -208,7 +208,12 @@ async fn wait_for_watermark(
     shutdown: &CancellationToken,
 ) -> WaitReport {
     let start = Instant::now();
-    let mut report = WaitReport { target, watermark: None, reached: target.is_none(), waited_secs: 0.0 };
+    let mut report = WaitReport {
+        target,
+        watermark: None,
+        reached: target.is_none(),
+        waited_secs: 0.0,
+    };
     let Some(target) = target else { return report };
     loop {
         match cdc_checkpoint::watermark(store, archive_table).await {
@@ -234,7 +239,9 @@ async fn wait_for_watermark(
 /// Row versions archived by checkpoints written since `since`.
 async fn archived_since(store: &ArchiveStore, table: &str, since: DateTime<Utc>) -> u64 {
     let mut n = 0;
-    let Ok(parts) = cdc_checkpoint::partitions(store, table).await else { return 0 };
+    let Ok(parts) = cdc_checkpoint::partitions(store, table).await else {
+        return 0;
+    };
     for p in parts {
         if let Ok(chain) = cdc_checkpoint::read_chain(store, table, p).await {
             n += chain
@@ -249,7 +256,10 @@ async fn archived_since(store: &ArchiveStore, table: &str, since: DateTime<Utc>)
 }
 
 async fn verify(store: &ArchiveStore, plan: &TablePlan, archive_table: &str) -> VerifyReport {
-    let mut v = VerifyReport { chains_ok: true, ..Default::default() };
+    let mut v = VerifyReport {
+        chains_ok: true,
+        ..Default::default()
+    };
     match cdc_checkpoint::partitions(store, archive_table).await {
         Ok(parts) => {
             v.partitions = parts.len();
@@ -287,7 +297,11 @@ async fn run_table(
     shutdown: &CancellationToken,
     started: DateTime<Utc>,
 ) -> TableReport {
-    let archive_table = plan.purger.archive_table.clone().unwrap_or_else(|| plan.purger.table.name.clone());
+    let archive_table = plan
+        .purger
+        .archive_table
+        .clone()
+        .unwrap_or_else(|| plan.purger.table.name.clone());
     let mut report = TableReport {
         table: plan.marker.table.to_string(),
         archive_table: archive_table.clone(),
@@ -303,7 +317,13 @@ async fn run_table(
     };
 
     let t = Instant::now();
-    let mark = cdc_marker::mark(&plan.database_url, &plan.marker, shutdown.child_token(), |_| {}).await;
+    let mark = cdc_marker::mark(
+        &plan.database_url,
+        &plan.marker,
+        shutdown.child_token(),
+        |_| {},
+    )
+    .await;
     report.stage_secs.mark = t.elapsed().as_secs_f64();
     let mark = match mark {
         Ok(m) => m,
@@ -347,7 +367,10 @@ async fn run_table(
         Ok(p) => {
             if !p.refused.is_empty() {
                 report.outcome = Outcome::Failure;
-                report.error = Some(format!("{} checkpoint(s) refused by the purger", p.refused.len()));
+                report.error = Some(format!(
+                    "{} checkpoint(s) refused by the purger",
+                    p.refused.len()
+                ));
             }
             report.purge = Some(p);
         }
@@ -390,13 +413,31 @@ pub async fn run_once(
         }
         tables.push(run_table(plan, cfg, store, shutdown, started_at).await);
     }
-    let outcome = tables.iter().fold(Outcome::Success, |acc, t| acc.worst(t.outcome));
-    let report = RunReport { run_id, started_at, finished_at: Utc::now(), outcome, tables };
+    let outcome = tables
+        .iter()
+        .fold(Outcome::Success, |acc, t| acc.worst(t.outcome));
+    let report = RunReport {
+        run_id,
+        started_at,
+        finished_at: Utc::now(),
+        outcome,
+        tables,
+    };
     for t in &report.tables {
-        let path = store.path(&cdc_checkpoint::layout::run_path(&t.archive_table, &report.run_id));
+        let path = store.path(&cdc_checkpoint::layout::run_path(
+            &t.archive_table,
+            &report.run_id,
+        ));
         let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        if let Err(e) = store.store.put_opts(&path, PutPayload::from(body), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        if let Err(e) = store
+            .store
+            .put_opts(&path, PutPayload::from(body), opts)
+            .await
+        {
             tracing::error!(error = %e, path = %path, "cannot write the run report");
         }
     }
@@ -408,9 +449,15 @@ pub async fn run_once(
 /// 6/7-field form with seconds.
 pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, RunError> {
     let fields = expr.split_whitespace().count();
-    let full = if fields == 5 { format!("0 {expr}") } else { expr.to_owned() };
-    cron::Schedule::from_str(&full)
-        .map_err(|e| RunError::BadSchedule { expr: expr.to_owned(), reason: e.to_string() })
+    let full = if fields == 5 {
+        format!("0 {expr}")
+    } else {
+        expr.to_owned()
+    };
+    cron::Schedule::from_str(&full).map_err(|e| RunError::BadSchedule {
+        expr: expr.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Runs on `schedule` until shutdown, one run at a time: a run still going
@@ -447,8 +494,16 @@ impl fmt::Display for RunReport {
             let rate = |rows: u64, secs: f64| if secs > 0.0 { rows as f64 / secs } else { 0.0 };
             let marked = t.mark.as_ref().map_or(0, |m| m.rows_marked);
             let retries_mark = t.mark.as_ref().map_or(0, |m| m.retries);
-            writeln!(f, "  table {} (archive {}): {:?}", t.table, t.archive_table, t.outcome)?;
-            writeln!(f, "    eligible  {:>10}", t.eligible.map_or("-".into(), |e| e.to_string()))?;
+            writeln!(
+                f,
+                "  table {} (archive {}): {:?}",
+                t.table, t.archive_table, t.outcome
+            )?;
+            writeln!(
+                f,
+                "    eligible  {:>10}",
+                t.eligible.map_or("-".into(), |e| e.to_string())
+            )?;
             writeln!(
                 f,
                 "    marked    {:>10}   {:>8.0} rows/s  {:>7.1}s  retries {}",
@@ -457,7 +512,11 @@ impl fmt::Display for RunReport {
                 t.stage_secs.mark,
                 retries_mark
             )?;
-            writeln!(f, "    archived  {:>10}   (waited {:.1}s for the watermark)", t.archived, t.stage_secs.wait)?;
+            writeln!(
+                f,
+                "    archived  {:>10}   (waited {:.1}s for the watermark)",
+                t.archived, t.stage_secs.wait
+            )?;
             if let Some(p) = &t.purge {
                 let c = &p.totals;
                 writeln!(

@@ -16,13 +16,21 @@ use crate::cli::GlobalArgs;
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// PostgreSQL / CockroachDB URL.
-    #[arg(long, env = "CDC_PG_URL", default_value = "postgres://postgres@127.0.0.1:54329/postgres")]
+    #[arg(
+        long,
+        env = "CDC_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:54329/postgres"
+    )]
     pub database_url: String,
     /// Kafka bootstrap servers.
     #[arg(long, env = "CDC_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// Archive URL (file:///dir or s3://bucket/prefix).
-    #[arg(long, env = "CDC_ARCHIVE_URL", default_value = "file:///tmp/cdc-archiver-check")]
+    #[arg(
+        long,
+        env = "CDC_ARCHIVE_URL",
+        default_value = "file:///tmp/cdc-archiver-check"
+    )]
     pub archive_url: String,
 }
 
@@ -50,7 +58,11 @@ pub async fn run(_global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCo
             println!("archive   FAIL  {e:#}");
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn check_database(url: &str) -> anyhow::Result<String> {
@@ -76,15 +88,26 @@ async fn check_kafka(brokers: &str) -> anyhow::Result<String> {
         let md = consumer
             .fetch_metadata(None, Duration::from_secs(10))
             .with_context(|| format!("no metadata from the broker at {brokers}"))?;
-        Ok(format!("{} broker(s), {} topic(s) at {brokers}", md.brokers().len(), md.topics().len()))
+        Ok(format!(
+            "{} broker(s), {} topic(s) at {brokers}",
+            md.brokers().len(),
+            md.topics().len()
+        ))
     })
     .await?
 }
 
 async fn check_archive(url: &str) -> anyhow::Result<String> {
-    let store = ArchiveStore::open(&StorageConfig { url: url.to_owned(), ..Default::default() })?;
+    let store = ArchiveStore::open(&StorageConfig {
+        url: url.to_owned(),
+        ..Default::default()
+    })?;
     let path = store.path(&format!("_check/{}", uuid::Uuid::new_v4()));
-    store.store.put(&path, PutPayload::from_static(b"ok")).await.context("put")?;
+    store
+        .store
+        .put(&path, PutPayload::from_static(b"ok"))
+        .await
+        .context("put")?;
     let back = store.store.get(&path).await.context("get")?.bytes().await?;
     store.store.delete(&path).await.context("delete")?;
     anyhow::ensure!(back.as_ref() == b"ok", "read back different bytes");

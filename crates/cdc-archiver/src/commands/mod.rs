@@ -8,11 +8,11 @@ use crate::cli::{Cli, Command};
 pub mod changefeed;
 pub mod check;
 pub mod mark;
+pub mod pg_changefeed;
 pub mod purge;
 pub mod retrieve;
 pub mod run;
 pub mod sink;
-pub mod pg_changefeed;
 
 /// Runs the parsed command.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -26,9 +26,12 @@ pub struct PgChangefeedArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: PgChangefeedArgs) -> anyhow::Result<ExitCode> {
-    let mut config: PgChangefeedConfig =
-        cdc_common::config::load_section(global.config.as_deref(), "pg_changefeed", &["database_url", "brokers"])
-            .context("loading the [pg_changefeed] configuration")?;
+    let mut config: PgChangefeedConfig = cdc_common::config::load_section(
+        global.config.as_deref(),
+        "pg_changefeed",
+        &["database_url", "brokers"],
+    )
+    .context("loading the [pg_changefeed] configuration")?;
     if let Some(v) = args.database_url {
         config.database_url = v;
     }

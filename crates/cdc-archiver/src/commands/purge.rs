@@ -50,13 +50,17 @@ pub struct PurgeArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: PurgeArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = PurgerConfig::load(global.config.as_deref(), &args).context("loading the purger configuration")?;
+    let mut cfg = PurgerConfig::load(global.config.as_deref(), &args)
+        .context("loading the purger configuration")?;
     if let Some(url) = &args.archive_url {
         cfg.storage.url.clone_from(url);
     }
     let store = ArchiveStore::open(&cfg.storage).context("opening the archive")?;
     let crash_after_batches = match std::env::var("CDC_PURGE_CRASH_AFTER_BATCHES") {
-        Ok(v) => Some(v.parse().context("CDC_PURGE_CRASH_AFTER_BATCHES must be a number")?),
+        Ok(v) => Some(
+            v.parse()
+                .context("CDC_PURGE_CRASH_AFTER_BATCHES must be a number")?,
+        ),
         Err(_) => None,
     };
     let opts = PurgeOptions {
@@ -75,5 +79,9 @@ pub async fn run(global: &GlobalArgs, args: PurgeArgs) -> anyhow::Result<ExitCod
     for r in &summary.refused {
         eprintln!("error: refused {}: {}", r.checkpoint, r.reason);
     }
-    Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

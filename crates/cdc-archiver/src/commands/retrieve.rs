@@ -103,21 +103,40 @@ fn query(select: &SelectArgs) -> anyhow::Result<Query> {
         Selector::KeyPrefix(cdc_retrieve::parse_key_arg(k)?)
     } else if let Some(p) = &select.predicate {
         Selector::Column(
-            Predicate::parse(p).with_context(|| format!("--where {p:?}: expected column=value (or != < <= > >=)"))?,
+            Predicate::parse(p).with_context(|| {
+                format!("--where {p:?}: expected column=value (or != < <= > >=)")
+            })?,
         )
     } else if select.updated_from.is_some() || select.updated_to.is_some() {
         Selector::Updated {
-            from: select.updated_from.as_deref().map(parse_instant).transpose()?,
-            to: select.updated_to.as_deref().map(parse_instant).transpose()?,
+            from: select
+                .updated_from
+                .as_deref()
+                .map(parse_instant)
+                .transpose()?,
+            to: select
+                .updated_to
+                .as_deref()
+                .map(parse_instant)
+                .transpose()?,
         }
     } else {
         bail!("say what to retrieve: --key, --key-prefix, --updated-from/--updated-to or --where");
     };
-    Ok(Query { table: select.table.clone(), selector, all_versions: select.all_versions, limit: select.limit })
+    Ok(Query {
+        table: select.table.clone(),
+        selector,
+        all_versions: select.all_versions,
+        limit: select.limit,
+    })
 }
 
-async fn find(global: &GlobalArgs, select: &SelectArgs) -> anyhow::Result<(Vec<Found>, RetrieveStats)> {
-    let mut storage: StorageConfig = cdc_common::config::load_section(global.config.as_deref(), "storage", &[])?;
+async fn find(
+    global: &GlobalArgs,
+    select: &SelectArgs,
+) -> anyhow::Result<(Vec<Found>, RetrieveStats)> {
+    let mut storage: StorageConfig =
+        cdc_common::config::load_section(global.config.as_deref(), "storage", &[])?;
     if let Some(url) = &select.archive_url {
         storage.url.clone_from(url);
     }
@@ -152,12 +171,18 @@ pub async fn retrieve(global: &GlobalArgs, args: RetrieveArgs) -> anyhow::Result
         Format::Csv => write_csv(&mut out, &found, args.with_meta)?,
     }
     out.flush()?;
-    Ok(if found.is_empty() { ExitCode::from(4) } else { ExitCode::SUCCESS })
+    Ok(if found.is_empty() {
+        ExitCode::from(4)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn write_csv(out: &mut impl Write, found: &[Found], with_meta: bool) -> anyhow::Result<()> {
     let mut w = csv::Writer::from_writer(out);
-    let Some(first) = found.first() else { return Ok(()) };
+    let Some(first) = found.first() else {
+        return Ok(());
+    };
     let mut header: Vec<String> = first.row.columns.iter().map(|(n, _)| n.clone()).collect();
     if with_meta {
         header.extend(["_segment", "_partition", "_offset", "_updated"].map(String::from));
@@ -188,7 +213,10 @@ fn write_csv(out: &mut impl Write, found: &[Found], with_meta: bool) -> anyhow::
 
 pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let (found, _) = find(global, &args.select).await?;
-    let target = args.into.clone().unwrap_or_else(|| args.select.table.clone());
+    let target = args
+        .into
+        .clone()
+        .unwrap_or_else(|| args.select.table.clone());
     let table = TableName::parse(&target).with_context(|| format!("--into {target:?}"))?;
     let url = match &args.database_url {
         Some(u) => u.clone(),

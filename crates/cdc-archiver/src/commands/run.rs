@@ -69,18 +69,29 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         if !args.tables.is_empty() && !args.tables.iter().any(|t| *t == marker.table.to_string()) {
             continue;
         }
-        let overrides = PurgerOverrides { table: marker.table.to_string(), database_url: Some(database_url.clone()) };
+        let overrides = PurgerOverrides {
+            table: marker.table.to_string(),
+            database_url: Some(database_url.clone()),
+        };
         let mut purger = PurgerConfig::load(file, &overrides)
             .with_context(|| format!("loading the purger configuration for {}", marker.table))?;
         if let Some(url) = &args.archive_url {
             purger.storage.url.clone_from(url);
         }
-        plans.push(TablePlan { database_url: database_url.clone(), marker, purger });
+        plans.push(TablePlan {
+            database_url: database_url.clone(),
+            marker,
+            purger,
+        });
     }
     anyhow::ensure!(
         !plans.is_empty(),
         "no table to run: add a [[marker]] entry (table, cutoff) to the config file{}",
-        if args.tables.is_empty() { String::new() } else { format!(" for {:?}", args.tables) }
+        if args.tables.is_empty() {
+            String::new()
+        } else {
+            format!(" for {:?}", args.tables)
+        }
     );
     // One archive for the run: every table's purger section names the same store.
     let storage: StorageConfig = plans[0].purger.storage.clone();
@@ -90,7 +101,9 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
     let print = |report: &cdc_run::RunReport| {
         print!("{report}");
         if let Some(path) = &args.report_json {
-            if let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(report).unwrap_or_default()) {
+            if let Err(e) =
+                std::fs::write(path, serde_json::to_vec_pretty(report).unwrap_or_default())
+            {
                 tracing::error!(error = %e, path = %path.display(), "cannot write the report");
             }
         }
