@@ -208,8 +208,17 @@ pub struct Checkpoint {
     pub writer_id: String,
     /// RFC 3339 creation time.
     pub created_at: String,
-    /// Reserved for retrieval (a per-segment key filter); `None` for now.
+    /// A Bloom filter over the segment's keys (see [`key_filter`]), so a
+    /// look-up by key reads only the segments that may hold it.
     pub key_filter: Option<String>,
+    /// PostgreSQL changefeed only: set when this checkpoint had to end
+    /// inside the events of one source transaction (that transaction's
+    /// events did not fit the sink's memory budget). Versions written by
+    /// that transaction share one `xmin`, so a later version of a row may
+    /// follow in the next checkpoint: the purger never deletes this
+    /// checkpoint's rows of that transaction id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_tail_xid: Option<u64>,
 }
 
 impl Checkpoint {

@@ -36,6 +36,7 @@ fn checkpoint(
         writer_id: writer.into(),
         created_at: now_rfc3339(),
         key_filter: None,
+        open_tail_xid: None,
     }
 }
 

@@ -627,6 +627,7 @@ impl Sink {
             writer_id: self.writer_id.clone(),
             created_at: cdc_checkpoint::now_rfc3339(),
             key_filter,
+            open_tail_xid: None,
         };
         (|| cdc_checkpoint::create(&self.store, &checkpoint))
             .retry(self.config.retry.backoff())

@@ -264,6 +264,7 @@ impl Fixture {
             writer_id: "purger-test".into(),
             created_at: cdc_checkpoint::now_rfc3339(),
             key_filter: None,
+            open_tail_xid: None,
         };
         cdc_checkpoint::create(&self.store, &cp).await.unwrap();
         cp
