@@ -8,12 +8,14 @@
 //! outside the cutoff is touched, and the run report's counts reconcile
 //! with the database.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use cdc_changefeed::Value;
 use cdc_common::ident::quote_ident;
 use cdc_retrieve::{Query, Selector};
+use common::Pipeline;
 use tokio_util::sync::CancellationToken;
 
 /// Each row as PostgreSQL prints it, keyed by `(region, id)`.
@@ -50,130 +52,56 @@ fn text_of(v: &Value) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
-    let client = cdc_tests::pg().await;
-    let table = cdc_tests::unique("awkward");
-    let slot = cdc_tests::unique("e2e_slot");
-    let topic = cdc_tests::unique("e2e_topic");
-    let qt = quote_ident(&table);
-    cdc_tests::create_topic(&topic, 3).await;
+    // REPLICA IDENTITY FULL: the changefeed then sees every column of an
+    // update, TOASTed values included.
+    let p = Pipeline::start(
+        "awkward",
+        r#"CREATE TABLE {t} (
+             region TEXT NOT NULL, id INT NOT NULL,
+             amount NUMERIC NOT NULL, happened_at TIMESTAMPTZ, doc JSONB, blob BYTEA, note TEXT,
+             created DATE NOT NULL, archived BOOL NOT NULL DEFAULT false,
+             PRIMARY KEY (region, id));
+           ALTER TABLE {t} REPLICA IDENTITY FULL;
+           INSERT INTO {t} (region, id, amount, happened_at, doc, blob, note, created)
+           SELECT (ARRAY['eu-west', 'Zürich', '東京', 'o''brien "q"'])[1 + g % 4], g,
+                  CASE WHEN g % 3 = 0 THEN 123456789012345678901234.567890 + g
+                       WHEN g % 3 = 1 THEN -0.000000000000000000000000000001 * g
+                       ELSE 1250.00 END,
+                  CASE WHEN g % 5 = 0 THEN NULL ELSE timestamptz '2024-02-29 23:59:59.123456+05:30' + g * interval '1 hour' END,
+                  CASE WHEN g % 4 = 0 THEN NULL
+                       ELSE jsonb_build_object('n', g, 'dec', 2.50, 'nested', jsonb_build_array(1, 'two', NULL, jsonb_build_object('q', 'say "hi"\n'))) END,
+                  CASE WHEN g % 6 = 0 THEN NULL ELSE decode(lpad(to_hex(g), 6, '0') || '00ff', 'hex') END,
+                  CASE WHEN g % 7 = 0 THEN NULL ELSE 'Line ' || g || E' with \'quotes\', "doubles", a \\ backslash, tab\t and ü€🚀' END,
+                  current_date - (g % 200)
+           FROM generate_series(1, 300) AS g;"#,
+        3,
+        40,
+    )
+    .await;
+    let (client, table, qt, archive) = (&p.client, &p.table, &p.qt, &p.archive);
 
-    client
-        .batch_execute(&format!(
-            r#"CREATE TABLE {qt} (
-                 region TEXT NOT NULL, id INT NOT NULL,
-                 amount NUMERIC NOT NULL, happened_at TIMESTAMPTZ, doc JSONB, blob BYTEA, note TEXT,
-                 created DATE NOT NULL, archived BOOL NOT NULL DEFAULT false,
-                 PRIMARY KEY (region, id));
-               INSERT INTO {qt} (region, id, amount, happened_at, doc, blob, note, created)
-               SELECT (ARRAY['eu-west', 'Zürich', '東京', 'o''brien "q"'])[1 + g % 4], g,
-                      CASE WHEN g % 3 = 0 THEN 123456789012345678901234.567890 + g
-                           WHEN g % 3 = 1 THEN -0.000000000000000000000000000001 * g
-                           ELSE 1250.00 END,
-                      CASE WHEN g % 5 = 0 THEN NULL ELSE timestamptz '2024-02-29 23:59:59.123456+05:30' + g * interval '1 hour' END,
-                      CASE WHEN g % 4 = 0 THEN NULL
-                           ELSE jsonb_build_object('n', g, 'dec', 2.50, 'nested', jsonb_build_array(1, 'two', NULL, jsonb_build_object('q', 'say "hi"\n'))) END,
-                      CASE WHEN g % 6 = 0 THEN NULL ELSE decode(lpad(to_hex(g), 6, '0') || '00ff', 'hex') END,
-                      CASE WHEN g % 7 = 0 THEN NULL ELSE 'Line ' || g || E' with \'quotes\', "doubles", a \\ backslash, tab\t and ü€🚀' END,
-                      current_date - (g % 200)
-               FROM generate_series(1, 300) AS g;"#
-        ))
-        .await
-        .unwrap();
-
-    let eligible = snapshot(&client, &table, "created < now() - interval '60 days'").await;
-    let recent = snapshot(&client, &table, "created >= now() - interval '60 days'").await;
+    let eligible = snapshot(client, table, "created < now() - interval '60 days'").await;
+    let recent = snapshot(client, table, "created >= now() - interval '60 days'").await;
     assert!(eligible.len() > 150 && !recent.is_empty());
 
-    let (archive, _dir) = cdc_tests::local_archive();
-    let archive_url = archive.url.clone();
-    let pg_url = cdc_tests::pg_url();
-    let brokers = cdc_tests::kafka_brokers();
-
-    let feed_cfg: cdc_pg_changefeed::PgChangefeedConfig = toml::from_str(&format!(
-        r#"database_url = "{pg_url}"
-           brokers = "{brokers}"
-           slot_name = "{slot}"
-           resolved_interval = "500ms"
-           poll_interval = "100ms"
-           tables = [{{ name = "public.{table}", topic = "{topic}", filter_column = "archived" }}]"#
-    ))
-    .unwrap();
-    let sink_cfg: cdc_sink::SinkConfig = toml::from_str(&format!(
-        r#"brokers = "{brokers}"
-           group_id = "{group}"
-           topics = [{{ name = "{topic}", table = "{table}" }}]
-           flush_rows = 40
-           flush_age = "500ms"
-           [storage]
-           url = "{archive_url}""#,
-        group = cdc_tests::unique("e2e_group"),
-    ))
-    .unwrap();
-    let marker: cdc_marker::MarkerConfig = toml::from_str(&format!(
-        r#"table = "public.{table}"
-           cutoff = {{ column = "created", older_than = "60 days" }}
-           batch_size = 37"#
-    ))
-    .unwrap();
-    let purger: cdc_purger::PurgerConfig = toml::from_str(&format!(
-        r#"database_url = "{pg_url}"
-           table = "public.{table}"
-           batch_size = 29
-           [storage]
-           url = "{archive_url}""#
-    ))
-    .unwrap();
     let run_cfg: cdc_run::RunConfig =
         toml::from_str("wait_timeout = \"120s\"\npoll_interval = \"200ms\"").unwrap();
-
-    let cancel = CancellationToken::new();
-    let feed = tokio::spawn({
-        let (cfg, c) = (feed_cfg.clone(), cancel.clone());
-        async move { cdc_pg_changefeed::run(&cfg, c).await }
-    });
-    let sink = tokio::spawn({
-        let (cfg, c) = (sink_cfg.clone(), cancel.clone());
-        async move { cdc_sink::run(&cfg, c).await }
-    });
-
-    // The changefeed covers changes from its slot's creation on (like a
-    // CockroachDB changefeed without an initial scan): mark only after it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the changefeed did not create its slot within 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
     let plan = cdc_run::TablePlan {
-        database_url: pg_url.clone(),
-        marker,
-        purger,
+        database_url: cdc_tests::pg_url(),
+        marker: p.marker("created", "60 days", 37),
+        purger: p.purger(29),
     };
     let report = cdc_run::run_once(
         std::slice::from_ref(&plan),
         &run_cfg,
-        &archive,
+        archive,
         &CancellationToken::new(),
     )
     .await;
 
-    // Retrieve everything archived before stopping the pipeline's tasks.
+    // Retrieve everything archived.
     let (found, stats) = cdc_retrieve::retrieve(
-        &archive,
+        archive,
         &Query {
             table: table.clone(),
             selector: Selector::KeyPrefix(vec![]),
@@ -184,23 +112,16 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
     .await
     .unwrap();
 
-    cancel.cancel();
-    let feed_result = tokio::time::timeout(Duration::from_secs(60), feed).await;
-    let sink_result = tokio::time::timeout(Duration::from_secs(60), sink).await;
-    let _ = client
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await;
-
     // On failure, show what the archive holds.
     let mut chains = String::new();
-    for p in cdc_checkpoint::partitions(&archive, &table)
+    for part in cdc_checkpoint::partitions(archive, table)
         .await
         .unwrap_or_default()
     {
-        if let Ok(chain) = cdc_checkpoint::read_chain(&archive, &table, p).await {
+        if let Ok(chain) = cdc_checkpoint::read_chain(archive, table, part).await {
             for c in chain.checkpoints {
                 chains.push_str(&format!(
-                    "p{p} {}..{} rows {} events {} not_archived {} resolved {:?} created {}\n",
+                    "p{part} {}..{} rows {} events {} not_archived {} resolved {:?} created {}\n",
                     c.first_offset,
                     c.last_offset,
                     c.counts.rows_archived,
@@ -230,13 +151,9 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         0
     );
     assert_eq!(t.verify.as_ref().unwrap().rows_still_marked, 0);
-    assert!(
-        feed_result.is_ok() && sink_result.is_ok(),
-        "changefeed and sink stop on the shutdown signal"
-    );
 
     // The table holds exactly the recent rows, untouched.
-    let remaining = snapshot(&client, &table, "true").await;
+    let remaining = snapshot(client, table, "true").await;
     assert_eq!(remaining, recent, "rows outside the cutoff are untouched");
 
     // Every deleted row is in the archive with identical values.
@@ -289,18 +206,18 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
     }
 
     // Restore puts every row back exactly as it was (archived flag reset).
-    let mut client = client;
+    let mut rc = cdc_tests::pg().await;
     let opts = cdc_retrieve::RestoreOptions {
         table: cdc_common::ident::TableName::parse(&format!("public.{table}")).unwrap(),
         archived_column: "archived".into(),
         keep_archived_flag: false,
         batch_size: 50,
     };
-    let restored = cdc_retrieve::restore(&mut client, &found, &opts)
+    let restored = cdc_retrieve::restore(&mut rc, &found, &opts)
         .await
         .unwrap();
     assert_eq!(restored.inserted, n);
-    let again = cdc_retrieve::restore(&mut client, &found, &opts)
+    let again = cdc_retrieve::restore(&mut rc, &found, &opts)
         .await
         .unwrap();
     assert_eq!(
@@ -308,7 +225,7 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         (0, n),
         "restore is idempotent"
     );
-    let after = snapshot(&client, &table, "created < now() - interval '60 days'").await;
+    let after = snapshot(client, table, "created < now() - interval '60 days'").await;
     assert_eq!(
         after, eligible,
         "restored rows are identical to the originals"
@@ -320,8 +237,6 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         .get(0);
     assert_eq!(marked, 0, "restored rows are not re-marked for archiving");
 
-    client
-        .batch_execute(&format!("DROP TABLE {qt}"))
-        .await
-        .unwrap();
+    // The changefeed and the sink stop cleanly on their shutdown signal.
+    p.stop().await;
 }

@@ -663,12 +663,18 @@ pub async fn mark(
         if stop_reason == StopReason::Shutdown {
             left_locked = walk.deferred.len() as u64;
         } else {
+            // The revisit spends what is left of the run's limits, no more.
+            let budget = Budget {
+                rows: cfg.max_rows.map(|m| m.saturating_sub(marked_total)),
+                deadline: cfg.max_duration.map(|d| start + d),
+            };
             let (marked, n_batches, left) = revisit(
                 &mut session,
                 cfg,
                 &table,
                 &value,
                 std::mem::take(&mut walk.deferred),
+                budget,
                 &mut retries,
                 &shutdown,
             )
@@ -879,12 +885,35 @@ async fn crdb_batch(
 
 /// Revisits keys that were locked during the walk, a few rounds with a
 /// growing pause. Returns (marked, batches, still locked).
+/// What the revisit may still spend of the run's `max_rows` and
+/// `max_duration` (`None`: unlimited).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    rows: Option<u64>,
+    deadline: Option<Instant>,
+}
+
+impl Budget {
+    /// How many of `want` rows may be marked now (0: the budget is spent).
+    fn allow(&self, want: usize, marked: u64) -> usize {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return 0;
+        }
+        match self.rows {
+            Some(r) => want.min(r.saturating_sub(marked) as usize),
+            None => want,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn revisit(
     session: &mut Session,
     cfg: &MarkerConfig,
     table: &TableSql,
     value: &String,
     mut keys: Vec<Key>,
+    budget: Budget,
     retries: &mut u64,
     shutdown: &CancellationToken,
 ) -> Result<(u64, u64, u64), MarkError> {
@@ -892,14 +921,24 @@ async fn revisit(
     let mut marked = 0u64;
     let mut batches = 0u64;
     for round in 0..cfg.revisit_rounds {
-        if keys.is_empty() || shutdown.is_cancelled() {
+        if keys.is_empty() || shutdown.is_cancelled() || budget.allow(1, marked) == 0 {
             break;
         }
         if round > 0 {
             tokio::time::sleep(Duration::from_millis(200) * round).await;
         }
         let mut still = Vec::new();
-        for part in keys.chunks(chunk) {
+        let mut rest: &[Key] = &keys;
+        while !rest.is_empty() {
+            let n = budget.allow(chunk.min(rest.len()), marked);
+            if n == 0 || shutdown.is_cancelled() {
+                // Out of budget: the rest stays unvisited (and is counted
+                // below if it is still eligible).
+                still.extend_from_slice(rest);
+                break;
+            }
+            let (part, after) = rest.split_at(n);
+            rest = after;
             let sql = table.pg_revisit(part.len());
             let done: Vec<Key> = with_retry(
                 session,

@@ -414,6 +414,52 @@ async fn a_dropped_connection_is_reconnected_and_retried() {
     fx.drop().await;
 }
 
+/// `max_rows` bounds the whole run, the revisit of rows that were locked
+/// during the walk included: a row freed after the limit was reached is
+/// left for the next run.
+#[tokio::test]
+async fn the_revisit_of_locked_rows_respects_max_rows() {
+    let fx = Fixture::new("mark_revisit_limit", 2000).await;
+    let holder = cdc_tests::pg().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM {} WHERE id = 7 FOR UPDATE",
+            quote_ident(&fx.table)
+        ))
+        .await
+        .unwrap();
+    let mut cfg = fx.cfg(2000);
+    cfg.batch_size = 100;
+    cfg.revisit_rounds = 50;
+    cfg.max_rows = Some(1000);
+    let released = Arc::new(tokio::sync::Notify::new());
+    let r = released.clone();
+    let committer = tokio::spawn(async move {
+        r.notified().await;
+        holder.batch_execute("COMMIT").await.unwrap();
+    });
+    let once = std::sync::Once::new();
+    let summary = mark(&cdc_tests::pg_url(), &cfg, CancellationToken::new(), |p| {
+        if let Progress::Batch { total, .. } = p {
+            if *total >= 1000 {
+                once.call_once(|| released.notify_one());
+            }
+        }
+    })
+    .await
+    .unwrap();
+    committer.await.unwrap();
+    assert_eq!(summary.stop_reason, StopReason::MaxRows);
+    assert_eq!(summary.rows_marked, 1000, "{summary:?}");
+    assert_eq!(fx.count("archived").await, 1000);
+    assert_eq!(
+        fx.count("id = 7 AND NOT archived").await,
+        1,
+        "the deferred row waits for the next run"
+    );
+    fx.drop().await;
+}
+
 #[tokio::test]
 async fn limits_stop_the_run_and_a_restart_resumes() {
     let fx = Fixture::new("mark_limits", 1000).await;
