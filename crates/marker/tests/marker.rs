@@ -310,22 +310,23 @@ async fn locked_rows_are_skipped_without_waiting_and_marked_by_a_later_run() {
     fx.drop().await;
 }
 
-#[tokio::test]
-async fn rows_unlocked_during_the_run_are_revisited() {
-    let fx = Fixture::new("mark_revisit", 2000).await;
+/// Marks with `cfg` while another session holds `FOR UPDATE` locks on the
+/// rows `ids`, released once `release_at` rows are marked (the walk has
+/// passed them; the revisit rounds, with growing pauses, may find them free).
+async fn mark_with_locks_released_at(
+    fx: &Fixture,
+    cfg: &MarkerConfig,
+    ids: &str,
+    release_at: u64,
+) -> MarkSummary {
     let holder = cdc_tests::pg().await;
     holder
         .batch_execute(&format!(
-            "BEGIN; SELECT id FROM {} WHERE id IN (7, 1500) FOR UPDATE",
+            "BEGIN; SELECT id FROM {} WHERE id IN ({ids}) FOR UPDATE",
             quote_ident(&fx.table)
         ))
         .await
         .unwrap();
-    let mut cfg = fx.cfg(2000);
-    cfg.batch_size = 100;
-    cfg.revisit_rounds = 50;
-    // Release the locks once the walk has passed them; the revisit rounds
-    // (growing pauses) then find them free.
     let released = Arc::new(tokio::sync::Notify::new());
     let r = released.clone();
     let committer = tokio::spawn(async move {
@@ -333,9 +334,9 @@ async fn rows_unlocked_during_the_run_are_revisited() {
         holder.batch_execute("COMMIT").await.unwrap();
     });
     let once = std::sync::Once::new();
-    let summary = mark(&cdc_tests::pg_url(), &cfg, CancellationToken::new(), |p| {
+    let summary = mark(&cdc_tests::pg_url(), cfg, CancellationToken::new(), |p| {
         if let Progress::Batch { total, .. } = p {
-            if *total >= 1998 {
+            if *total >= release_at {
                 once.call_once(|| released.notify_one());
             }
         }
@@ -343,6 +344,16 @@ async fn rows_unlocked_during_the_run_are_revisited() {
     .await
     .unwrap();
     committer.await.unwrap();
+    summary
+}
+
+#[tokio::test]
+async fn rows_unlocked_during_the_run_are_revisited() {
+    let fx = Fixture::new("mark_revisit", 2000).await;
+    let mut cfg = fx.cfg(2000);
+    cfg.batch_size = 100;
+    cfg.revisit_rounds = 50;
+    let summary = mark_with_locks_released_at(&fx, &cfg, "7, 1500", 1998).await;
     assert_eq!(summary.rows_marked, 2000, "{summary:?}");
     assert_eq!(summary.rows_left_locked, 0);
     assert_eq!(summary.rows_skipped_locked, 2);
@@ -420,35 +431,11 @@ async fn a_dropped_connection_is_reconnected_and_retried() {
 #[tokio::test]
 async fn the_revisit_of_locked_rows_respects_max_rows() {
     let fx = Fixture::new("mark_revisit_limit", 2000).await;
-    let holder = cdc_tests::pg().await;
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT id FROM {} WHERE id = 7 FOR UPDATE",
-            quote_ident(&fx.table)
-        ))
-        .await
-        .unwrap();
     let mut cfg = fx.cfg(2000);
     cfg.batch_size = 100;
     cfg.revisit_rounds = 50;
     cfg.max_rows = Some(1000);
-    let released = Arc::new(tokio::sync::Notify::new());
-    let r = released.clone();
-    let committer = tokio::spawn(async move {
-        r.notified().await;
-        holder.batch_execute("COMMIT").await.unwrap();
-    });
-    let once = std::sync::Once::new();
-    let summary = mark(&cdc_tests::pg_url(), &cfg, CancellationToken::new(), |p| {
-        if let Progress::Batch { total, .. } = p {
-            if *total >= 1000 {
-                once.call_once(|| released.notify_one());
-            }
-        }
-    })
-    .await
-    .unwrap();
-    committer.await.unwrap();
+    let summary = mark_with_locks_released_at(&fx, &cfg, "7", 1000).await;
     assert_eq!(summary.stop_reason, StopReason::MaxRows);
     assert_eq!(summary.rows_marked, 1000, "{summary:?}");
     assert_eq!(fx.count("archived").await, 1000);
