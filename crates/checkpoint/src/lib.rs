@@ -647,6 +647,26 @@ pub struct PurgeRecord {
     pub skipped_changed: u64,
     /// Rows no longer marked archived (kept).
     pub skipped_unmarked: u64,
+    /// Keys whose latest archived event carries no version (kept). Records
+    /// written before this field existed counted them in `skipped_changed`.
+    #[serde(default)]
+    pub skipped_no_version: u64,
+    /// Keys kept because their archived version was written by the source
+    /// transaction the checkpoint ends inside (`open_tail_xid`): a later
+    /// version from that transaction may be in the next checkpoint.
+    #[serde(default)]
+    pub skipped_open_transaction: u64,
+    /// Keys kept because their archived 64-bit PostgreSQL xid is too far
+    /// (2^31 or more) from the server's current xid for the 32-bit `xmin`
+    /// comparison to be trusted, or is ahead of it.
+    #[serde(default)]
+    pub skipped_xid_too_old: u64,
+    /// Segment rows that are older versions or redelivered duplicates of a
+    /// key whose latest version in the same segment was the one purged.
+    /// With these, `deleted + already_gone + skipped_* + superseded` equals
+    /// the segment's rows.
+    #[serde(default)]
+    pub superseded: u64,
     /// Always false for a stored record (dry runs store nothing).
     pub dry_run: bool,
     /// The purger instance.
@@ -661,6 +681,21 @@ impl PurgeRecord {
     /// Path relative to the archive root.
     pub fn path(&self) -> String {
         layout::purged_path(&self.table, self.partition, self.first_offset)
+    }
+
+    /// Every segment row this record accounts for: deleted, already gone,
+    /// skipped (any reason) or superseded. Equals the segment's `rows` for a
+    /// record that has the per-reason fields (older records did not count
+    /// superseded rows).
+    pub fn accounted_rows(&self) -> u64 {
+        self.deleted
+            + self.already_gone
+            + self.skipped_changed
+            + self.skipped_unmarked
+            + self.skipped_no_version
+            + self.skipped_open_transaction
+            + self.skipped_xid_too_old
+            + self.superseded
     }
 }
 

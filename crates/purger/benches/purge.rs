@@ -1,16 +1,26 @@
-//! Purge throughput against a baseline measured in the same run, on
-//! identical copies of one table:
+//! Purge throughput against a baseline measured in the same run, on two
+//! tables with the same physical history:
 //!
 //! - baseline: a plain loop of `DELETE … WHERE id IN (…)` over the same
 //!   keys with the same batch size, no version guard, no archived check,
 //!   no segment verification, no purge records;
 //! - purger: `cdc_purger::purge` over checkpoints covering every row
-//!   (segment verification and decoding included: that is its real cost).
+//!   (start-up, catalog checks, segment verification and decoding
+//!   included: that is its real cost).
 //!
-//! Target: purger rows/s ≥ 0.80 × baseline rows/s. Prints a table and
-//! writes `target/bench/purge.json`. Not part of `cargo test`; run with
-//! `cargo bench -p cdc-purger` against the local stack (`CDC_PG_URL`).
-//! `CDC_BENCH_ROWS` (default 100000) and `CDC_BENCH_BATCH` (default 500)
+//! Both tables are created the same way in every round: the same rows
+//! inserted, then marked by the same `UPDATE … SET archived = true` (so
+//! both carry the marking's dead versions: same heap and index size), then
+//! `VACUUM ANALYZE`, autovacuum off, a `CHECKPOINT` before each timed run.
+//! The order alternates between rounds (baseline first, then purger first)
+//! and the medians are reported, so neither side profits from running
+//! second on a warmer (or busier) server.
+//!
+//! Target: purger rows/s ≥ 0.80 × baseline rows/s (ratio of the medians).
+//! Prints a table and writes `target/bench/purge.json`. Not part of
+//! `cargo test`; run with `cargo bench -p cdc-purger` against the local
+//! stack (`CDC_PG_URL`). `CDC_BENCH_ROWS` (default 100000),
+//! `CDC_BENCH_BATCH` (default 500) and `CDC_BENCH_ROUNDS` (default 5)
 //! change the size.
 
 #[path = "../tests/common/mod.rs"]
@@ -32,30 +42,42 @@ fn env_num(name: &str, default: i64) -> i64 {
         .unwrap_or(default)
 }
 
-#[tokio::main]
-async fn main() {
-    if let Ok(level) = std::env::var("CDC_BENCH_LOG") {
-        cdc_common::telemetry::init_logging(cdc_common::telemetry::LogFormat::Text, &level);
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
-    let rows = env_num("CDC_BENCH_ROWS", 100_000);
-    let batch = env_num("CDC_BENCH_BATCH", 500) as u32;
+}
 
-    let mut f = common::Fixture::new(rows).await;
-    f.mark(1, rows).await;
-    let baseline_table = format!("{}_baseline", f.table);
-    let qb = quote_ident(&baseline_table);
+/// One round's two tables: the fixture's (purged by the purger) and its
+/// baseline twin.
+struct Round {
+    f: common::Fixture,
+    qb: String,
+}
+
+async fn setup(rows: i64) -> Round {
+    let f = common::Fixture::new(rows).await;
+    let qb = quote_ident(&format!("{}_baseline", f.table));
+    let qt = f.q();
+    // Same inserts, same marking UPDATE, same vacuum: the same physical
+    // history (heap pages, dead versions, index size) for both tables.
     f.client
         .batch_execute(&format!(
-            "CREATE TABLE {qb} (LIKE {} INCLUDING ALL); INSERT INTO {qb} SELECT * FROM {}; ANALYZE {qb}; ANALYZE {};",
-            f.q(),
-            f.q(),
-            f.q()
+            "CREATE TABLE {qb} (LIKE {qt} INCLUDING ALL);
+             INSERT INTO {qb} SELECT * FROM {qt} ORDER BY id;
+             ALTER TABLE {qt} SET (autovacuum_enabled = false);
+             ALTER TABLE {qb} SET (autovacuum_enabled = false);
+             UPDATE {qt} SET archived = true WHERE id BETWEEN 1 AND {rows};
+             UPDATE {qb} SET archived = true WHERE id BETWEEN 1 AND {rows};"
         ))
         .await
         .unwrap();
-    // Same physical state for both copies: the marking UPDATE left dead
-    // versions in the purger's table, the copy has none.
-    for t in [f.q(), qb.clone()] {
+    for t in [&qt, &qb] {
         f.client
             .batch_execute(&format!("VACUUM ANALYZE {t}"))
             .await
@@ -68,71 +90,139 @@ async fn main() {
         f.archive_from(&snap, 0, first - 1, first, last, true).await;
         first = last + 1;
     }
-    drop(snap);
+    Round { f, qb }
+}
 
-    // Baseline: the cron job's DELETE, same keys, same batch size.
+async fn sizes(r: &Round) -> (i64, i64) {
+    let q = "SELECT pg_relation_size($1::text::regclass) + pg_indexes_size($1::text::regclass)";
+    let a: i64 = r.f.client.query_one(q, &[&r.f.q()]).await.unwrap().get(0);
+    let b: i64 = r.f.client.query_one(q, &[&r.qb]).await.unwrap().get(0);
+    (a, b)
+}
+
+/// The cron job's DELETE, same keys, same batch size. Returns seconds.
+async fn baseline(r: &Round, rows: i64, batch: usize) -> f64 {
+    let client = &r.f.client;
+    client.batch_execute("CHECKPOINT").await.unwrap();
     let key = KeyColumn {
         name: "id".into(),
         sql_type: "bigint".into(),
     };
     let ids: Vec<String> = (1..=rows).map(|i| i.to_string()).collect();
-    let stmt = f
-        .client
-        .prepare(&baseline_delete(&qb, &key, batch as usize))
+    let t = Instant::now();
+    let stmt = client
+        .prepare(&baseline_delete(&r.qb, &key, batch))
         .await
         .unwrap();
-    let t = Instant::now();
-    let mut baseline_deleted = 0;
-    for chunk in ids.chunks(batch as usize) {
-        let n = if chunk.len() == batch as usize {
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = chunk
-                .iter()
-                .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            f.client.execute(&stmt, &params).await.unwrap()
+    let mut deleted = 0;
+    for chunk in ids.chunks(batch) {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = chunk
+            .iter()
+            .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        deleted += if chunk.len() == batch {
+            client.execute(&stmt, &params).await.unwrap()
         } else {
-            let sql = baseline_delete(&qb, &key, chunk.len());
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = chunk
-                .iter()
-                .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            f.client.execute(&sql, &params).await.unwrap()
+            let sql = baseline_delete(&r.qb, &key, chunk.len());
+            client.execute(&sql, &params).await.unwrap()
         };
-        baseline_deleted += n;
     }
-    let baseline_secs = t.elapsed().as_secs_f64();
-    assert_eq!(baseline_deleted, rows as u64);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(deleted, rows as u64);
+    secs
+}
 
-    // For the reader of the table: how much of the purger's time is
-    // reading and verifying the archive (not part of the ratio).
+/// The purger over the round's checkpoints. Returns seconds and batches.
+async fn purger(r: &mut Round, rows: i64, batch: u32) -> (f64, u64) {
+    r.f.client.batch_execute("CHECKPOINT").await.unwrap();
+    r.f.cfg.batch_size = batch;
+    r.f.cfg.min_batch_size = (batch / 10).max(1);
+    r.f.cfg.target_batch_latency = std::time::Duration::from_secs(2);
     let t = Instant::now();
-    for cp in cdc_checkpoint::read_chain(&f.store, &f.table, 0)
-        .await
-        .unwrap()
-        .checkpoints
-    {
-        let bytes = cdc_checkpoint::verify_segment(&f.store, cp.segment.as_ref().unwrap())
-            .await
-            .unwrap();
-        assert!(!cdc_segment::decode_segment(&bytes).unwrap().rows.is_empty());
-    }
-    let read_secs = t.elapsed().as_secs_f64();
-
-    // The purger, over the checkpoints.
-    f.cfg.batch_size = batch;
-    f.cfg.min_batch_size = (batch / 10).max(1);
-    f.cfg.target_batch_latency = std::time::Duration::from_secs(2);
-    let t = Instant::now();
-    let s = f.purge(&PurgeOptions::default()).await.unwrap();
-    let purger_secs = t.elapsed().as_secs_f64();
+    let s = r.f.purge(&PurgeOptions::default()).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
     assert_eq!(s.totals.deleted, rows as u64, "{}", s.render());
+    (secs, s.batches)
+}
 
+#[tokio::main]
+async fn main() {
+    if let Ok(level) = std::env::var("CDC_BENCH_LOG") {
+        cdc_common::telemetry::init_logging(cdc_common::telemetry::LogFormat::Text, &level);
+    }
+    let rows = env_num("CDC_BENCH_ROWS", 100_000);
+    let batch = env_num("CDC_BENCH_BATCH", 500) as u32;
+    let rounds = env_num("CDC_BENCH_ROUNDS", 5).max(1) as usize;
+
+    let mut base_secs = Vec::new();
+    let mut purge_secs = Vec::new();
+    let mut per_round = Vec::new();
+    let mut read_secs = 0.0;
+    let mut batches = 0;
+    let mut size_pair = (0, 0);
+    for round in 0..rounds {
+        let mut r = setup(rows).await;
+        size_pair = sizes(&r).await;
+        if round == 0 {
+            // For the reader: how much of the purger's time is reading and
+            // verifying the archive (full decode; not part of the ratio).
+            let t = Instant::now();
+            for cp in cdc_checkpoint::read_chain(&r.f.store, &r.f.table, 0)
+                .await
+                .unwrap()
+                .checkpoints
+            {
+                let bytes =
+                    cdc_checkpoint::verify_segment(&r.f.store, cp.segment.as_ref().unwrap())
+                        .await
+                        .unwrap();
+                assert!(!cdc_segment::decode_segment(&bytes).unwrap().rows.is_empty());
+            }
+            read_secs = t.elapsed().as_secs_f64();
+        }
+        let (b, p) = if round % 2 == 0 {
+            let b = baseline(&r, rows, batch as usize).await;
+            let p = purger(&mut r, rows, batch).await;
+            (b, p)
+        } else {
+            let p = purger(&mut r, rows, batch).await;
+            let b = baseline(&r, rows, batch as usize).await;
+            (b, p)
+        };
+        batches = p.1;
+        println!(
+            "round {round} ({} first): baseline {b:.3}s, purger {:.3}s, ratio {:.3}",
+            if round % 2 == 0 { "baseline" } else { "purger" },
+            p.0,
+            b / p.0
+        );
+        base_secs.push(b);
+        purge_secs.push(p.0);
+        per_round.push(serde_json::json!({"baseline_seconds": b, "purger_seconds": p.0, "baseline_first": round % 2 == 0}));
+        let _ =
+            r.f.client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {}", r.qb))
+                .await;
+        r.f.drop().await;
+    }
+
+    let baseline_secs = median(&base_secs);
+    let purger_secs = median(&purge_secs);
     let baseline_rps = rows as f64 / baseline_secs;
     let purger_rps = rows as f64 / purger_secs;
     let ratio = purger_rps / baseline_rps;
+    let ratios: Vec<f64> = base_secs
+        .iter()
+        .zip(&purge_secs)
+        .map(|(b, p)| b / p)
+        .collect();
     println!(
-        "purge benchmark: {rows} rows, batch {batch}, {} checkpoints",
-        s.checkpoints.len()
+        "purge benchmark: {rows} rows, batch {batch}, {} checkpoints, {rounds} rounds (order alternating), medians",
+        (rows + ROWS_PER_CHECKPOINT - 1) / ROWS_PER_CHECKPOINT
+    );
+    println!(
+        "table + index bytes before the run: purger's {}, baseline's {}",
+        size_pair.0, size_pair.1
     );
     println!("{:<34} {:>10} {:>12}", "", "seconds", "rows/s");
     println!(
@@ -145,10 +235,13 @@ async fn main() {
     );
     println!(
         "{:<34} {:>10.3}",
-        "  of which: verify + decode segments", read_secs
+        "  full decode of the segments", read_secs
     );
     println!(
-        "ratio {ratio:.3} (target ≥ {TARGET_RATIO:.2}): {}",
+        "ratio {ratio:.3} (per round: min {:.3}, median {:.3}, max {:.3}; target ≥ {TARGET_RATIO:.2}): {}",
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        median(&ratios),
+        ratios.iter().copied().fold(0.0, f64::max),
         if ratio >= TARGET_RATIO {
             "OK"
         } else {
@@ -160,11 +253,15 @@ async fn main() {
         "benchmark": "purge",
         "rows": rows,
         "batch_size": batch,
-        "checkpoints": s.checkpoints.len(),
-        "archive_read_seconds": read_secs,
-        "baseline": { "seconds": baseline_secs, "rows_per_second": baseline_rps },
-        "purger": { "seconds": purger_secs, "rows_per_second": purger_rps, "batches": s.batches, "retries": s.retries },
+        "rounds": rounds,
+        "checkpoints": (rows + ROWS_PER_CHECKPOINT - 1) / ROWS_PER_CHECKPOINT,
+        "archive_full_decode_seconds": read_secs,
+        "table_bytes": { "purger": size_pair.0, "baseline": size_pair.1 },
+        "baseline": { "median_seconds": baseline_secs, "rows_per_second": baseline_rps },
+        "purger": { "median_seconds": purger_secs, "rows_per_second": purger_rps, "batches": batches },
+        "per_round": per_round,
         "ratio": ratio,
+        "ratio_per_round_median": median(&ratios),
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
     });
@@ -179,10 +276,4 @@ async fn main() {
     )
     .unwrap();
     println!("wrote {}", dir.join("purge.json").display());
-
-    let _ = f
-        .client
-        .batch_execute(&format!("DROP TABLE IF EXISTS {qb}"))
-        .await;
-    f.drop().await;
 }

@@ -1,11 +1,15 @@
 //! What the purger learns from the catalog before deleting anything: the
-//! primary-key columns (in key order, with their types) that the archived
-//! `_key` JSON arrays map to, and the foreign keys that would make deletes
-//! slow (no index on the referencing columns: every delete scans the child
-//! table) or fail (`ON DELETE RESTRICT` / `NO ACTION` with child rows).
+//! table's schema (every statement names the table schema-qualified, never
+//! through `search_path`), the primary-key columns (in key order, with their
+//! types) that the archived `_key` JSON arrays map to, and the foreign keys
+//! that would make deletes slow (no usable index on the referencing columns:
+//! every delete scans the child table), fail (`ON DELETE RESTRICT` /
+//! `NO ACTION` with child rows) or reach rows that were never archived
+//! (`ON DELETE CASCADE` / `SET NULL` / `SET DEFAULT`).
 //! Queries `pg_catalog`, which PostgreSQL and CockroachDB both serve; names
 //! are bound as parameters.
 
+use cdc_common::db::Dialect;
 use cdc_common::ident::{quote_ident, TableName};
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -16,8 +20,59 @@ use crate::PurgeError;
 /// The table as the purger needs it.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
+    /// The schema the catalog found the table in: the configured one, or
+    /// `public` for an unqualified name (never resolved via `search_path`).
+    pub schema: String,
+    /// The table's own name.
+    pub name: String,
     /// Primary-key columns in key order.
     pub keys: Vec<KeyColumn>,
+}
+
+impl TableInfo {
+    /// `"schema"."table"`: the name every purger statement uses, so the
+    /// table deleted from is the one the catalog checks looked at, whatever
+    /// the session's `search_path`.
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+}
+
+/// `"schema"."table"`, both parts quoted.
+pub fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// Type OIDs (PostgreSQL's, which CockroachDB reports too) of the types
+/// whose text form does not reliably cast back to the same stored value.
+/// The archive holds each primary-key value as text (the changefeed's JSON),
+/// and the DELETE casts that text back to the column's type: a key type
+/// whose text depends on the writer's settings, or loses bits, could make
+/// the DELETE miss the row (harmless but the row is never purged) or, worse,
+/// compare equal to a different row.
+const FLOAT4: u32 = 700;
+const FLOAT8: u32 = 701;
+const MONEY: u32 = 790;
+const INTERVAL: u32 = 1186;
+
+/// Why a primary-key column's type (by OID) is refused, if it is.
+pub fn unreliable_key_type(oid: u32) -> Option<&'static str> {
+    match oid {
+        FLOAT4 | FLOAT8 => Some(
+            "floating-point values are archived as decimal text; whether that text casts back to the \
+             identical binary value depends on how the writer formatted it (extra_float_digits, the \
+             changefeed's JSON encoder), and NaN / -0 / 0 compare specially",
+        ),
+        MONEY => Some(
+            "money's text form depends on the writing server's lc_monetary (currency symbol, \
+             separators, decimals), so the archived text may not cast back, or cast to another amount",
+        ),
+        INTERVAL => Some(
+            "interval's text form depends on the writer's IntervalStyle, and the sql_standard style \
+             reads back as a different interval under another style",
+        ),
+        _ => None,
+    }
 }
 
 fn db(context: &str) -> impl FnOnce(tokio_postgres::Error) -> PurgeError {
@@ -25,48 +80,67 @@ fn db(context: &str) -> impl FnOnce(tokio_postgres::Error) -> PurgeError {
     move |source| PurgeError::Db { context, source }
 }
 
-/// Resolves `table`: it must exist, have a primary key and a boolean
-/// `archived_column`.
+/// Resolves `table`: it must exist (in its schema, `public` when the name
+/// is unqualified), have a primary key whose column types round-trip
+/// through text, and a boolean `archived_column`.
 pub async fn resolve(
     client: &Client,
     table: &TableName,
     archived_column: &str,
 ) -> Result<TableInfo, PurgeError> {
     let schema = table.schema_or_public().to_owned();
-    let t = table.to_string();
-    let exists = client
+    let t = qualified_display(&schema, &table.name);
+    let oid: i64 = match client
         .query_opt(
             "SELECT c.oid::INT8 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&schema, &table.name],
         )
         .await
-        .map_err(db("looking up the table"))?;
-    if exists.is_none() {
-        return Err(PurgeError::TableNotFound { table: t });
-    }
+        .map_err(db("looking up the table"))?
+    {
+        Some(r) => r.get(0),
+        None => return Err(PurgeError::TableNotFound { table: t }),
+    };
 
-    // information_schema gives the key order portably; pg_attribute the type.
-    let keys: Vec<KeyColumn> = client
+    // information_schema gives the key order portably; pg_attribute and
+    // pg_type (of the table found above, by OID) the type.
+    let rows = client
         .query(
-            "SELECT k.column_name::text, \
-                    (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
-                      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                      WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = k.column_name::text)::text \
+            "SELECT k.column_name::text, format_type(a.atttypid, NULL)::text, a.atttypid::INT8, \
+                    ty.typbasetype::INT8, ty.typelem::INT8 \
              FROM information_schema.table_constraints c \
              JOIN information_schema.key_column_usage k \
                ON k.constraint_schema = c.constraint_schema AND k.constraint_name = c.constraint_name \
               AND k.table_schema = c.table_schema AND k.table_name = c.table_name \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = $3::INT8::oid AND a.attname::text = k.column_name::text \
+             JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
              WHERE c.constraint_type = 'PRIMARY KEY' AND c.table_schema = $1 AND c.table_name = $2 \
              ORDER BY k.ordinal_position",
-            &[&schema, &table.name],
+            &[&schema, &table.name, &oid],
         )
         .await
-        .map_err(db("reading the primary key"))?
-        .iter()
-        .map(|r| KeyColumn { name: r.get(0), sql_type: r.get(1) })
-        .collect();
+        .map_err(db("reading the primary key"))?;
+    let mut keys = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let column: String = r.get(0);
+        let sql_type: String = r.get(1);
+        // The type itself, the base type of a domain, the element of an array.
+        for oid in [r.get::<_, i64>(2), r.get(3), r.get(4)] {
+            if let Some(reason) = u32::try_from(oid).ok().and_then(unreliable_key_type) {
+                return Err(PurgeError::UnsupportedKeyType {
+                    table: t,
+                    column,
+                    sql_type,
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+        keys.push(KeyColumn {
+            name: column,
+            sql_type,
+        });
+    }
     if keys.is_empty() {
         return Err(PurgeError::NoPrimaryKey { table: t });
     }
@@ -93,7 +167,20 @@ pub async fn resolve(
             )))
         }
     }
-    Ok(TableInfo { keys })
+    Ok(TableInfo {
+        schema,
+        name: table.name.clone(),
+        keys,
+    })
+}
+
+/// `schema.table` for messages.
+fn qualified_display(schema: &str, table: &str) -> String {
+    TableName {
+        schema: Some(schema.to_owned()),
+        name: table.to_owned(),
+    }
+    .to_string()
 }
 
 /// A foreign key that references the purged table.
@@ -109,16 +196,25 @@ pub struct ReferencingKey {
     pub columns: Vec<String>,
     /// `ON DELETE` action: `no action`, `restrict`, `cascade`, `set null`, `set default`.
     pub on_delete: String,
-    /// Whether an index on the child starts with exactly these columns.
+    /// Whether a usable index on the child (valid, not partial) starts
+    /// with exactly these columns.
     pub indexed: bool,
 }
 
 impl ReferencingKey {
     /// The statement that gives the child an index for this foreign key.
-    pub fn create_index(&self) -> String {
+    /// On PostgreSQL `CREATE INDEX CONCURRENTLY` (builds without blocking
+    /// writes to the child; it cannot run inside a transaction block, and a
+    /// failed build leaves an invalid index to drop and retry); CockroachDB
+    /// builds every index online.
+    pub fn create_index(&self, dialect: Dialect) -> String {
         let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        let verb = match dialect {
+            Dialect::Postgres => "CREATE INDEX CONCURRENTLY",
+            Dialect::Cockroach => "CREATE INDEX",
+        };
         format!(
-            "CREATE INDEX ON {}.{} ({});",
+            "{verb} ON {}.{} ({});",
             quote_ident(&self.child_schema),
             quote_ident(&self.child_table),
             cols.join(", ")
@@ -129,6 +225,28 @@ impl ReferencingKey {
     /// cascading or nulling) while child rows exist.
     pub fn blocks_deletes(&self) -> bool {
         matches!(self.on_delete.as_str(), "no action" | "restrict")
+    }
+
+    /// Whether a delete of a referenced parent row deletes or changes child
+    /// rows (`ON DELETE CASCADE` / `SET NULL` / `SET DEFAULT`): rows the
+    /// archive never proved archived.
+    pub fn cascades(&self) -> bool {
+        matches!(
+            self.on_delete.as_str(),
+            "cascade" | "set null" | "set default"
+        )
+    }
+
+    /// One line for messages: `constraint c on public.child (parent_id) ON DELETE CASCADE`.
+    pub fn describe(&self) -> String {
+        format!(
+            "constraint {} on {}.{} ({}) ON DELETE {}",
+            quote_ident(&self.constraint),
+            self.child_schema,
+            self.child_table,
+            self.columns.join(", "),
+            self.on_delete.to_uppercase()
+        )
     }
 }
 
@@ -149,11 +267,19 @@ impl Preflight {
     pub fn blocking(&self) -> impl Iterator<Item = &ReferencingKey> {
         self.referencing.iter().filter(|r| r.blocks_deletes())
     }
+
+    /// Foreign keys whose `ON DELETE` action deletes or changes child rows.
+    pub fn cascading(&self) -> impl Iterator<Item = &ReferencingKey> {
+        self.referencing.iter().filter(|r| r.cascades())
+    }
 }
 
-/// Finds the foreign keys that reference `table` and whether each has an
-/// index on the child whose leading columns are the referencing columns
-/// (in any order: any such index serves the child-side lookup).
+/// Finds the foreign keys that reference `table` (in its schema, `public`
+/// when unqualified) and whether each has a usable index on the child whose
+/// leading columns are the referencing columns (in any order: any such
+/// index serves the child-side lookup). Invalid indexes (a failed
+/// `CREATE INDEX CONCURRENTLY`), partial indexes and expression columns do
+/// not count.
 pub async fn preflight(client: &Client, table: &TableName) -> Result<Preflight, PurgeError> {
     let schema = table.schema_or_public().to_owned();
     let rows = client
@@ -192,9 +318,12 @@ pub async fn preflight(client: &Client, table: &TableName) -> Result<Preflight, 
                 .unwrap_or_else(|| n.to_string())
         };
         // int2vector prints as space-separated numbers on both servers.
+        // Only indexes a lookup can use for every child row: valid (not a
+        // failed or in-progress concurrent build) and not partial.
         let indexes: Vec<Vec<i16>> = client
             .query(
-                "SELECT indkey::text FROM pg_catalog.pg_index WHERE indrelid = $1::INT8::oid",
+                "SELECT indkey::text FROM pg_catalog.pg_index \
+                 WHERE indrelid = $1::INT8::oid AND indisvalid AND indpred IS NULL",
                 &[&child_oid],
             )
             .await
@@ -230,7 +359,8 @@ fn on_delete_action(code: &str) -> &'static str {
 }
 
 /// Whether some index's first `fk.len()` columns are exactly the FK's
-/// columns (as a set).
+/// columns (as a set). An expression column (attribute number 0) never
+/// matches a column.
 fn has_leading_index(indexes: &[Vec<i16>], fk: &[i16]) -> bool {
     indexes.iter().any(|ix| {
         ix.len() >= fk.len() && {
@@ -238,7 +368,7 @@ fn has_leading_index(indexes: &[Vec<i16>], fk: &[i16]) -> bool {
             let mut want = fk.to_vec();
             lead.sort_unstable();
             want.sort_unstable();
-            lead == want
+            !lead.contains(&0) && lead == want
         }
     })
 }
@@ -258,19 +388,55 @@ mod tests {
             indexed: false,
         };
         assert_eq!(
-            r.create_index(),
+            r.create_index(Dialect::Postgres),
+            "CREATE INDEX CONCURRENTLY ON \"public\".\"child\" (\"parent_id\");"
+        );
+        assert_eq!(
+            r.create_index(Dialect::Cockroach),
             "CREATE INDEX ON \"public\".\"child\" (\"parent_id\");"
         );
         assert!(r.blocks_deletes());
+        assert!(!r.cascades());
         let r = ReferencingKey {
             child_table: "Odd\"Child".into(),
             columns: vec!["a".into(), "b c".into()],
             ..r
         };
         assert_eq!(
-            r.create_index(),
+            r.create_index(Dialect::Cockroach),
             "CREATE INDEX ON \"public\".\"Odd\"\"Child\" (\"a\", \"b c\");"
         );
+        for (action, cascades) in [
+            ("cascade", true),
+            ("set null", true),
+            ("set default", true),
+            ("restrict", false),
+            ("no action", false),
+        ] {
+            let r = ReferencingKey {
+                on_delete: action.into(),
+                ..r.clone()
+            };
+            assert_eq!(r.cascades(), cascades, "{action}");
+            assert_eq!(r.blocks_deletes(), !cascades, "{action}");
+        }
+    }
+
+    #[test]
+    fn unreliable_key_types_are_named() {
+        for oid in [FLOAT4, FLOAT8, MONEY, INTERVAL] {
+            assert!(unreliable_key_type(oid).is_some(), "{oid}");
+        }
+        // int8, numeric, text, timestamptz, uuid, date: fine.
+        for oid in [20, 1700, 25, 1184, 2950, 1082] {
+            assert!(unreliable_key_type(oid).is_none(), "{oid}");
+        }
+    }
+
+    #[test]
+    fn qualified_names_are_quoted() {
+        assert_eq!(qualified("public", "t"), "\"public\".\"t\"");
+        assert_eq!(qualified("my\"s", "a.b"), "\"my\"\"s\".\"a.b\"");
     }
 
     #[test]
@@ -279,5 +445,9 @@ mod tests {
         assert!(!has_leading_index(&[vec![1, 2, 3]], &[2, 3]));
         assert!(!has_leading_index(&[vec![2]], &[2, 3]));
         assert!(!has_leading_index(&[], &[2]));
+        // Expression columns (0) never stand in for a column.
+        assert!(!has_leading_index(&[vec![0, 2]], &[2, 3]));
+        assert!(!has_leading_index(&[vec![0]], &[2]));
+        assert!(has_leading_index(&[vec![2, 0]], &[2]));
     }
 }

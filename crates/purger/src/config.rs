@@ -53,6 +53,13 @@ pub struct PurgerConfig {
     /// are their audit trail. Default: true.
     #[serde(default = "default_true")]
     pub disable_changefeed_replication: bool,
+    /// Start even though foreign keys reference the table with
+    /// `ON DELETE CASCADE` / `SET NULL` / `SET DEFAULT`. Deleting an archived
+    /// parent row then deletes or changes child rows that were never
+    /// archived; without this the purger refuses to start. The flag
+    /// `--allow-cascading-foreign-keys` sets it. Default: false.
+    #[serde(default)]
+    pub allow_cascading_foreign_keys: bool,
     /// Where the archive lives. Default: see [`StorageConfig`].
     #[serde(default)]
     pub storage: StorageConfig,
@@ -91,6 +98,7 @@ impl PurgerConfig {
             max_rows_per_second: None,
             retry: RetryConfig::default(),
             disable_changefeed_replication: true,
+            allow_cascading_foreign_keys: false,
             storage: StorageConfig::default(),
         }
     }

@@ -48,6 +48,39 @@ pub enum PurgeError {
         /// One `CREATE INDEX` per unindexed foreign key.
         statements: Vec<String>,
     },
+    /// A primary-key column's type does not round-trip through the text the
+    /// archive keeps, so archived keys cannot be trusted to name their row.
+    #[error(
+        "refusing to purge {table}: primary-key column {column:?} is {sql_type}, whose text form does not \
+         reliably cast back to the same value ({reason}); the purger deletes by primary key only"
+    )]
+    UnsupportedKeyType {
+        /// The table.
+        table: String,
+        /// The primary-key column.
+        column: String,
+        /// Its type, as `format_type()` names it.
+        sql_type: String,
+        /// Why the type is refused.
+        reason: String,
+    },
+    /// Foreign keys reference the table with `ON DELETE CASCADE`,
+    /// `SET NULL` or `SET DEFAULT`: purging would delete or change rows of
+    /// the referencing tables that were never archived.
+    #[error(
+        "refusing to purge {table}: {} foreign key(s) reference it with an ON DELETE action that deletes or \
+         changes the referencing rows, which were never archived:\n{}\nArchive and purge the referencing rows \
+         first, or change the constraint(s) to ON DELETE NO ACTION / RESTRICT; if those child changes are \
+         intended, pass --allow-cascading-foreign-keys (config: purger.allow_cascading_foreign_keys = true)",
+        constraints.len(),
+        constraints.join("\n")
+    )]
+    CascadingForeignKeys {
+        /// The table.
+        table: String,
+        /// One line per foreign key (constraint, child table, columns, action).
+        constraints: Vec<String>,
+    },
     /// Reading the archive's bookkeeping failed.
     #[error(transparent)]
     Archive(#[from] cdc_checkpoint::CheckpointError),
@@ -66,6 +99,8 @@ impl Retryable for PurgeError {
             | PurgeError::TableNotFound { .. }
             | PurgeError::NoPrimaryKey { .. }
             | PurgeError::UnindexedForeignKeys { .. }
+            | PurgeError::UnsupportedKeyType { .. }
+            | PurgeError::CascadingForeignKeys { .. }
             | PurgeError::Storage(_) => false,
         }
     }

@@ -16,6 +16,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod decode;
 mod error;
 pub mod sql;
 pub mod summary;
@@ -80,21 +81,40 @@ pub async fn purge(
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     );
-    let client = open_session(cfg).await?;
-    let dialect = cdc_common::db::detect_dialect(&client).await?;
+    let (client, dialect) = open_session(cfg).await?;
     let table = catalog::resolve(&client, &cfg.table, &cfg.archived_column).await?;
+    let qualified_name = catalog::qualified(&table.schema, &table.name);
     let preflight = catalog::preflight(&client, &cfg.table).await?;
+    // Cascading foreign keys first: they are about which rows are deleted
+    // (rows never archived), not about speed.
+    let cascading: Vec<String> = preflight
+        .cascading()
+        .map(catalog::ReferencingKey::describe)
+        .collect();
+    for fk in preflight.cascading() {
+        tracing::warn!(constraint = %fk.constraint, child = %format!("{}.{}", fk.child_schema, fk.child_table),
+            on_delete = %fk.on_delete, allowed = cfg.allow_cascading_foreign_keys,
+            "foreign key ON DELETE {}: purging a parent row deletes or changes referencing rows that were never archived",
+            fk.on_delete.to_uppercase());
+    }
+    // A dry run deletes nothing: it reports them (log, summary) instead.
+    if !cascading.is_empty() && !cfg.allow_cascading_foreign_keys && !opts.dry_run {
+        return Err(PurgeError::CascadingForeignKeys {
+            table: qualified_name.clone(),
+            constraints: cascading,
+        });
+    }
     let unindexed: Vec<String> = preflight
         .unindexed()
-        .map(catalog::ReferencingKey::create_index)
+        .map(|fk| fk.create_index(dialect))
         .collect();
     for fk in preflight.unindexed() {
         tracing::warn!(constraint = %fk.constraint, child = %format!("{}.{}", fk.child_schema, fk.child_table),
-            fix = %fk.create_index(), "foreign key without an index: every delete scans the referencing table");
+            fix = %fk.create_index(dialect), "foreign key without a usable index: every delete scans the referencing table");
     }
     if !unindexed.is_empty() && !opts.allow_unindexed_foreign_keys {
         return Err(PurgeError::UnindexedForeignKeys {
-            table: cfg.table.to_string(),
+            table: qualified_name.clone(),
             statements: unindexed,
         });
     }
@@ -104,12 +124,18 @@ pub async fn purge(
             "foreign key ON DELETE {}: a batch containing a parent row that still has children fails (SQLSTATE 23503) \
              and stops the purge; archive and purge the children first", fk.on_delete.to_uppercase());
     }
+    // Always `"schema"."table"`: the table the catalog checks looked at,
+    // whatever the session's search_path says.
     let sql = PurgeSql::new(
         dialect,
-        &cfg.table.quoted(),
+        &table.qualified(),
         &table.keys,
         &cfg.archived_column,
     );
+    let xid8_sql = match dialect {
+        Dialect::Postgres => Some(current_xid8_sql(&client).await?),
+        Dialect::Cockroach => None,
+    };
     let session = Session::prepare(client, &sql).await?;
     tracing::debug!(keys = table.keys.len(), "catalog read, statements prepared");
 
@@ -120,6 +146,7 @@ pub async fn purge(
         opts,
         sql,
         key_columns: table.keys.len(),
+        xid8_sql,
         session,
         // The marker's controllers, shared rather than written twice.
         size: Aimd::new(cfg.min_batch_size, cfg.batch_size, cfg.target_batch_latency),
@@ -144,6 +171,7 @@ pub async fn purge(
         checkpoints: Vec::new(),
         refused: Vec::new(),
         preflight,
+        allowed_cascading_foreign_keys: cfg.allow_cascading_foreign_keys,
         batches: 0,
         retries: 0,
         batch_size_cuts: 0,
@@ -248,7 +276,10 @@ pub async fn purge(
         table = %summary.table, dry_run = summary.dry_run, deleted = summary.totals.deleted,
         would_delete = summary.totals.would_delete, already_gone = summary.totals.already_gone,
         skipped_changed = summary.totals.skipped_changed, skipped_unmarked = summary.totals.skipped_unmarked,
-        skipped_no_version = summary.totals.skipped_no_version, refused = summary.refused.len(),
+        skipped_no_version = summary.totals.skipped_no_version,
+        skipped_open_transaction = summary.totals.skipped_open_transaction,
+        skipped_xid_too_old = summary.totals.skipped_xid_too_old, superseded = summary.totals.superseded,
+        refused = summary.refused.len(),
         batches = summary.batches, retries = summary.retries, "purge finished"
     );
     Ok(summary)
@@ -264,11 +295,9 @@ struct Prefetched {
 
 /// What a checkpoint's segment became.
 enum Loaded {
-    /// Verified and decoded: the versions to delete.
-    Plan {
-        plan: versions::Plan,
-        segment_rows: u64,
-    },
+    /// Verified and decoded: the versions to delete (targets of an open
+    /// tail transaction already held back).
+    Plan { plan: versions::Plan },
     /// The checkpoint names no segment (nothing archivable in its range).
     NoSegment,
     /// The checkpoint cannot be trusted; why.
@@ -286,15 +315,27 @@ async fn load_ahead(
     tx: tokio::sync::mpsc::Sender<Result<Prefetched, PurgeError>>,
 ) {
     for chain in chains {
+        // One listing per partition instead of a GET per checkpoint.
+        let purged = match purged_offsets(&store, &chain.table, chain.partition).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
         for cp in chain.checkpoints {
             let item = async {
-                let record = cdc_checkpoint::read_purge_record(
-                    &store,
-                    &cp.table,
-                    cp.partition,
-                    cp.first_offset,
-                )
-                .await?;
+                let record = if purged.contains(&cp.first_offset) {
+                    cdc_checkpoint::read_purge_record(
+                        &store,
+                        &cp.table,
+                        cp.partition,
+                        cp.first_offset,
+                    )
+                    .await?
+                } else {
+                    None
+                };
                 let loaded = if record.is_some() {
                     Loaded::NoSegment
                 } else {
@@ -317,6 +358,31 @@ async fn load_ahead(
             }
         }
     }
+}
+
+/// First offsets of the checkpoints of `partition` that have a purge
+/// record, from one listing of `<table>/purged/p<partition>/`.
+async fn purged_offsets(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<std::collections::HashSet<i64>, PurgeError> {
+    let dir = store.path(&cdc_checkpoint::layout::purged_dir(table, partition));
+    let listed = match store.store.list_with_delimiter(Some(&dir)).await {
+        Ok(l) => l.objects,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(source) => {
+            return Err(PurgeError::Archive(CheckpointError::Storage {
+                op: "list",
+                path: dir.to_string(),
+                source,
+            }))
+        }
+    };
+    Ok(listed
+        .iter()
+        .filter_map(|m| cdc_checkpoint::layout::parse_checkpoint_name(m.location.as_ref()))
+        .collect())
 }
 
 /// Fetches and verifies a checkpoint's segment (size and sha256), decodes
@@ -343,21 +409,40 @@ async fn load(
         Err(e) => return Err(e.into()),
     };
     let (cp_path, seg_path) = (cp.path(), seg.path.clone());
+    let open_tail_xid = cp.open_tail_xid;
     let planned = tokio::task::spawn_blocking(move || {
-        let segment = match cdc_segment::decode_segment(&bytes) {
-            Ok(s) => s,
+        // Keys and versions only; the full decode for a layout the fast
+        // reader does not know (and, as a second opinion, when it fails).
+        let full = |why: &str| {
+            tracing::debug!(segment = %seg_path, reason = why, "full segment decode");
+            cdc_segment::decode_segment(&bytes)
+                .map(|s| s.rows.iter().map(ArchivedVersion::from).collect::<Vec<_>>())
+        };
+        let decoded = match decode::versions(&bytes) {
+            Ok(decode::Fast::Versions(v)) => Ok(v),
+            Ok(decode::Fast::Unsupported(why)) => full(&why),
+            Err(e) => {
+                let r = full(&e.to_string());
+                if r.is_ok() {
+                    tracing::warn!(segment = %seg_path, error = %e,
+                        "the key/version reader failed where the full decode succeeded; using the full decode");
+                }
+                r
+            }
+        };
+        let rows = match decoded {
+            Ok(rows) => rows,
             Err(e) => {
                 return Loaded::Refused(format!(
                     "checkpoint {cp_path}: segment {seg_path} does not decode: {e}"
                 ))
             }
         };
-        let rows: Vec<ArchivedVersion> = segment.rows.iter().map(ArchivedVersion::from).collect();
         match versions::plan(&rows, dialect, key_columns) {
-            Ok(plan) => Loaded::Plan {
-                plan,
-                segment_rows: rows.len() as u64,
-            },
+            Ok(mut plan) => {
+                plan.hold_open_transaction(open_tail_xid);
+                Loaded::Plan { plan }
+            }
             Err(e) => Loaded::Refused(format!("checkpoint {cp_path}: {e}")),
         }
     })
@@ -381,22 +466,62 @@ fn report(cp: &Checkpoint, status: CheckpointStatus, counts: RowCounts) -> Check
 
 fn record_counts(r: &PurgeRecord) -> RowCounts {
     RowCounts {
-        rows: r.deleted + r.already_gone + r.skipped_changed + r.skipped_unmarked,
+        rows: r.accounted_rows(),
         deleted: r.deleted,
+        would_delete: 0,
         already_gone: r.already_gone,
         skipped_changed: r.skipped_changed,
         skipped_unmarked: r.skipped_unmarked,
-        ..RowCounts::default()
+        skipped_no_version: r.skipped_no_version,
+        skipped_open_transaction: r.skipped_open_transaction,
+        skipped_xid_too_old: r.skipped_xid_too_old,
+        superseded: r.superseded,
     }
 }
 
-/// Opens a session with the purger's settings. Called again after a
-/// dropped connection, so every session setting lives here.
-async fn open_session(cfg: &PurgerConfig) -> Result<Client, PurgeError> {
+/// The settings every purger session pins, so that the archived key text
+/// casts back to the same value whatever the role's or database's defaults
+/// (`ALTER ROLE … SET DateStyle …`, a `TimeZone` in the connection URL):
+/// ISO dates read year first, intervals in PostgreSQL's own style, times
+/// in UTC, floats with every digit.
+pub const SESSION_SETTINGS: [(&str, &str); 4] = [
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+];
+
+/// Opens a session with the purger's settings and says which dialect the
+/// server speaks. Called again after a dropped connection, so every
+/// session setting lives here: [`SESSION_SETTINGS`] (on CockroachDB
+/// `TimeZone` and `extra_float_digits` must succeed, `DateStyle` and
+/// `IntervalStyle` are applied where the version supports them: its
+/// changefeed writes ISO text either way), and on CockroachDB
+/// `disable_changefeed_replication` when configured.
+pub async fn open_session(cfg: &PurgerConfig) -> Result<(Client, Dialect), PurgeError> {
     let client = cdc_common::db::connect(&cfg.database_url, "cdc-archiver-purge").await?;
-    if cfg.disable_changefeed_replication
-        && cdc_common::db::detect_dialect(&client).await? == Dialect::Cockroach
-    {
+    let dialect = cdc_common::db::detect_dialect(&client).await?;
+    for (name, value) in SESSION_SETTINGS {
+        // Values are constants; names are plain identifiers.
+        let stmt = format!("SET {name} = '{value}'");
+        match client.batch_execute(&stmt).await {
+            Ok(()) => {}
+            Err(e)
+                if dialect == Dialect::Cockroach
+                    && matches!(name, "DateStyle" | "IntervalStyle")
+                    && !e.is_closed() =>
+            {
+                tracing::debug!(error = %e, "{stmt}: not supported by this CockroachDB version; its changefeed writes ISO text");
+            }
+            Err(source) => {
+                return Err(PurgeError::Db {
+                    context: stmt,
+                    source,
+                })
+            }
+        }
+    }
+    if cfg.disable_changefeed_replication && dialect == Dialect::Cockroach {
         client
             .batch_execute("SET disable_changefeed_replication = true")
             .await
@@ -405,7 +530,27 @@ async fn open_session(cfg: &PurgerConfig) -> Result<Client, PurgeError> {
                 source,
             })?;
     }
-    Ok(client)
+    Ok((client, dialect))
+}
+
+/// The query for the server's current 64-bit transaction id (the next one
+/// to be assigned: every committed xid is below it). Read from a snapshot,
+/// so asking does not consume a transaction id. `pg_current_snapshot()`
+/// (xid8) on PostgreSQL 13 and later, `txid_current_snapshot()` before.
+async fn current_xid8_sql(client: &Client) -> Result<&'static str, PurgeError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::INT4", &[])
+        .await
+        .map_err(|source| PurgeError::Db {
+            context: "reading server_version_num".into(),
+            source,
+        })?
+        .get(0);
+    Ok(if version >= 130_000 {
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::INT8"
+    } else {
+        "SELECT txid_snapshot_xmax(txid_current_snapshot())::INT8"
+    })
 }
 
 struct Outcome {
@@ -421,6 +566,8 @@ struct Run<'a> {
     opts: &'a PurgeOptions,
     sql: PurgeSql,
     key_columns: usize,
+    /// PostgreSQL: how to read the current 64-bit xid (see [`current_xid8_sql`]).
+    xid8_sql: Option<&'static str>,
     session: Session,
     size: Aimd,
     /// `None`: no rows-per-second limit.
@@ -456,15 +603,32 @@ impl Run<'_> {
                 });
             }
             Loaded::NoSegment => {}
-            Loaded::Plan { plan, segment_rows } => {
+            Loaded::Plan { mut plan } => {
                 if plan.no_version > 0 {
                     tracing::warn!(checkpoint = %cp.path(), rows = plan.no_version,
                     "archived events without a version are never deleted: the CockroachDB changefeed must run \
                      WITH mvcc_timestamp (the PostgreSQL changefeed records the xid)");
                 }
-                counts.rows = plan.targets.len() as u64 + plan.no_version;
+                if plan.open_transaction > 0 {
+                    tracing::warn!(checkpoint = %cp.path(), rows = plan.open_transaction, xid = ?cp.open_tail_xid,
+                    "the checkpoint ends inside this source transaction: its rows are kept (a later version of \
+                     them from the same transaction may be in the next checkpoint)");
+                }
+                if let Some(sql) = self.xid8_sql {
+                    let current = self.current_xid8(sql).await?;
+                    let held = plan.hold_xids_too_old(current);
+                    if held > 0 {
+                        tracing::warn!(checkpoint = %cp.path(), rows = held, current_xid8 = current,
+                        "archived transaction ids too old to compare (2^31 or more behind the server's current \
+                         xid, or ahead of it): rows kept");
+                    }
+                }
+                counts.rows = plan.rows;
                 counts.skipped_no_version = plan.no_version;
-                self.bar.inc(segment_rows - plan.targets.len() as u64);
+                counts.skipped_open_transaction = plan.open_transaction;
+                counts.skipped_xid_too_old = plan.xid_too_old;
+                counts.superseded = plan.superseded;
+                self.bar.inc(plan.rows - plan.targets.len() as u64);
                 let mut rest: &[Target] = &plan.targets;
                 while !rest.is_empty() {
                     if self.shutdown.is_cancelled() {
@@ -501,10 +665,12 @@ impl Run<'_> {
             segment: cp.segment.as_ref().map(|s| s.path.clone()),
             deleted: counts.deleted,
             already_gone: counts.already_gone,
-            // The record format has no separate field for versionless
-            // events; they were kept, like changed rows.
-            skipped_changed: counts.skipped_changed + counts.skipped_no_version,
+            skipped_changed: counts.skipped_changed,
             skipped_unmarked: counts.skipped_unmarked,
+            skipped_no_version: counts.skipped_no_version,
+            skipped_open_transaction: counts.skipped_open_transaction,
+            skipped_xid_too_old: counts.skipped_xid_too_old,
+            superseded: counts.superseded,
             dry_run: false,
             purger_id: self.purger_id.clone(),
             started_at,
@@ -519,7 +685,9 @@ impl Run<'_> {
         }
         tracing::info!(checkpoint = %cp.path(), deleted = counts.deleted, already_gone = counts.already_gone,
             skipped_changed = counts.skipped_changed, skipped_unmarked = counts.skipped_unmarked,
-            skipped_no_version = counts.skipped_no_version, "checkpoint purged");
+            skipped_no_version = counts.skipped_no_version,
+            skipped_open_transaction = counts.skipped_open_transaction,
+            skipped_xid_too_old = counts.skipped_xid_too_old, superseded = counts.superseded, "checkpoint purged");
         Ok(Outcome {
             status: CheckpointStatus::Purged,
             counts,
@@ -596,6 +764,39 @@ impl Run<'_> {
         }
     }
 
+    /// The server's current 64-bit xid, with the batches' retry policy.
+    async fn current_xid8(&mut self, sql: &str) -> Result<u64, PurgeError> {
+        let mut delays = self.cfg.retry.backoff().build();
+        loop {
+            match self.session.client.query_one(sql, &[]).await {
+                Ok(row) => {
+                    let x: i64 = row.get(0);
+                    return Ok(x as u64);
+                }
+                Err(e) if e.is_retryable() => {
+                    let Some(delay) = delays.next() else {
+                        return Err(PurgeError::Db {
+                            context: "reading the current transaction id, retries exhausted".into(),
+                            source: e,
+                        });
+                    };
+                    self.retries += 1;
+                    tracing::warn!(error = %e, ?delay, "reading the current transaction id failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    if self.session.client.is_closed() {
+                        self.reconnect(&mut delays).await?;
+                    }
+                }
+                Err(source) => {
+                    return Err(PurgeError::Db {
+                        context: "reading the current transaction id".into(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
     async fn reconnect(
         &mut self,
         delays: &mut impl Iterator<Item = Duration>,
@@ -647,7 +848,7 @@ struct Session {
 
 impl Session {
     async fn open(cfg: &PurgerConfig, sql: &PurgeSql) -> Result<Self, PurgeError> {
-        let client = open_session(cfg).await?;
+        let (client, _) = open_session(cfg).await?;
         Self::prepare(client, sql).await
     }
 

@@ -5,10 +5,14 @@ use serde::Serialize;
 
 use crate::catalog::Preflight;
 
-/// Row counts of one checkpoint (or of the whole run).
+/// Row counts of one checkpoint (or of the whole run). They reconcile:
+/// `rows = deleted (or would_delete) + already_gone + skipped_changed +
+/// skipped_unmarked + skipped_no_version + skipped_open_transaction +
+/// skipped_xid_too_old + superseded`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RowCounts {
-    /// Archived row versions examined (one per key, the latest).
+    /// Rows in the checkpoints' segments (every archived event,
+    /// redelivered duplicates and older versions of a key included).
     pub rows: u64,
     /// Rows deleted.
     pub deleted: u64,
@@ -23,8 +27,18 @@ pub struct RowCounts {
     pub skipped_unmarked: u64,
     /// Keys whose archived event carries no version (the changefeed must
     /// run `WITH mvcc_timestamp`; the PostgreSQL changefeed records the
-    /// xid): never deleted. Included in `skipped_changed` of the purge record.
+    /// xid): never deleted.
     pub skipped_no_version: u64,
+    /// PostgreSQL: keys kept because their archived version was written by
+    /// the transaction the checkpoint ends inside (`open_tail_xid`).
+    pub skipped_open_transaction: u64,
+    /// PostgreSQL: keys kept because their archived 64-bit xid is 2^31 or
+    /// more behind the server's current xid (or ahead of it): too old to
+    /// compare through the 32-bit `xmin`.
+    pub skipped_xid_too_old: u64,
+    /// Older versions and redelivered duplicates of a key whose latest
+    /// version in the same checkpoint was the one purged.
+    pub superseded: u64,
 }
 
 impl RowCounts {
@@ -37,6 +51,24 @@ impl RowCounts {
         self.skipped_changed += o.skipped_changed;
         self.skipped_unmarked += o.skipped_unmarked;
         self.skipped_no_version += o.skipped_no_version;
+        self.skipped_open_transaction += o.skipped_open_transaction;
+        self.skipped_xid_too_old += o.skipped_xid_too_old;
+        self.superseded += o.superseded;
+    }
+
+    /// Every kept row, whatever the reason.
+    pub fn skipped(&self) -> u64 {
+        self.skipped_changed
+            + self.skipped_unmarked
+            + self.skipped_no_version
+            + self.skipped_open_transaction
+            + self.skipped_xid_too_old
+    }
+
+    /// The right-hand side of the reconciliation: every row accounted for.
+    /// Equals `rows` for a finished checkpoint.
+    pub fn accounted(&self) -> u64 {
+        self.deleted + self.would_delete + self.already_gone + self.skipped() + self.superseded
     }
 }
 
@@ -114,6 +146,9 @@ pub struct PurgeSummary {
     pub refused: Vec<Refusal>,
     /// Foreign keys referencing the table.
     pub preflight: Preflight,
+    /// Whether foreign keys with `ON DELETE CASCADE` / `SET NULL` /
+    /// `SET DEFAULT` were allowed (`allow_cascading_foreign_keys`).
+    pub allowed_cascading_foreign_keys: bool,
     /// DELETE batches committed.
     pub batches: u64,
     /// Batch attempts retried (40001, dropped connections, timeouts).
@@ -151,7 +186,7 @@ impl PurgeSummary {
         );
         let _ = writeln!(
             s,
-            "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
+            "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
             "part",
             "first_offset",
             "last_offset",
@@ -161,13 +196,16 @@ impl PurgeSummary {
             "gone",
             "changed",
             "unmarked",
-            "no_ver"
+            "no_ver",
+            "open_tx",
+            "old_xid",
+            "supersed"
         );
         for c in &self.checkpoints {
             let n = &c.counts;
             let _ = writeln!(
                 s,
-                "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
+                "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
                 c.partition,
                 c.first_offset,
                 c.last_offset,
@@ -181,19 +219,26 @@ impl PurgeSummary {
                 n.already_gone,
                 n.skipped_changed,
                 n.skipped_unmarked,
-                n.skipped_no_version
+                n.skipped_no_version,
+                n.skipped_open_transaction,
+                n.skipped_xid_too_old,
+                n.superseded
             );
         }
         let t = &self.totals;
         let _ = writeln!(
             s,
-            "total: {} rows, {verb} {}, already gone {}, skipped (changed {}, unmarked {}, no version {}); {} batches, {} retries",
+            "total: {} rows, {verb} {}, already gone {}, skipped (changed {}, unmarked {}, no version {}, \
+             open transaction {}, xid too old to compare {}), superseded {}; {} batches, {} retries",
             t.rows,
             if self.dry_run { t.would_delete } else { t.deleted },
             t.already_gone,
             t.skipped_changed,
             t.skipped_unmarked,
             t.skipped_no_version,
+            t.skipped_open_transaction,
+            t.skipped_xid_too_old,
+            t.superseded,
             self.batches,
             self.retries
         );
@@ -201,9 +246,9 @@ impl PurgeSummary {
             if !fk.indexed {
                 let _ = writeln!(
                     s,
-                    "warning: foreign key {} has no index; fix: {}",
+                    "warning: foreign key {} has no usable index; fix: {}",
                     fk.constraint,
-                    fk.create_index()
+                    fk.create_index(self.dialect)
                 );
             }
             if fk.blocks_deletes() {
@@ -214,6 +259,22 @@ impl PurgeSummary {
                     fk.child_schema,
                     fk.child_table,
                     fk.on_delete.to_uppercase()
+                );
+            }
+            if fk.cascades() {
+                let _ = writeln!(
+                    s,
+                    "warning: foreign key {} on {}.{} is ON DELETE {}: purging deletes or changes its rows, which \
+                     were never archived{}",
+                    fk.constraint,
+                    fk.child_schema,
+                    fk.child_table,
+                    fk.on_delete.to_uppercase(),
+                    if self.allowed_cascading_foreign_keys {
+                        " (allowed by allow_cascading_foreign_keys)"
+                    } else {
+                        "; a purge refuses to start without --allow-cascading-foreign-keys"
+                    }
                 );
             }
         }

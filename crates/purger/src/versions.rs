@@ -44,6 +44,10 @@ pub struct Target {
     pub key: Vec<String>,
     /// The archived version as text (HLC `wall.logical`, or a 32-bit xid).
     pub version: String,
+    /// PostgreSQL: the archived transaction id as recorded (32-bit, or
+    /// 64-bit `epoch << 32 | xid`), for the open-transaction and
+    /// wraparound checks. `None` on CockroachDB.
+    pub xid: Option<u64>,
 }
 
 /// What a checkpoint's rows become.
@@ -51,12 +55,83 @@ pub struct Target {
 pub struct Plan {
     /// Versions to delete, in key order, one per key.
     pub targets: Vec<Target>,
+    /// Rows in the segment (every event, duplicates included).
+    pub rows: u64,
     /// Keys whose latest archived event has no version for this dialect
     /// (the changefeed ran without `mvcc_timestamp`): never deleted.
     pub no_version: u64,
-    /// Older archived versions superseded by a later one of the same key
-    /// within the checkpoint (not deleted by this checkpoint).
+    /// Segment rows that are not the chosen (latest) version of their key:
+    /// older versions and redelivered duplicates. Not deleted by this
+    /// checkpoint (there is nothing left of them to delete: a row has one
+    /// current version). `rows = targets + no_version + superseded`.
     pub superseded: u64,
+    /// Targets held back because the checkpoint ends inside their
+    /// transaction (see [`Plan::hold_open_transaction`]).
+    pub open_transaction: u64,
+    /// Targets held back because their 64-bit xid is too far from the
+    /// server's current one (see [`Plan::hold_xids_too_old`]).
+    pub xid_too_old: u64,
+}
+
+/// The low 32 bits: what `xmin` holds, and what the guard compares.
+pub const XID32_MASK: u64 = 0xFFFF_FFFF;
+
+/// Transaction ids this far apart (or more) cannot be compared through
+/// their 32-bit form: PostgreSQL's own xid arithmetic is modulo 2^32 with a
+/// 2^31 horizon, and by then the old 32-bit value is on its way to being
+/// reused by a new transaction.
+pub const XID_HORIZON: u64 = 1 << 31;
+
+impl Plan {
+    /// Removes (and counts) the targets written by `open_tail_xid`, the
+    /// source transaction the checkpoint ends inside: the sink could not
+    /// fit all of that transaction's events into this checkpoint, so a
+    /// later version of the same row, written by the same transaction (the
+    /// same `xmin`), may be in the next checkpoint. Deleting by
+    /// `xmin = x AND archived` now could delete that final version, which
+    /// is not in this segment. Compared in the 32-bit form, as the guard
+    /// compares. Returns the count removed.
+    pub fn hold_open_transaction(&mut self, open_tail_xid: Option<u64>) -> u64 {
+        let Some(open) = open_tail_xid else {
+            return 0;
+        };
+        let before = self.targets.len();
+        self.targets
+            .retain(|t| t.xid.is_none_or(|x| x & XID32_MASK != open & XID32_MASK));
+        let held = (before - self.targets.len()) as u64;
+        self.open_transaction += held;
+        held
+    }
+
+    /// Removes (and counts) the targets whose archived xid cannot be
+    /// compared through `xmin` any more, given the server's current 64-bit
+    /// xid (see [`xid_too_old`]). Returns the count removed.
+    pub fn hold_xids_too_old(&mut self, current_xid8: u64) -> u64 {
+        let before = self.targets.len();
+        self.targets
+            .retain(|t| t.xid.is_none_or(|x| !xid_too_old(x, current_xid8)));
+        let held = (before - self.targets.len()) as u64;
+        self.xid_too_old += held;
+        held
+    }
+}
+
+/// Whether an archived PostgreSQL transaction id is unsafe to compare
+/// with `xmin` (32 bits) when the server's current 64-bit xid (the next
+/// one to be assigned) is `current_xid8`:
+///
+/// - a 64-bit value (`epoch << 32 | xid`, above 2^32 − 1), or any value
+///   while the server is still in epoch 0 (then every 32-bit value is its
+///   own 64-bit value): unsafe when it is [`XID_HORIZON`] (2^31) or more
+///   behind the current xid, or ahead of it (the archive does not come from
+///   this database's history: a restored backup, another cluster);
+/// - a legacy 32-bit value once the server is past epoch 0: its epoch is
+///   unknown, so it cannot be checked; it is compared as before (the risk:
+///   an archive more than ~2^31 transactions old whose 32-bit xid has been
+///   reused by a newer version of the same row).
+pub fn xid_too_old(archived: u64, current_xid8: u64) -> bool {
+    let comparable = archived > XID32_MASK || current_xid8 <= XID32_MASK;
+    comparable && (archived > current_xid8 || current_xid8 - archived >= XID_HORIZON)
 }
 
 /// A key that does not fit the table's primary key.
@@ -77,7 +152,7 @@ pub fn version_text(dialect: Dialect, v: &ArchivedVersion) -> Option<String> {
         Dialect::Cockroach => v.mvcc_timestamp.map(|h| h.to_string()),
         // `xmin` is the 32-bit transaction id; a changefeed that records
         // the 64-bit form (epoch << 32 | xid) carries it in the low bits.
-        Dialect::Postgres => v.pg_xid.map(|x| (x & 0xFFFF_FFFF).to_string()),
+        Dialect::Postgres => v.pg_xid.map(|x| (x & XID32_MASK).to_string()),
     }
 }
 
@@ -109,60 +184,69 @@ pub fn key_texts(key_json: &str, expected: usize) -> Result<Vec<String>, KeyMism
 }
 
 /// Builds the plan: the latest archived version per key (by `updated`, then
-/// offset), versions as the dialect's guard text, sorted by key.
+/// offset), versions as the dialect's guard text, sorted by key. Every other
+/// row of a key (an older version, a redelivered duplicate) counts as
+/// superseded.
 pub fn plan(
     rows: &[ArchivedVersion],
     dialect: Dialect,
     key_columns: usize,
 ) -> Result<Plan, KeyMismatch> {
     let mut latest: HashMap<&str, &ArchivedVersion> = HashMap::with_capacity(rows.len());
-    let mut superseded = 0;
     for r in rows {
         match latest.get(r.key_json.as_str()) {
-            Some(prev) if (prev.updated, prev.offset) >= (r.updated, r.offset) => {
-                if version_text(dialect, prev) != version_text(dialect, r) {
-                    superseded += 1;
-                }
-            }
-            Some(prev) => {
-                if version_text(dialect, prev) != version_text(dialect, r) {
-                    superseded += 1;
-                }
-                latest.insert(&r.key_json, r);
-            }
-            None => {
+            Some(prev) if (prev.updated, prev.offset) >= (r.updated, r.offset) => {}
+            _ => {
                 latest.insert(&r.key_json, r);
             }
         }
     }
     let mut out = Plan {
-        superseded,
+        rows: rows.len() as u64,
+        superseded: (rows.len() - latest.len()) as u64,
         ..Plan::default()
     };
+    let mut keyed = Vec::with_capacity(latest.len());
     for r in latest.values() {
         let key = key_texts(&r.key_json, key_columns)?;
         match version_text(dialect, r) {
-            Some(version) => out.targets.push(Target { key, version }),
+            Some(version) => keyed.push((
+                sort_key(&key),
+                Target {
+                    key,
+                    version,
+                    xid: r.pg_xid,
+                },
+            )),
             None => out.no_version += 1,
         }
     }
-    out.targets.sort_by(|a, b| compare_keys(&a.key, &b.key));
+    // Sort keys computed once per key, not per comparison.
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.targets = keyed.into_iter().map(|(_, t)| t).collect();
     Ok(out)
+}
+
+/// One key column's sort position: integers numerically, before any text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SortPart {
+    Int(i128),
+    Text(String),
+}
+
+fn sort_key(key: &[String]) -> Vec<SortPart> {
+    key.iter()
+        .map(|v| match v.parse::<i128>() {
+            Ok(i) => SortPart::Int(i),
+            Err(_) => SortPart::Text(v.clone()),
+        })
+        .collect()
 }
 
 /// Key order: integers numerically, everything else as text. Only locality
 /// depends on it (batches of neighbouring keys), never correctness.
 pub fn compare_keys(a: &[String], b: &[String]) -> Ordering {
-    for (x, y) in a.iter().zip(b) {
-        let o = match (x.parse::<i128>(), y.parse::<i128>()) {
-            (Ok(i), Ok(j)) => i.cmp(&j),
-            _ => x.cmp(y),
-        };
-        if o != Ordering::Equal {
-            return o;
-        }
-    }
-    a.len().cmp(&b.len())
+    sort_key(a).cmp(&sort_key(b))
 }
 
 #[cfg(test)]
@@ -209,20 +293,86 @@ mod tests {
             vec![
                 Target {
                     key: vec!["2".into()],
-                    version: "101".into()
+                    version: "101".into(),
+                    xid: Some(101),
                 },
                 Target {
                     key: vec!["10".into()],
-                    version: "205".into()
+                    version: "205".into(),
+                    xid: Some(205),
                 },
             ]
         );
         assert_eq!(p.no_version, 1);
-        assert_eq!(p.superseded, 2);
+        // Two older versions of [10], one redelivery of [2].
+        assert_eq!(p.superseded, 3);
+        assert_eq!(p.rows, p.targets.len() as u64 + p.no_version + p.superseded);
         let p = plan(&rows, Dialect::Cockroach, 1).unwrap();
         assert_eq!(p.targets.len(), 3, "key 3 has an MVCC timestamp");
         assert_eq!(p.targets[2].version, "9.0000000003");
         assert_eq!(p.no_version, 0);
+    }
+
+    #[test]
+    fn open_transaction_targets_are_held_back_by_their_32_bit_xid() {
+        let rows = vec![
+            v("[1]", 5, 1, Some((2u64 << 32) | 900)),
+            v("[2]", 5, 2, Some(901)),
+            v("[3]", 5, 3, Some(900)),
+            v("[4]", 5, 4, Some((2u64 << 32) | 900)),
+            v("[4]", 6, 5, Some((2u64 << 32) | 902)), // later transaction: deletable
+        ];
+        let mut p = plan(&rows, Dialect::Postgres, 1).unwrap();
+        assert_eq!(p.hold_open_transaction(None), 0);
+        // The sink may record the 64-bit or the 32-bit form.
+        assert_eq!(p.hold_open_transaction(Some((2u64 << 32) | 900)), 2);
+        let keys: Vec<_> = p.targets.iter().map(|t| t.key[0].as_str()).collect();
+        assert_eq!(keys, ["2", "4"]);
+        assert_eq!(p.open_transaction, 2);
+        let mut p = plan(&rows, Dialect::Postgres, 1).unwrap();
+        assert_eq!(p.hold_open_transaction(Some(900)), 2);
+    }
+
+    #[test]
+    fn xids_beyond_the_horizon_are_not_compared() {
+        let epoch = |e: u64, x: u64| (e << 32) | x;
+        // 64-bit values: checked against the current xid8.
+        assert!(!xid_too_old(epoch(3, 100), epoch(3, 200)));
+        assert!(!xid_too_old(epoch(3, 100), epoch(3, 100) + XID_HORIZON - 1));
+        assert!(xid_too_old(epoch(3, 100), epoch(3, 100) + XID_HORIZON));
+        assert!(xid_too_old(epoch(2, 4_000_000_000), epoch(4, 0)));
+        // Ahead of the server: not from this database's history.
+        assert!(xid_too_old(epoch(1, 5), epoch(0, 1000)));
+        assert!(xid_too_old(epoch(3, 201), epoch(3, 200)));
+        // Epoch 0: a 32-bit value is its own 64-bit value.
+        assert!(!xid_too_old(700, 1000));
+        assert!(xid_too_old(1001, 1000));
+        assert!(xid_too_old(5, 5 + XID_HORIZON));
+        // Legacy 32-bit values after epoch 0: unknowable, compared as before.
+        assert!(!xid_too_old(700, epoch(5, 1000)));
+        assert!(!xid_too_old(4_000_000_000, epoch(5, 1000)));
+
+        let rows = vec![
+            v("[1]", 5, 1, Some(epoch(1, 10))),
+            v("[2]", 5, 2, Some(epoch(3, 10))),
+            v("[3]", 5, 3, Some(epoch(3, 11))),
+        ];
+        let mut p = plan(&rows, Dialect::Postgres, 1).unwrap();
+        assert_eq!(p.hold_xids_too_old(epoch(3, 500)), 1);
+        assert_eq!(p.targets.len(), 2);
+        assert_eq!(p.xid_too_old, 1);
+    }
+
+    #[test]
+    fn integer_keys_sort_numerically_and_before_text() {
+        let k = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(compare_keys(&k(&["9"]), &k(&["10"])), Ordering::Less);
+        assert_eq!(
+            compare_keys(&k(&["a", "2"]), &k(&["a", "10"])),
+            Ordering::Less
+        );
+        assert_eq!(compare_keys(&k(&["b"]), &k(&["a"])), Ordering::Greater);
+        assert_eq!(compare_keys(&k(&["1"]), &k(&["1"])), Ordering::Equal);
     }
 
     #[test]

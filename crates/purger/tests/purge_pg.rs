@@ -4,7 +4,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use cdc_purger::{CheckpointStatus, PurgeError, PurgeOptions};
+use cdc_common::ident::{quote_ident, TableName};
+use cdc_purger::{CheckpointStatus, PurgeError, PurgeOptions, RowCounts};
 use common::{as_snapshot_values, Fixture};
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -139,7 +140,10 @@ async fn versionless_events_are_never_deleted() {
     assert_eq!((s.totals.deleted, s.totals.skipped_no_version), (0, 5));
     assert_eq!(f.snapshot().await.len(), 5);
     let rec = f.purge_record(0, 0).await.unwrap();
-    assert_eq!((rec.deleted, rec.skipped_changed), (0, 5));
+    assert_eq!(
+        (rec.deleted, rec.skipped_changed, rec.skipped_no_version),
+        (0, 0, 5)
+    );
     f.drop().await;
 }
 
@@ -240,10 +244,10 @@ async fn dry_run_counts_and_deletes_nothing() {
 #[tokio::test]
 async fn unindexed_foreign_key_refuses_with_the_create_index_statement() {
     let f = Fixture::archived(5).await;
-    let (child, qc) = f.child_table("CASCADE", "").await;
+    let (child, qc) = f.child_table("NO ACTION", "").await;
     let err = f.purge(&opts()).await.unwrap_err();
     assert!(matches!(err, PurgeError::UnindexedForeignKeys { .. }));
-    let expected = format!("CREATE INDEX ON \"public\".\"{child}\" (\"parent_id\");");
+    let expected = format!("CREATE INDEX CONCURRENTLY ON \"public\".\"{child}\" (\"parent_id\");");
     assert!(err.to_string().contains(&expected), "{err}");
     assert_eq!(f.snapshot().await.len(), 5, "nothing deleted");
     // The dry run refuses the same way.
@@ -315,4 +319,570 @@ async fn lock_timeouts_are_retried_with_a_smaller_batch() {
     assert_eq!(s.totals.deleted, 40);
     assert!(f.snapshot().await.is_empty());
     f.drop().await;
+}
+
+/// A table as `Fixture::new` makes it, in a schema of its own: same name,
+/// same ids, rows marked in the same transaction as the fixture's (so the
+/// same `xmin`, which the version guard alone could not tell apart).
+async fn decoy(f: &Fixture) -> String {
+    let schema = cdc_tests::unique("decoy");
+    let qs = quote_ident(&schema);
+    let qd = format!("{qs}.{}", f.q());
+    f.client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {qs};
+             CREATE TABLE {qd} (LIKE {t} INCLUDING ALL);
+             INSERT INTO {qd} SELECT id, payload, amount, false FROM {t};
+             BEGIN;
+             UPDATE {t} SET archived = true;
+             UPDATE {qd} SET archived = true;
+             COMMIT;",
+            t = f.q()
+        ))
+        .await
+        .unwrap();
+    schema
+}
+
+fn with_options(url: &str, options: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options={options}")
+}
+
+#[tokio::test]
+async fn an_unqualified_table_is_purged_in_public_never_through_search_path() {
+    let mut f = Fixture::new(20).await;
+    let schema = decoy(&f).await;
+    let qd = format!("{}.{}", quote_ident(&schema), f.q());
+    let xmin = |sql: String| {
+        let c = &f.client;
+        async move {
+            c.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let ours = xmin(format!("SELECT id, xmin::text FROM {} ORDER BY id", f.q())).await;
+    let theirs = xmin(format!("SELECT id, xmin::text FROM {qd} ORDER BY id")).await;
+    assert_eq!(
+        ours, theirs,
+        "the decoy matches the version guard row for row"
+    );
+    f.archive(0, 0, 1, 20, true).await;
+
+    // The table configured without a schema; the session's search_path puts
+    // the decoy schema first. The catalog checks look at public.<table>, so
+    // must the DELETE.
+    f.cfg.table = TableName::parse(&f.table).unwrap();
+    f.cfg.database_url = with_options(
+        &f.cfg.database_url,
+        &format!("-c%20search_path%3D{schema}%2Cpublic"),
+    );
+    let s = f.dry_run(&opts()).await.unwrap();
+    assert_eq!(s.totals.would_delete, 20, "{}", s.render());
+    let s = f.purge(&opts()).await.unwrap();
+    assert!(s.ok(), "{}", s.render());
+    assert_eq!(s.totals.deleted, 20);
+    assert!(f.snapshot().await.is_empty(), "public.<table> was purged");
+    let left: i64 = f
+        .client
+        .query_one(&format!("SELECT count(*) FROM {qd} WHERE archived"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        left, 20,
+        "the same-named table earlier on the search_path is untouched"
+    );
+    f.client
+        .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))
+        .await
+        .unwrap();
+    f.drop().await;
+}
+
+#[tokio::test]
+async fn session_settings_are_pinned_whatever_the_connection_asks_for() {
+    let mut f = Fixture::new(1).await;
+    f.cfg.database_url = with_options(
+        &f.cfg.database_url,
+        "-c%20DateStyle%3DSQL%2CDMY%20-c%20IntervalStyle%3Dsql_standard%20-c%20TimeZone%3DAsia%2FKolkata%20-c%20extra_float_digits%3D-5",
+    );
+    // The connection itself does get the hostile settings...
+    let raw = cdc_common::db::connect(&f.cfg.database_url, "t")
+        .await
+        .unwrap();
+    let tz: String = raw.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+    assert_eq!(tz, "Asia/Kolkata");
+    // ...and the purger's session overrides them.
+    let (client, dialect) = cdc_purger::open_session(&f.cfg).await.unwrap();
+    assert_eq!(dialect, cdc_common::db::Dialect::Postgres);
+    for (name, want) in [
+        ("DateStyle", "ISO, YMD"),
+        ("IntervalStyle", "postgres"),
+        ("TimeZone", "UTC"),
+        ("extra_float_digits", "3"),
+    ] {
+        let got: String = client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, want, "{name}");
+    }
+    f.drop().await;
+}
+
+#[tokio::test]
+async fn primary_keys_whose_text_does_not_round_trip_are_refused() {
+    let f = Fixture::archived(1).await;
+    let client = &f.client;
+    let base = cdc_tests::unique("keytype");
+    let domain = format!("{base}_dom");
+    client
+        .batch_execute(&format!("CREATE DOMAIN {} AS real", quote_ident(&domain)))
+        .await
+        .unwrap();
+    let types: Vec<(String, String)> = [
+        ("double precision", "double precision"),
+        ("real", "real"),
+        ("money", "money"),
+        ("interval", "interval"),
+        ("float8[]", "double precision[]"),
+    ]
+    .iter()
+    .map(|(d, s)| ((*d).to_owned(), (*s).to_owned()))
+    .chain([(quote_ident(&domain), domain.clone())])
+    .collect();
+    for (i, (decl, shown)) in types.iter().enumerate() {
+        let name = format!("{base}_{i}");
+        let q = quote_ident(&name);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {q} (region TEXT, \"Odd Key\" {decl}, archived BOOLEAN NOT NULL DEFAULT false, \
+                 PRIMARY KEY (region, \"Odd Key\"))"
+            ))
+            .await
+            .unwrap();
+        let mut cfg = f.cfg.clone();
+        cfg.table = TableName::parse(&format!("public.{name}")).unwrap();
+        cfg.archive_table = Some(name.clone());
+        let err = cdc_purger::purge(
+            &cfg,
+            &f.store,
+            tokio_util::sync::CancellationToken::new(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, PurgeError::UnsupportedKeyType { ref column, .. } if column == "Odd Key"),
+            "{decl}: {msg}"
+        );
+        assert!(
+            msg.contains("\"Odd Key\"") && msg.contains(shown),
+            "{decl}: {msg}"
+        );
+        client
+            .batch_execute(&format!("DROP TABLE {q}"))
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute(&format!("DROP DOMAIN {}", quote_ident(&domain)))
+        .await
+        .unwrap();
+    f.drop().await;
+}
+
+#[tokio::test]
+async fn date_and_timestamptz_keys_purge_under_hostile_connection_settings() {
+    let client = cdc_tests::pg().await;
+    let name = cdc_tests::unique("tskey");
+    let q = quote_ident(&name);
+    // Keys written with the server defaults (ISO), read back by a purger
+    // whose connection asks for a DMY date order and another time zone.
+    client
+        .batch_execute(&format!(
+            "SET TimeZone = 'UTC';
+             CREATE TABLE {q} (day DATE, at TIMESTAMPTZ, archived BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (day, at));
+             INSERT INTO {q} SELECT DATE '2024-01-02' + g, TIMESTAMPTZ '2024-03-04 05:06:07.123456+00' + g * INTERVAL '1 hour', true
+               FROM generate_series(1, 12) g;"
+        ))
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            &format!("SELECT day::text, at::text, xmin::text FROM {q} ORDER BY day"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (store, _dir) = cdc_tests::local_archive();
+    let events: Vec<cdc_segment::ArchivedRow> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (day, at, xmin): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            cdc_segment::ArchivedRow {
+                op: cdc_changefeed::Op::Update,
+                key_json: serde_json::to_string(&[&day, &at]).unwrap(),
+                updated: Some(cdc_changefeed::Hlc::new(
+                    1_700_000_000_000_000_000 + i as i64,
+                    0,
+                )),
+                mvcc_timestamp: None,
+                pg_xid: Some(xmin.parse().unwrap()),
+                topic: name.clone(),
+                partition: 0,
+                offset: i as i64,
+                columns: vec![
+                    ("day".into(), cdc_changefeed::Value::String(day)),
+                    ("at".into(), cdc_changefeed::Value::String(at)),
+                    ("archived".into(), cdc_changefeed::Value::Bool(true)),
+                ],
+            }
+        })
+        .collect();
+    assert!(events[0].key_json.contains("+00"), "{}", events[0].key_json);
+    common::write_checkpoint_to(&store, &name, 0, 0, &events, None).await;
+    let mut cfg =
+        cdc_purger::PurgerConfig::new(TableName::parse(&format!("public.{name}")).unwrap());
+    cfg.database_url = with_options(
+        &cdc_tests::pg_url(),
+        "-c%20DateStyle%3DSQL%2CDMY%20-c%20TimeZone%3DAmerica%2FSt_Johns",
+    );
+    cfg.storage.url = store.url.clone();
+    cfg.batch_size = 5;
+    let s = cdc_purger::purge(
+        &cfg,
+        &store,
+        tokio_util::sync::CancellationToken::new(),
+        &opts(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.totals.deleted, 12, "{}", s.render());
+    let left: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {q}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    client
+        .batch_execute(&format!("DROP TABLE {q}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cascading_foreign_keys_refuse_unless_allowed_and_the_dry_run_reports_them() {
+    for action in ["CASCADE", "SET NULL", "SET DEFAULT"] {
+        let mut f = Fixture::archived(5).await;
+        // Indexed, so only the ON DELETE action is at issue. Child row 1
+        // references parent 3; the child was never archived.
+        let (child, qc) = f
+            .child_table(
+                action,
+                " CREATE INDEX ON {c} (parent_id); INSERT INTO {c} VALUES (1, 3);",
+            )
+            .await;
+        let err = f.purge(&opts()).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, PurgeError::CascadingForeignKeys { ref constraints, .. } if constraints.len() == 1),
+            "{action}: {msg}"
+        );
+        assert!(
+            msg.contains(&format!("public.{child} (parent_id) ON DELETE {action}"))
+                && msg.contains("--allow-cascading-foreign-keys"),
+            "{action}: {msg}"
+        );
+        assert_eq!(f.snapshot().await.len(), 5, "{action}: nothing deleted");
+        // The dry run deletes nothing, so it reports instead of refusing.
+        let s = f.dry_run(&opts()).await.unwrap();
+        assert_eq!(s.totals.would_delete, 5);
+        assert_eq!(s.preflight.cascading().count(), 1);
+        let text = s.render();
+        assert!(
+            text.contains(&format!("ON DELETE {action}"))
+                && text.contains("refuses to start without --allow-cascading-foreign-keys"),
+            "{text}"
+        );
+        let child_row = format!("SELECT parent_id FROM {qc} WHERE id = 1");
+        let before: Option<i64> = f.client.query_one(&child_row, &[]).await.unwrap().get(0);
+        assert_eq!(before, Some(3));
+        // Allowed explicitly: the purge runs, and the child row is what the
+        // action makes of it.
+        f.cfg.allow_cascading_foreign_keys = true;
+        let s = f.purge(&opts()).await.unwrap();
+        assert_eq!(s.totals.deleted, 5, "{action}: {}", s.render());
+        assert!(s.allowed_cascading_foreign_keys);
+        let after = f.client.query_opt(&child_row, &[]).await.unwrap();
+        match action {
+            "CASCADE" => assert!(after.is_none()),
+            _ => assert_eq!(after.unwrap().get::<_, Option<i64>>(0), None),
+        }
+        let _ = f.client.batch_execute(&format!("DROP TABLE {qc}")).await;
+        f.drop().await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_partial_and_expression_indexes_do_not_serve_a_foreign_key() {
+    let f = Fixture::archived(5).await;
+    // Two child rows with the same parent: a unique index on parent_id
+    // built CONCURRENTLY fails and leaves an INVALID index behind.
+    let (child, qc) = f
+        .child_table(
+            "NO ACTION",
+            " INSERT INTO {c} VALUES (1, 2), (2, 2);
+              CREATE INDEX ON {c} (parent_id) WHERE parent_id > 100;
+              CREATE INDEX ON {c} ((parent_id + 0));
+              CREATE INDEX ON {c} ((parent_id + 0), parent_id);",
+        )
+        .await;
+    let failed = f
+        .client
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX CONCURRENTLY {} ON {qc} (parent_id)",
+            quote_ident(&format!("{child}_bad"))
+        ))
+        .await;
+    assert!(
+        failed.is_err(),
+        "duplicate parent ids: the unique build fails"
+    );
+    let invalid: i64 = f
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_index WHERE indrelid = $1::text::regclass AND NOT indisvalid",
+            &[&qc],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(invalid, 1, "an invalid index is left behind");
+    let err = f.purge(&opts()).await.unwrap_err();
+    let expected = format!("CREATE INDEX CONCURRENTLY ON \"public\".\"{child}\" (\"parent_id\");");
+    assert!(
+        matches!(err, PurgeError::UnindexedForeignKeys { ref statements, .. } if statements == std::slice::from_ref(&expected)),
+        "{err}"
+    );
+    // The printed statement is the fix.
+    f.client.batch_execute(&expected).await.unwrap();
+    f.client
+        .batch_execute(&format!("DELETE FROM {qc}"))
+        .await
+        .unwrap();
+    let s = f.purge(&opts()).await.unwrap();
+    assert_eq!(s.totals.deleted, 5);
+    assert!(s.preflight.referencing[0].indexed);
+    let _ = f.client.batch_execute(&format!("DROP TABLE {qc}")).await;
+    f.drop().await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_ending_inside_a_transaction_keeps_that_transactions_rows() {
+    let f = Fixture::new(6).await;
+    // Row 5 is marked by an earlier transaction W.
+    f.mark(5, 5).await;
+    let snap_w = f.snapshot().await;
+    // Transaction X marks 1..4 and updates row 4 a second time: wal2json
+    // emits r1, r2, r3, r4(v1), r4(v2), all with xid X.
+    f.sql(
+        "BEGIN; UPDATE {t} SET archived = true WHERE id BETWEEN 1 AND 4; \
+         UPDATE {t} SET payload = 'v2' WHERE id = 4; COMMIT;",
+    )
+    .await;
+    let snap_v2 = f.snapshot().await;
+    let x = Fixture::xmin(&snap_v2, 1);
+    assert_eq!(Fixture::xmin(&snap_v2, 4), x);
+    let mut snap_v1 = snap_v2.clone();
+    snap_v1.get_mut(&4).unwrap().0 = Some("row 4".into());
+    // Checkpoint A: W's row 5, then X's r1, r2, r4(v1); the sink had to end
+    // it inside X, whose r3 and r4(v2) go to checkpoint B, not yet durable.
+    // The feed records the 64-bit xid (epoch 0 here); the sink names it.
+    let a_rows = vec![
+        f.event(&snap_w, 5, 0, 0, Some(Fixture::xmin(&snap_w, 5))),
+        f.event(&snap_v1, 1, 0, 1, Some(x)),
+        f.event(&snap_v1, 2, 0, 2, Some(x)),
+        f.event(&snap_v1, 4, 0, 3, Some(x)),
+    ];
+    let a = f.write_checkpoint_with(0, 0, &a_rows, Some(x)).await;
+    let s = f.purge(&opts()).await.unwrap();
+    assert!(s.ok(), "{}", s.render());
+    let c = s.checkpoints[0].counts;
+    assert_eq!((c.rows, c.deleted, c.skipped_open_transaction), (4, 1, 3));
+    let left = f.snapshot().await;
+    assert_eq!(
+        left.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 6]
+    );
+    assert_eq!(
+        left[&4].0.as_deref(),
+        Some("v2"),
+        "row 4's final version is not in any durable segment: it must stay"
+    );
+    let rec = f.purge_record(0, 0).await.unwrap();
+    assert_eq!((rec.deleted, rec.skipped_open_transaction), (1, 3));
+    assert_eq!(rec.accounted_rows(), a.segment.as_ref().unwrap().rows);
+
+    // Checkpoint B (the rest of X) arrives: its versions are final.
+    let b_rows = vec![
+        f.event(&snap_v2, 3, 0, 4, Some(x)),
+        f.event(&snap_v2, 4, 0, 5, Some(x)),
+    ];
+    f.write_checkpoint_with(0, 4, &b_rows, None).await;
+    let s = f.purge(&opts()).await.unwrap();
+    assert_eq!(s.totals.deleted, 2, "{}", s.render());
+    // Rows 1 and 2 were only in A, kept there: a known limitation, they
+    // stay until archived again.
+    assert_eq!(
+        f.snapshot().await.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 6]
+    );
+    f.drop().await;
+}
+
+#[tokio::test]
+async fn an_xid8_ahead_of_the_server_is_too_old_to_compare_and_kept() {
+    let f = Fixture::new(4).await;
+    f.mark(1, 4).await;
+    let snap = f.snapshot().await;
+    let x = Fixture::xmin(&snap, 1);
+    // The feed records 64-bit xids (epoch << 32 | xid). Rows 1-2 carry an
+    // epoch this server has not reached (an archive from another
+    // database's history, e.g. before a restore): their low 32 bits match
+    // xmin, but they cannot be trusted. Rows 3-4 carry epoch 0, like this
+    // server: comparable.
+    let rows = vec![
+        f.event(&snap, 1, 0, 0, Some((1u64 << 32) | x)),
+        f.event(&snap, 2, 0, 1, Some((7u64 << 32) | x)),
+        f.event(&snap, 3, 0, 2, Some(x)),
+        f.event(&snap, 4, 0, 3, Some(x)),
+    ];
+    f.write_checkpoint(0, 0, &rows).await;
+    let s = f.purge(&opts()).await.unwrap();
+    let c = s.checkpoints[0].counts;
+    assert_eq!((c.deleted, c.skipped_xid_too_old), (2, 2), "{}", s.render());
+    assert_eq!(
+        f.snapshot().await.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(f.purge_record(0, 0).await.unwrap().skipped_xid_too_old, 2);
+    f.drop().await;
+}
+
+fn reconciles(c: &RowCounts) {
+    assert_eq!(c.rows, c.accounted(), "counts do not reconcile: {c:?}");
+}
+
+#[tokio::test]
+async fn counts_reconcile_with_duplicates_versions_and_every_kind_of_skip() {
+    let f = Fixture::new(12).await;
+    f.mark(1, 12).await;
+    let old = f.snapshot().await;
+    // Row 5 gets a second archived version; rows 8 (changed), 9 (un-marked)
+    // and 10 (gone) change after archiving.
+    f.sql("UPDATE {t} SET payload = 'row 5 v2' WHERE id = 5")
+        .await;
+    let new = f.snapshot().await;
+    let xid = |s: &common::Snapshot, id| Some(Fixture::xmin(s, id));
+    let mut rows = Vec::new();
+    let mut offset = 0;
+    let mut push = |snap: &common::Snapshot, id: i64, pg_xid: Option<u64>| {
+        rows.push(f.event(snap, id, 0, offset, pg_xid));
+        offset += 1;
+    };
+    for id in 1..=12 {
+        match id {
+            5 => {
+                push(&old, 5, xid(&old, 5));
+                push(&new, 5, xid(&new, 5));
+            }
+            11 => push(&old, 11, None), // no version
+            _ => push(&old, id, xid(&old, id)),
+        }
+    }
+    // Redeliveries (at least once): rows 3 and 5 (its latest version) again.
+    push(&old, 3, xid(&old, 3));
+    push(&new, 5, xid(&new, 5));
+    let cp = f.write_checkpoint(0, 0, &rows).await;
+    let segment_rows = cp.segment.as_ref().unwrap().rows;
+    assert_eq!(segment_rows, 15);
+    f.sql("UPDATE {t} SET payload = 'changed' WHERE id = 8")
+        .await;
+    f.sql("UPDATE {t} SET archived = false WHERE id = 9").await;
+    f.sql("DELETE FROM {t} WHERE id = 10").await;
+
+    let dry = f.dry_run(&opts()).await.unwrap();
+    let d = dry.checkpoints[0].counts;
+    reconciles(&d);
+    assert_eq!(d.rows, segment_rows);
+    assert_eq!(
+        (
+            d.would_delete,
+            d.already_gone,
+            d.skipped_changed,
+            d.skipped_unmarked,
+            d.skipped_no_version,
+            d.superseded
+        ),
+        (8, 1, 1, 1, 1, 3)
+    );
+
+    let s = f.purge(&opts()).await.unwrap();
+    let c = s.checkpoints[0].counts;
+    reconciles(&c);
+    reconciles(&s.totals);
+    assert_eq!(
+        (
+            c.rows,
+            c.deleted,
+            c.already_gone,
+            c.skipped_changed,
+            c.skipped_unmarked,
+            c.skipped_no_version,
+            c.superseded
+        ),
+        (15, 8, 1, 1, 1, 1, 3)
+    );
+    assert_eq!(
+        f.snapshot().await.keys().copied().collect::<Vec<_>>(),
+        vec![8, 9, 11]
+    );
+    let rec = f.purge_record(0, 0).await.unwrap();
+    assert_eq!(rec.accounted_rows(), segment_rows);
+    assert_eq!((rec.superseded, rec.skipped_no_version), (3, 1));
+    // A rerun reports the stored record, reconciled the same way.
+    let again = f.purge(&opts()).await.unwrap();
+    assert_eq!(again.checkpoints[0].status, CheckpointStatus::AlreadyPurged);
+    assert_eq!(again.checkpoints[0].counts.rows, segment_rows);
+    reconciles(&again.checkpoints[0].counts);
+    f.drop().await;
+}
+
+#[test]
+fn purge_records_written_before_the_per_reason_fields_still_parse() {
+    let old = r#"{
+      "format_version": 1, "table": "t", "partition": 0, "first_offset": 0, "last_offset": 9,
+      "segment": "t/segments/p0/x.avro", "deleted": 7, "already_gone": 1, "skipped_changed": 2,
+      "skipped_unmarked": 0, "dry_run": false, "purger_id": "p", "started_at": "s", "finished_at": "f"
+    }"#;
+    let r: cdc_checkpoint::PurgeRecord = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        (
+            r.skipped_no_version,
+            r.skipped_open_transaction,
+            r.skipped_xid_too_old,
+            r.superseded
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(r.accounted_rows(), 10);
 }

@@ -43,6 +43,13 @@ pub struct PurgeArgs {
     #[arg(long)]
     #[serde(skip)]
     pub allow_unindexed_foreign_keys: bool,
+    /// Start even when foreign keys reference the table with ON DELETE
+    /// CASCADE / SET NULL / SET DEFAULT: purging then deletes or changes
+    /// referencing rows that were never archived. Overrides
+    /// `purger.allow_cascading_foreign_keys`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_cascading_foreign_keys: bool,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     #[serde(skip)]

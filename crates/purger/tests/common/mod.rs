@@ -183,30 +183,52 @@ impl Fixture {
         to: i64,
         with_xid: bool,
     ) -> Checkpoint {
-        let mut rows = Vec::new();
-        for (i, id) in (from..=to).enumerate() {
-            let (payload, amount, archived, xmin) =
-                snap.get(&id).cloned().expect("row to archive exists");
-            assert!(archived, "row {id} must be marked before it is archived");
-            let offset = first_offset + i as i64;
-            rows.push(ArchivedRow {
-                op: Op::Update,
-                key_json: format!("[{id}]"),
-                updated: Some(Hlc::new(1_700_000_000_000_000_000 + offset, 0)),
-                mvcc_timestamp: None,
-                pg_xid: with_xid.then(|| xmin.parse().unwrap()),
-                topic: self.table.clone(),
-                partition,
-                offset,
-                columns: vec![
-                    ("id".into(), Value::Number(id.to_string())),
-                    ("payload".into(), payload.map_or(Value::Null, Value::String)),
-                    ("amount".into(), amount.map_or(Value::Null, Value::Number)),
-                    ("archived".into(), Value::Bool(true)),
-                ],
-            });
-        }
+        let rows: Vec<ArchivedRow> = (from..=to)
+            .enumerate()
+            .map(|(i, id)| {
+                let xid = with_xid.then(|| snap[&id].3.parse().unwrap());
+                self.event(snap, id, partition, first_offset + i as i64, xid)
+            })
+            .collect();
         self.write_checkpoint(partition, first_offset, &rows).await
+    }
+
+    /// The archived event of row `id` as it is in `snap` (which must show
+    /// it marked), at Kafka `offset` (its `updated` grows with the offset),
+    /// recording `pg_xid` as the event's transaction id.
+    pub fn event(
+        &self,
+        snap: &Snapshot,
+        id: i64,
+        partition: i32,
+        offset: i64,
+        pg_xid: Option<u64>,
+    ) -> ArchivedRow {
+        let (payload, amount, archived, _xmin) =
+            snap.get(&id).cloned().expect("row to archive exists");
+        assert!(archived, "row {id} must be marked before it is archived");
+        ArchivedRow {
+            op: Op::Update,
+            key_json: format!("[{id}]"),
+            updated: Some(Hlc::new(1_700_000_000_000_000_000 + offset, 0)),
+            mvcc_timestamp: None,
+            pg_xid,
+            topic: self.table.clone(),
+            partition,
+            offset,
+            columns: vec![
+                ("id".into(), Value::Number(id.to_string())),
+                ("payload".into(), payload.map_or(Value::Null, Value::String)),
+                ("amount".into(), amount.map_or(Value::Null, Value::Number)),
+                ("archived".into(), Value::Bool(true)),
+            ],
+        }
+    }
+
+    /// The `xmin` of row `id` in `snap`, as the PostgreSQL changefeed
+    /// records it (32-bit form).
+    pub fn xmin(snap: &Snapshot, id: i64) -> u64 {
+        snap[&id].3.parse().unwrap()
     }
 
     /// Writes `rows` as a segment and its checkpoint (the sink's order:
@@ -217,57 +239,29 @@ impl Fixture {
         first_offset: i64,
         rows: &[ArchivedRow],
     ) -> Checkpoint {
-        let last_offset = first_offset + rows.len() as i64 - 1;
-        let meta = SegmentMeta {
-            table: self.table.clone(),
-            topic: self.table.clone(),
-            partition,
-            first_offset,
-            last_offset,
-        };
-        let bytes = cdc_segment::encode_segment(&meta, rows).unwrap();
-        let path = cdc_checkpoint::layout::segment_path(
+        self.write_checkpoint_with(partition, first_offset, rows, None)
+            .await
+    }
+
+    /// [`Fixture::write_checkpoint`] of a checkpoint that ends inside the
+    /// source transaction `open_tail_xid` (the sink could not fit all of
+    /// its events).
+    pub async fn write_checkpoint_with(
+        &self,
+        partition: i32,
+        first_offset: i64,
+        rows: &[ArchivedRow],
+        open_tail_xid: Option<u64>,
+    ) -> Checkpoint {
+        write_checkpoint_to(
+            &self.store,
             &self.table,
             partition,
             first_offset,
-            last_offset,
-            "t",
-        );
-        self.store
-            .store
-            .put(&self.store.path(&path), PutPayload::from(bytes.clone()))
-            .await
-            .unwrap();
-        let columns = rows[0].columns.iter().map(|(c, _)| c.clone()).collect();
-        let cp = Checkpoint {
-            format_version: cdc_checkpoint::FORMAT_VERSION,
-            table: self.table.clone(),
-            topic: self.table.clone(),
-            partition,
-            partitions: 1,
-            first_offset,
-            last_offset,
-            segment: Some(SegmentRef::describe(
-                path,
-                &bytes,
-                rows.len() as u64,
-                columns,
-            )),
-            counts: Counts {
-                events: rows.len() as u64,
-                rows_archived: rows.len() as u64,
-                ..Counts::default()
-            },
-            min_updated: rows.iter().filter_map(|r| r.updated).min(),
-            max_updated: rows.iter().filter_map(|r| r.updated).max(),
-            resolved: None,
-            writer_id: "purger-test".into(),
-            created_at: cdc_checkpoint::now_rfc3339(),
-            key_filter: None,
-            open_tail_xid: None,
-        };
-        cdc_checkpoint::create(&self.store, &cp).await.unwrap();
-        cp
+            rows,
+            open_tail_xid,
+        )
+        .await
     }
 
     /// The archived rows of a checkpoint, decoded back from storage.
@@ -293,4 +287,68 @@ pub fn as_snapshot_values(r: &ArchivedRow) -> (Option<String>, Option<String>) {
         _ => None,
     };
     (text("payload"), text("amount"))
+}
+
+/// Writes `rows` as a segment of `table` and its checkpoint (the sink's
+/// order: segment first, then the checkpoint). The checkpoint's offsets
+/// start at `first_offset` and span the rows' offsets.
+pub async fn write_checkpoint_to(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    first_offset: i64,
+    rows: &[ArchivedRow],
+    open_tail_xid: Option<u64>,
+) -> Checkpoint {
+    let last_offset = rows
+        .iter()
+        .map(|r| r.offset)
+        .max()
+        .unwrap()
+        .max(first_offset + rows.len() as i64 - 1);
+    let meta = SegmentMeta {
+        table: table.to_owned(),
+        topic: table.to_owned(),
+        partition,
+        first_offset,
+        last_offset,
+    };
+    let bytes = cdc_segment::encode_segment(&meta, rows).unwrap();
+    let path =
+        cdc_checkpoint::layout::segment_path(table, partition, first_offset, last_offset, "t");
+    store
+        .store
+        .put(&store.path(&path), PutPayload::from(bytes.clone()))
+        .await
+        .unwrap();
+    let columns = rows[0].columns.iter().map(|(c, _)| c.clone()).collect();
+    let cp = Checkpoint {
+        format_version: cdc_checkpoint::FORMAT_VERSION,
+        table: table.to_owned(),
+        topic: table.to_owned(),
+        partition,
+        partitions: 1,
+        first_offset,
+        last_offset,
+        segment: Some(SegmentRef::describe(
+            path,
+            &bytes,
+            rows.len() as u64,
+            columns,
+        )),
+        counts: Counts {
+            events: (last_offset - first_offset + 1) as u64,
+            rows_archived: rows.len() as u64,
+            ..Counts::default()
+        },
+        min_updated: rows.iter().filter_map(|r| r.updated).min(),
+        max_updated: rows.iter().filter_map(|r| r.updated).max(),
+        resolved: None,
+        writer_id: "purger-test".into(),
+        created_at: cdc_checkpoint::now_rfc3339(),
+        key_filter: None,
+        open_tail_xid,
+    };
+    cdc_checkpoint::create(store, &cp).await.unwrap();
+    cp
 }
