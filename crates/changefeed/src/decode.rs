@@ -111,30 +111,42 @@ pub enum Event {
 }
 
 /// Decoder settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecodeOptions {
-    /// Bare envelope (CDC query) column that holds `event_op()`; it is
-    /// removed from the row and sets [`RowEvent::op`]. `None`: every bare
-    /// row is an [`Op::Upsert`]. Default: `Some("op")`.
+    /// Bare envelope (CDC query) column that holds `event_op()`: the name
+    /// given in the query (`SELECT …, event_op() AS <name> FROM t`). It is
+    /// removed from the row and sets [`RowEvent::op`]. `None`: every
+    /// top-level field is a table column (a real column named `op` stays a
+    /// column) and every bare row is an [`Op::Upsert`]. Default: `None`:
+    /// the decoder cannot know whether a field is the query's `event_op()`
+    /// or a table column, so only the operator's configuration can say.
     pub bare_op_column: Option<String>,
 }
 
-impl Default for DecodeOptions {
-    fn default() -> Self {
+impl DecodeOptions {
+    /// Options for a CDC query that selects `event_op() AS <column>`.
+    pub fn with_op_column(column: impl Into<String>) -> Self {
         Self {
-            bare_op_column: Some(DEFAULT_OP_COLUMN.to_owned()),
+            bare_op_column: Some(column.into()),
         }
     }
 }
 
-const DEFAULT_OP_COLUMN: &str = "op";
+/// The `event_op()` column name of the fixtures' CDC query
+/// (`event_op() AS op`), which [`decode`] assumes.
+const FIXTURE_OP_COLUMN: &str = "op";
 
-/// Decodes one record with [`DecodeOptions::default`].
+/// Decodes one record as the fixtures' CDC query is written: like
+/// [`decode_with`] with `bare_op_column = Some("op")`, so a bare row's top-level `op` field is taken
+/// as `event_op()`, never as a column. A consumer of a real feed must use
+/// [`decode_with`] with the operator's setting instead (the sink does: its
+/// per-topic `op_column`, default none); for wrapped envelopes the two
+/// are the same.
 // `Event` is larger than the error, so boxing the error would not make
 // the `Result` smaller; the error fields are part of the public contract.
 #[allow(clippy::result_large_err)]
 pub fn decode(record: &RawRecord<'_>) -> Result<Event, DecodeError> {
-    decode_inner(record, Some(DEFAULT_OP_COLUMN)).map_err(|k| DecodeError::new(k, record))
+    decode_inner(record, Some(FIXTURE_OP_COLUMN)).map_err(|k| DecodeError::new(k, record))
 }
 
 /// Decodes one record.
@@ -482,6 +494,29 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No op column by default: a table column named `op` is archived as
+    /// a column, and the row is an upsert.
+    #[test]
+    fn default_options_keep_an_op_column() {
+        let rec = RawRecord {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            key: Some(b"[1]"),
+            value: Some(br#"{"__crdb__": {"updated": "1.0000000000"}, "id": 1, "op": "delete"}"#),
+        };
+        let Ok(Event::Row(r)) = decode_with(&rec, &DecodeOptions::default()) else {
+            panic!("not a row")
+        };
+        assert_eq!(r.op, Op::Upsert);
+        let after = r.after.expect("a row state");
+        assert_eq!(after.get("op"), Some(&Value::String("delete".into())));
+        let Ok(Event::Row(r)) = decode_with(&rec, &DecodeOptions::with_op_column("op")) else {
+            panic!("not a row")
+        };
+        assert_eq!((r.op, r.after), (Op::Delete, None));
+    }
 
     /// The hot path borrows field names and values from the input; only
     /// escaped names are copied.

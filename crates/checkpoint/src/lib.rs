@@ -24,7 +24,7 @@ use bytes::Bytes;
 use cdc_changefeed::Hlc;
 use cdc_common::retry::Retryable;
 use cdc_common::storage::ArchiveStore;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -446,37 +446,55 @@ pub fn verify_chain(
     Ok(())
 }
 
+/// How many checkpoint objects [`read_chain`] fetches at once.
+pub const READ_CONCURRENCY: usize = 16;
+
+/// Reads the checkpoint named `first` (listed, so it must exist) and checks
+/// it matches its name.
+async fn read_listed(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    first: i64,
+) -> Result<Checkpoint, CheckpointError> {
+    let path = store.path(&layout::checkpoint_path(table, partition, first));
+    let bytes = get_bytes(store, &path)
+        .await?
+        .ok_or_else(|| CheckpointError::Storage {
+            op: "get",
+            path: path.to_string(),
+            source: object_store::Error::NotFound {
+                path: path.to_string(),
+                source: "listed but gone".into(),
+            },
+        })?;
+    let c: Checkpoint = parse(&path, &bytes)?;
+    if c.first_offset != first {
+        return Err(CheckpointError::Broken {
+            table: table.to_owned(),
+            partition,
+            previous: path.to_string(),
+            next: path.to_string(),
+            reason: format!("named {first} but first_offset is {}", c.first_offset),
+        });
+    }
+    Ok(c)
+}
+
 /// Reads and verifies a partition's chain (empty if it has no checkpoint).
+/// Checkpoints are fetched [`READ_CONCURRENCY`] at a time; the result keeps
+/// chain (offset) order and any gap or overlap fails the read.
 pub async fn read_chain(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
 ) -> Result<Chain, CheckpointError> {
-    let mut checkpoints = Vec::new();
-    for first in list_checkpoints(store, table, partition).await? {
-        let path = store.path(&layout::checkpoint_path(table, partition, first));
-        let bytes = get_bytes(store, &path)
-            .await?
-            .ok_or_else(|| CheckpointError::Storage {
-                op: "get",
-                path: path.to_string(),
-                source: object_store::Error::NotFound {
-                    path: path.to_string(),
-                    source: "listed but gone".into(),
-                },
-            })?;
-        let c: Checkpoint = parse(&path, &bytes)?;
-        if c.first_offset != first {
-            return Err(CheckpointError::Broken {
-                table: table.to_owned(),
-                partition,
-                previous: path.to_string(),
-                next: path.to_string(),
-                reason: format!("named {first} but first_offset is {}", c.first_offset),
-            });
-        }
-        checkpoints.push(c);
-    }
+    let firsts = list_checkpoints(store, table, partition).await?;
+    let checkpoints: Vec<Checkpoint> = futures::stream::iter(firsts)
+        .map(|first| read_listed(store, table, partition, first))
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
     verify_chain(table, partition, &checkpoints)?;
     Ok(Chain {
         table: table.to_owned(),
@@ -572,37 +590,85 @@ pub struct Orphan {
     pub size: u64,
     /// When the store last modified it.
     pub last_modified: chrono::DateTime<chrono::Utc>,
+    /// Its offset range ends at or before the end of its partition's chain:
+    /// other checkpoints already cover those offsets, so no checkpoint can
+    /// ever name it (a writer that would is refused by the conditional
+    /// create). Only such orphans are ever cleaned. `false`: it lies beyond
+    /// the chain end, and may belong to a sink between its upload and its
+    /// checkpoint, however old it is.
+    pub covered: bool,
+}
+
+/// The partition of a segment path `<table>/segments/p<partition>/<name>`.
+fn segment_partition(relative: &str) -> Option<i32> {
+    let mut parts = relative.rsplit('/');
+    parts.next()?;
+    layout::parse_partition_dir(parts.next()?)
+}
+
+/// Per partition: the segments its checkpoints name, and the chain's end
+/// (`None` when the partition has no checkpoint, or its chain does not
+/// verify: then nothing of it counts as covered).
+async fn named_segments(
+    store: &ArchiveStore,
+    table: &str,
+) -> Result<(HashSet<String>, BTreeMap<i32, Option<i64>>), CheckpointError> {
+    let mut named = HashSet::new();
+    let mut ends = BTreeMap::new();
+    for p in partitions(store, table).await? {
+        let firsts = list_checkpoints(store, table, p).await?;
+        let checkpoints: Vec<Option<Checkpoint>> = futures::stream::iter(firsts)
+            .map(|first| read(store, table, p, first))
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let checkpoints: Vec<Checkpoint> = checkpoints.into_iter().flatten().collect();
+        named.extend(
+            checkpoints
+                .iter()
+                .filter_map(|c| c.segment.as_ref().map(|s| s.path.clone())),
+        );
+        let end = match verify_chain(table, p, &checkpoints) {
+            Ok(()) => checkpoints.last().map(|c| c.last_offset),
+            Err(_) => None,
+        };
+        ends.insert(p, end);
+    }
+    Ok((named, ends))
 }
 
 /// Segments under `<table>/segments/` that no checkpoint names (left by a
-/// crash between upload and checkpoint, or by a zombie writer).
+/// crash between upload and checkpoint, or by a zombie writer), each with
+/// whether its offsets are already covered by the chain ([`Orphan::covered`]).
 pub async fn orphans(store: &ArchiveStore, table: &str) -> Result<Vec<Orphan>, CheckpointError> {
-    let mut named = HashSet::new();
-    for p in partitions(store, table).await? {
-        for first in list_checkpoints(store, table, p).await? {
-            if let Some(c) = read(store, table, p, first).await? {
-                if let Some(s) = c.segment {
-                    named.insert(s.path);
-                }
-            }
-        }
-    }
+    let (named, ends) = named_segments(store, table).await?;
     let mut out: Vec<Orphan> = list(store, &layout::segments_root(table))
         .await?
         .into_iter()
-        .map(|m| Orphan {
-            path: store.relative(&m.location),
-            size: m.size,
-            last_modified: m.last_modified,
+        .filter_map(|m| {
+            let path = store.relative(&m.location);
+            let (_, last) = layout::parse_segment_name(&path)?;
+            if named.contains(&path) {
+                return None;
+            }
+            let end = segment_partition(&path).and_then(|p| ends.get(&p).copied().flatten());
+            Some(Orphan {
+                covered: end.is_some_and(|end| last <= end),
+                path,
+                size: m.size,
+                last_modified: m.last_modified,
+            })
         })
-        .filter(|o| layout::parse_segment_name(&o.path).is_some() && !named.contains(&o.path))
         .collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-/// Deletes the orphans older than `grace` (a younger one may belong to a
-/// sink that is about to write its checkpoint). Returns what was deleted.
+/// Deletes the orphans that are [`Orphan::covered`] by their partition's
+/// (verified) chain and older than `grace`. An orphan beyond the chain end
+/// is never deleted, whatever its age: it may belong to a sink stalled
+/// between its upload and its checkpoint, which would then write a
+/// checkpoint naming a missing segment. Returns what was deleted.
 pub async fn clean_orphans(
     store: &ArchiveStore,
     table: &str,
@@ -612,7 +678,7 @@ pub async fn clean_orphans(
         chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let mut deleted = Vec::new();
     for o in orphans(store, table).await? {
-        if o.last_modified <= cutoff {
+        if o.covered && o.last_modified <= cutoff {
             let path = store.path(&o.path);
             match store.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted.push(o),

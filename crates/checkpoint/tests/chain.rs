@@ -157,6 +157,125 @@ async fn segments_and_orphans(store: &ArchiveStore) {
     verify_segment(store, &seg).await.unwrap();
 }
 
+/// The orphan cleaner never deletes a segment beyond its partition's chain
+/// end (it may belong to a sink between upload and checkpoint), however
+/// old; only orphans whose offsets the chain already covers go.
+async fn orphans_beyond_the_chain_end_are_kept(store: &ArchiveStore) {
+    let table = cdc_tests::unique("orph");
+    // Partition 0: chain 0..=9 (segment-less), then 10..=19.
+    create(store, &checkpoint(&table, 0, 0, 9, None, "w1"))
+        .await
+        .unwrap();
+    create(store, &checkpoint(&table, 0, 10, 19, None, "w1"))
+        .await
+        .unwrap();
+    // A zombie's segment inside the chain, one ending exactly at its end,
+    // and a stalled sink's segment just past it.
+    let inside = layout::segment_path(&table, 0, 0, 9, "zombie");
+    let at_end = layout::segment_path(&table, 0, 10, 19, "zombie");
+    let beyond = layout::segment_path(&table, 0, 20, 29, "stalled");
+    // Straddling the end: offsets 20..=25 are not covered yet.
+    let straddling = layout::segment_path(&table, 0, 15, 25, "stalled");
+    // Partition 1 has no chain at all: its segment is beyond the (empty) end.
+    let no_chain = layout::segment_path(&table, 1, 0, 9, "stalled");
+    for p in [&inside, &at_end, &beyond, &straddling, &no_chain] {
+        put(store, p, b"x".to_vec()).await;
+    }
+    let listed = orphans(store, &table).await.unwrap();
+    let covered: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|o| (o.path.as_str(), o.covered))
+        .collect();
+    let mut want = vec![
+        (inside.as_str(), true),
+        (at_end.as_str(), true),
+        (beyond.as_str(), false),
+        (straddling.as_str(), false),
+        (no_chain.as_str(), false),
+    ];
+    want.sort();
+    assert_eq!(covered, want);
+
+    let deleted = clean_orphans(store, &table, Duration::ZERO).await.unwrap();
+    let mut deleted: Vec<&str> = deleted.iter().map(|o| o.path.as_str()).collect();
+    deleted.sort();
+    let mut want_deleted = vec![inside.as_str(), at_end.as_str()];
+    want_deleted.sort();
+    assert_eq!(deleted, want_deleted);
+    // The stalled sink now writes its checkpoint: the segment it names is there.
+    let mut c = checkpoint(&table, 0, 20, 29, None, "stalled");
+    c.segment = Some(SegmentRef::describe(
+        beyond.clone(),
+        b"x",
+        1,
+        vec!["id".into()],
+    ));
+    create(store, &c).await.unwrap();
+    let chain = read_chain(store, &table, 0).await.unwrap();
+    verify_segment(store, chain.last().unwrap().segment.as_ref().unwrap())
+        .await
+        .unwrap();
+    // Now the straddling one is covered (the chain ends at 29) and goes.
+    let deleted = clean_orphans(store, &table, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        deleted.iter().map(|o| o.path.as_str()).collect::<Vec<_>>(),
+        vec![straddling.as_str()]
+    );
+
+    // A broken chain covers nothing: its partition's orphans stay.
+    let broken = cdc_tests::unique("orphb");
+    create(store, &checkpoint(&broken, 0, 0, 9, None, "w1"))
+        .await
+        .unwrap();
+    create(store, &checkpoint(&broken, 0, 20, 29, None, "w1"))
+        .await
+        .unwrap();
+    let seg = layout::segment_path(&broken, 0, 0, 9, "zombie");
+    put(store, &seg, b"x".to_vec()).await;
+    assert!(clean_orphans(store, &broken, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(orphans(store, &broken).await.unwrap().len(), 1);
+}
+
+/// A long chain is read concurrently but in order, and a gap deep inside
+/// it is still found.
+async fn long_chain_reads_in_order(store: &ArchiveStore) {
+    let table = cdc_tests::unique("long");
+    let n = 3 * READ_CONCURRENCY as i64 + 5;
+    for i in 0..n {
+        create(
+            store,
+            &checkpoint(&table, 0, i * 10, i * 10 + 9, Some(Hlc::new(i, 0)), "w1"),
+        )
+        .await
+        .unwrap();
+    }
+    let chain = read_chain(store, &table, 0).await.unwrap();
+    assert_eq!(chain.checkpoints.len() as i64, n);
+    assert!(chain
+        .checkpoints
+        .iter()
+        .enumerate()
+        .all(|(i, c)| c.first_offset == i as i64 * 10));
+    assert_eq!(chain.resolved(), Some(Hlc::new(n - 1, 0)));
+    // A gap after the last one.
+    create(
+        store,
+        &checkpoint(&table, 0, n * 10 + 5, n * 10 + 9, None, "w1"),
+    )
+    .await
+    .unwrap();
+    match read_chain(store, &table, 0).await {
+        Err(CheckpointError::Broken { previous, next, .. }) => {
+            assert_eq!(previous, layout::checkpoint_path(&table, 0, (n - 1) * 10));
+            assert_eq!(next, layout::checkpoint_path(&table, 0, n * 10 + 5));
+        }
+        other => panic!("expected Broken, got {other:?}"),
+    }
+}
+
 async fn purge_records(store: &ArchiveStore) {
     let table = cdc_tests::unique("purge");
     let rec = PurgeRecord {
@@ -170,6 +289,10 @@ async fn purge_records(store: &ArchiveStore) {
         already_gone: 1,
         skipped_changed: 2,
         skipped_unmarked: 0,
+        skipped_no_version: 0,
+        skipped_open_transaction: 0,
+        skipped_xid_too_old: 0,
+        superseded: 0,
         dry_run: false,
         purger_id: "p1".into(),
         started_at: now_rfc3339(),
@@ -201,6 +324,8 @@ async fn local_file_system() {
     let (store, _dir) = cdc_tests::local_archive();
     chain_ops(&store).await;
     segments_and_orphans(&store).await;
+    orphans_beyond_the_chain_end_are_kept(&store).await;
+    long_chain_reads_in_order(&store).await;
     purge_records(&store).await;
 }
 
@@ -209,5 +334,7 @@ async fn s3_compatible_server() {
     let store = cdc_tests::s3_archive(&cdc_tests::unique("ckpt"));
     chain_ops(&store).await;
     segments_and_orphans(&store).await;
+    orphans_beyond_the_chain_end_are_kept(&store).await;
+    long_chain_reads_in_order(&store).await;
     purge_records(&store).await;
 }

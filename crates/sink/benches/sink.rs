@@ -169,6 +169,7 @@ async fn main() {
         topics: vec![cdc_sink::TopicConfig {
             name: topic.clone(),
             table: None,
+            op_column: None,
         }],
         storage,
         metrics_addr: None,

@@ -17,6 +17,16 @@ pub struct TopicConfig {
     /// Archive table name (the folder under the archive root). Default: the topic name.
     #[serde(default)]
     pub table: Option<String>,
+    /// CDC queries (bare envelope) only: the column that carries
+    /// `event_op()`, i.e. `<name>` in `SELECT ..., event_op() AS <name> FROM t`.
+    /// It is removed from the row and sets the event's operation (so a CDC
+    /// query delete is recognised as one). Must match the query exactly.
+    /// Default: none: every column is a table column (a real column named
+    /// `op` is archived like any other) and bare rows are upserts; deletes
+    /// of such a feed then show up as rows whose `archived` column is null
+    /// (counted as not archived).
+    #[serde(default)]
+    pub op_column: Option<String>,
 }
 
 impl TopicConfig {
@@ -63,6 +73,16 @@ pub struct SinkConfig {
     /// partitions). Default: 30s.
     #[serde(with = "humantime_serde")]
     pub flush_age: Duration,
+    /// A partition whose buffered range holds no archivable row gets a
+    /// (segment-less) checkpoint only when its resolved timestamp advanced
+    /// and this long has passed since its last checkpoint (or, for ranges
+    /// with deletes / unmarked rows / quarantined messages, when the range
+    /// is `flush_age` old). Bounds the chain's growth from resolved-only
+    /// traffic to one checkpoint per interval per partition, while keeping
+    /// the archive watermark (what `cdc-archiver run` waits for) at most
+    /// this far behind. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub resolved_checkpoint_interval: Duration,
     /// Bound on buffered bytes over all partitions; past it the sink pauses
     /// consumption and flushes the largest buffers. Default: 128 MiB.
     pub memory_budget: u64,
@@ -100,6 +120,7 @@ impl Default for SinkConfig {
             flush_rows: 50_000,
             flush_bytes: 64 << 20,
             flush_age: Duration::from_secs(30),
+            resolved_checkpoint_interval: Duration::from_secs(10),
             memory_budget: 128 << 20,
             multipart_threshold: 16 << 20,
             multipart_part_size: 8 << 20,
@@ -140,6 +161,11 @@ impl SinkConfig {
         })
     }
 
+    /// The configuration of `topic`.
+    pub fn topic(&self, topic: &str) -> Option<&TopicConfig> {
+        self.topics.iter().find(|t| t.name == topic)
+    }
+
     /// The archive table of `topic`.
     pub fn table_of(&self, topic: &str) -> Option<&str> {
         self.topics
@@ -168,6 +194,12 @@ impl SinkConfig {
         }
         for t in &self.topics {
             let table = t.table();
+            if t.op_column.as_deref() == Some("") {
+                return Err(format!(
+                    "op_column of topic {:?} must not be empty (leave it out for no op column)",
+                    t.name
+                ));
+            }
             if table.is_empty() || table.contains('/') || table.starts_with('.') {
                 return Err(format!(
                     "table name {table:?} of topic {:?} must be a plain folder name",
@@ -200,6 +232,7 @@ mod tests {
             topics: vec![TopicConfig {
                 name: "payments".into(),
                 table: None,
+                op_column: None,
             }],
             ..SinkConfig::default()
         };
@@ -226,5 +259,13 @@ mod tests {
             (c.flush_age, c.table_of("t")),
             (Duration::from_secs(2), Some("tt"))
         );
+        assert_eq!(c.resolved_checkpoint_interval, Duration::from_secs(10));
+        assert_eq!(c.topic("t").unwrap().op_column, None);
+        let c: SinkConfig = toml::from_str(
+            "resolved_checkpoint_interval = \"1m\"\n[[topics]]\nname = \"t\"\nop_column = \"kind\"",
+        )
+        .unwrap();
+        assert_eq!(c.resolved_checkpoint_interval, Duration::from_secs(60));
+        assert_eq!(c.topic("t").unwrap().op_column.as_deref(), Some("kind"));
     }
 }

@@ -6,10 +6,12 @@
 //! cannot fire for a fresh group) and paused at once; the async main loop
 //! then reads the chain, seeks to its end + 1 and resumes them.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -27,6 +29,21 @@ pub struct RebalanceEvents {
 pub struct SinkContext {
     /// Filled by the callbacks, drained by the main loop.
     pub events: Arc<Mutex<RebalanceEvents>>,
+    /// Kafka's high watermark per `(topic, partition)`, from librdkafka's
+    /// statistics (`statistics.interval.ms`): read on every tick for the
+    /// consumer lag without a broker round trip.
+    pub high_watermarks: Arc<Mutex<HashMap<(String, i32), i64>>>,
+}
+
+impl SinkContext {
+    /// The last high watermark librdkafka reported for a partition.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.high_watermarks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(topic.to_owned(), partition))
+            .copied()
+    }
 }
 
 fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -36,7 +53,22 @@ fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut hw = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, topic) in &statistics.topics {
+            for (id, p) in &topic.partitions {
+                // -1 (the internal UA partition, or not known yet) is skipped.
+                if *id >= 0 && p.hi_offset >= 0 {
+                    hw.insert((name.clone(), *id), p.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn rebalance(

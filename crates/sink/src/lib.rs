@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable as _;
-use cdc_changefeed::{decode, Hlc, RawRecord};
+use cdc_changefeed::{decode_with, DecodeOptions, Hlc, RawRecord};
 use cdc_checkpoint::key_filter::KeyFilter;
 use cdc_checkpoint::{Checkpoint, CheckpointError, SegmentRef};
 use cdc_common::retry::Retryable;
@@ -38,7 +38,7 @@ pub use config::{SinkConfig, StartPolicy, TopicConfig};
 pub use partition::StopReason;
 
 use crate::kafka::SinkContext;
-use crate::partition::{accept, start_offset, Accept, Outcome, PartitionBuffer, Run};
+use crate::partition::{accept, start_offset, Accept, Cut, Outcome, PartitionBuffer, Preview, Run};
 
 /// Errors that end the sink. Per-partition problems (gaps, conflicts,
 /// quarantined messages) do not: they are handled per partition.
@@ -101,6 +101,32 @@ enum State {
     Stopped,
 }
 
+/// What the tick reports about an owned partition (active or stopped).
+#[derive(Debug, Clone)]
+struct Watch {
+    table: String,
+    /// Resolved timestamp of the chain's last checkpoint.
+    resolved: Option<Hlc>,
+    /// The chain's end + 1 (what was committed to Kafka).
+    next: i64,
+}
+
+/// Why a partition is being flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// `flush_rows` / `flush_bytes` reached.
+    Threshold,
+    /// The age timer (`flush_age`, `resolved_checkpoint_interval`).
+    Age,
+    /// Over the memory budget.
+    Budget,
+    /// Over the memory budget with only held-back transaction tails left:
+    /// cut inside them (the checkpoint records `open_tail_xid`).
+    ForceBudget,
+    /// SIGTERM.
+    Shutdown,
+}
+
 struct Sink {
     config: SinkConfig,
     store: ArchiveStore,
@@ -108,6 +134,10 @@ struct Sink {
     context: SinkContext,
     writer_id: String,
     parts: HashMap<(String, i32), State>,
+    /// Owned partitions, for the metrics recomputed on every tick.
+    watch: HashMap<(String, i32), Watch>,
+    /// Decoder settings per topic (`op_column`).
+    decode_opts: HashMap<String, DecodeOptions>,
     summary: SinkSummary,
     crash: crash::CrashPoints,
     /// Set once shutdown began: offset commits become synchronous.
@@ -138,6 +168,10 @@ pub async fn run(config: &SinkConfig, cancel: CancellationToken) -> Result<SinkS
         // librdkafka's prefetch queue counts against the memory budget.
         cc.set("queued.max.messages.kbytes", "16384");
     }
+    if !config.kafka.contains_key("statistics.interval.ms") {
+        // High watermarks for the consumer-lag gauge, without a request per tick.
+        cc.set("statistics.interval.ms", "1000");
+    }
     let consumer: StreamConsumer<SinkContext> = cc.create_with_context(context.clone())?;
     let topics: Vec<&str> = config.topics.iter().map(|t| t.name.as_str()).collect();
     consumer.subscribe(&topics)?;
@@ -149,6 +183,19 @@ pub async fn run(config: &SinkConfig, cancel: CancellationToken) -> Result<SinkS
         context,
         writer_id,
         parts: HashMap::new(),
+        watch: HashMap::new(),
+        decode_opts: config
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    DecodeOptions {
+                        bare_op_column: t.op_column.clone(),
+                    },
+                )
+            })
+            .collect(),
         summary: SinkSummary::default(),
         crash: crash::CrashPoints::from_env(),
         shutting_down: false,
@@ -169,7 +216,7 @@ impl Sink {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                _ = tick.tick() => self.flush_aged().await?,
+                _ = tick.tick() => self.on_tick().await?,
                 msg = consumer.recv() => match msg {
                     Ok(m) => self.on_message(&m).await?,
                     Err(e) => self.on_kafka_error(&e).await?,
@@ -181,7 +228,15 @@ impl Sink {
         self.handle_rebalance().await?;
         let keys: Vec<(String, i32)> = self.parts.keys().cloned().collect();
         for k in keys {
-            self.flush(&k).await?;
+            self.flush(&k, Trigger::Shutdown).await?;
+            if let Some(State::Active(b)) = self.parts.get(&k) {
+                let held = b.held_back_events();
+                if held > 0 {
+                    tracing::info!(topic = %k.0, partition = k.1, events = held, xid = ?b.open_group.map(|g| g.xid),
+                        "not checkpointing the events of a PostgreSQL transaction that may not be complete yet: \
+                         the next owner re-reads them from the chain end");
+                }
+            }
         }
         self.consumer.unsubscribe();
         Ok(())
@@ -208,6 +263,7 @@ impl Sink {
                         "partition revoked: abandoning its unflushed events to the next owner");
                 }
             }
+            self.watch.remove(&k);
             metrics::gauge!("cdc_sink_assigned", "topic" => k.0.clone(), "partition" => k.1.to_string()).set(0.0);
         }
         for k in assigned {
@@ -260,6 +316,16 @@ impl Sink {
                 Ok((low, high, i32::try_from(count).unwrap_or(i32::MAX)))
             })
             .await??;
+        if let Some(end) = chain.end() {
+            self.watch.insert(
+                key.clone(),
+                Watch {
+                    table: table.clone(),
+                    resolved: chain.resolved(),
+                    next: end + 1,
+                },
+            );
+        }
         let start = match start_offset(chain.end(), low, high, self.config.start) {
             Ok(s) => s,
             Err((reason, msg)) => {
@@ -273,7 +339,15 @@ impl Sink {
         self.consumer.resume(&tpl)?;
         tracing::info!(%topic, partition, %table, start, chain_end = ?chain.end(), low, high, "partition resumed after its chain");
         metrics::gauge!("cdc_sink_assigned", "topic" => topic.clone(), "partition" => partition.to_string()).set(1.0);
-        let buffer = PartitionBuffer::new(
+        self.watch.insert(
+            key.clone(),
+            Watch {
+                table: table.clone(),
+                resolved: chain.resolved(),
+                next: start,
+            },
+        );
+        let mut buffer = PartitionBuffer::new(
             table,
             topic,
             partition,
@@ -281,6 +355,8 @@ impl Sink {
             start,
             chain.resolved(),
         );
+        buffer.events_counter =
+            metrics::counter!("cdc_sink_events_total", "table" => buffer.table.clone());
         self.parts.insert(key, State::Active(Box::new(buffer)));
         Ok(())
     }
@@ -399,7 +475,8 @@ impl Sink {
             key: m.key(),
             value: m.payload(),
         };
-        let event = match decode(&raw) {
+        let opts = self.decode_opts.get(&key.0).cloned().unwrap_or_default();
+        let event = match decode_with(&raw, &opts) {
             Ok(ev) => Ok(ev),
             Err(err) => {
                 let table = self.config.table_of(&key.0).unwrap_or(&key.0).to_owned();
@@ -425,13 +502,16 @@ impl Sink {
         if outcome == Outcome::Archived
             && (buffer.rows >= self.config.flush_rows || buffer.bytes >= self.config.flush_bytes)
         {
-            self.flush(&key).await?;
+            self.flush(&key, Trigger::Threshold).await?;
         }
         self.enforce_budget().await
     }
 
     /// Past the memory budget: pause everything, flush the largest buffers
-    /// until under half the budget, resume.
+    /// until under half the budget, resume. Flushes never cut inside an
+    /// incomplete PostgreSQL transaction; only if those held-back tails
+    /// alone keep the sink over the budget are they cut anyway (with
+    /// `open_tail_xid`, a warning and `cdc_sink_open_tail_checkpoints_total`).
     async fn enforce_budget(&mut self) -> Result<(), SinkError> {
         let total: u64 = self.buffers().map(|b| b.bytes).sum();
         if total <= self.config.memory_budget {
@@ -444,22 +524,17 @@ impl Sink {
             budget = self.config.memory_budget,
             "memory budget reached: consumption paused"
         );
-        let mut sizes: Vec<((String, i32), u64)> = self
-            .parts
-            .iter()
-            .filter_map(|(k, s)| match s {
-                State::Active(b) => Some((k.clone(), b.bytes)),
-                _ => None,
-            })
-            .collect();
-        sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
         let mut remaining = total;
-        for (k, bytes) in sizes {
-            if remaining <= self.config.memory_budget / 2 {
+        for trigger in [Trigger::Budget, Trigger::ForceBudget] {
+            if trigger == Trigger::ForceBudget && remaining <= self.config.memory_budget {
                 break;
             }
-            self.flush(&k).await?;
-            remaining -= bytes;
+            for k in self.largest_buffers() {
+                if remaining <= self.config.memory_budget / 2 {
+                    break;
+                }
+                remaining -= self.flush(&k, trigger).await?.min(remaining);
+            }
         }
         // Resume only what is still ours and active.
         let mut tpl = TopicPartitionList::new();
@@ -475,6 +550,20 @@ impl Sink {
         Ok(())
     }
 
+    /// Active partitions, largest buffer first.
+    fn largest_buffers(&self) -> Vec<(String, i32)> {
+        let mut sizes: Vec<((String, i32), u64)> = self
+            .parts
+            .iter()
+            .filter_map(|(k, s)| match s {
+                State::Active(b) if b.bytes > 0 => Some((k.clone(), b.bytes)),
+                _ => None,
+            })
+            .collect();
+        sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
+        sizes.into_iter().map(|(k, _)| k).collect()
+    }
+
     fn buffers(&self) -> impl Iterator<Item = &PartitionBuffer> {
         self.parts.values().filter_map(|s| match s {
             State::Active(b) => Some(b.as_ref()),
@@ -482,33 +571,87 @@ impl Sink {
         })
     }
 
+    /// The tick: metrics of every owned partition, then the age flushes.
+    async fn on_tick(&mut self) -> Result<(), SinkError> {
+        self.report_partitions();
+        self.flush_aged().await
+    }
+
+    /// Recomputes, for every owned partition (active or stopped), the
+    /// consumer lag (Kafka's high watermark - the chain's end + 1) and the
+    /// watermark age (now - the chain's latest resolved timestamp), so a
+    /// partition that stopped advancing shows it.
+    fn report_partitions(&self) {
+        for ((topic, partition), w) in &self.watch {
+            if let Some(high) = self.context.high_watermark(topic, *partition) {
+                metrics::gauge!("cdc_sink_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set((high - w.next).max(0) as f64);
+            }
+            if let Some(r) = w.resolved {
+                metrics::gauge!("cdc_sink_watermark_age_seconds", "table" => w.table.clone(), "partition" => partition.to_string())
+                    .set(watermark_age(r));
+            }
+        }
+    }
+
     async fn flush_aged(&mut self) -> Result<(), SinkError> {
         let total: u64 = self.buffers().map(|b| b.bytes).sum();
         metrics::gauge!("cdc_sink_buffered_bytes").set(total as f64);
         let age = self.config.flush_age;
+        let interval = self.config.resolved_checkpoint_interval;
         let due: Vec<(String, i32)> = self
             .parts
             .iter()
             .filter_map(|(k, s)| match s {
-                State::Active(b) if b.oldest.is_some_and(|t| t.elapsed() >= age) => Some(k.clone()),
+                State::Active(b)
+                    if b.oldest.is_some_and(|t| t.elapsed() >= age)
+                        || resolved_due(b, b.resolved, interval) =>
+                {
+                    Some(k.clone())
+                }
                 _ => None,
             })
             .collect();
         for k in due {
-            self.flush(&k).await?;
+            self.flush(&k, Trigger::Age).await?;
         }
         Ok(())
     }
 
-    /// Writes every buffered run of a partition: segment, then checkpoint,
-    /// then the offset commit.
-    async fn flush(&mut self, key: &(String, i32)) -> Result<(), SinkError> {
+    /// Writes the buffered runs of a partition up to where a checkpoint may
+    /// end (see [`PartitionBuffer::safe_end`]): segment, then checkpoint,
+    /// then the offset commit. Returns the (estimated) bytes freed.
+    async fn flush(&mut self, key: &(String, i32), trigger: Trigger) -> Result<u64, SinkError> {
         let Some(State::Active(buffer)) = self.parts.get_mut(key) else {
-            return Ok(());
+            return Ok(0);
         };
-        let runs = buffer.take_runs();
+        let cut = if trigger == Trigger::ForceBudget {
+            Cut::Force
+        } else {
+            Cut::Safe
+        };
+        let Some(preview) = buffer.preview(cut) else {
+            return Ok(0);
+        };
+        if preview.rows == 0
+            && trigger != Trigger::Shutdown
+            && !segmentless_due(buffer, &preview, &self.config)
+        {
+            return Ok(0);
+        }
+        if cut == Cut::Force {
+            if let Some(g) = buffer.open_group {
+                tracing::warn!(table = %buffer.table, partition = buffer.partition, xid = g.xid,
+                    held_bytes = buffer.bytes, budget = self.config.memory_budget,
+                    "one PostgreSQL transaction's events exceed the memory budget: checkpointing inside it \
+                     (open_tail_xid; the purger keeps that transaction's rows of this checkpoint)");
+                metrics::counter!("cdc_sink_open_tail_checkpoints_total", "table" => buffer.table.clone())
+                    .increment(1);
+            }
+        }
+        let runs = buffer.take(cut);
         if runs.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let (table, topic, partition, partitions) = (
             buffer.table.clone(),
@@ -517,13 +660,18 @@ impl Sink {
             buffer.partitions,
         );
         let mut committed_to = None;
+        let mut resolved = None;
         for run in runs {
             let last = run.last.expect("taken runs are sealed");
+            let run_resolved = run.resolved;
             match self
                 .write_run(&table, &topic, partition, partitions, run)
                 .await
             {
-                Ok(()) => committed_to = Some(last + 1),
+                Ok(()) => {
+                    committed_to = Some(last + 1);
+                    resolved = run_resolved;
+                }
                 Err(SinkError::Checkpoint(CheckpointError::Conflict {
                     path,
                     existing_writer,
@@ -536,12 +684,21 @@ impl Sink {
                     tpl.add_partition(&topic, partition);
                     let _ = self.consumer.pause(&tpl);
                     self.parts.insert(key.clone(), State::Loading);
+                    self.watch.remove(key);
                     break;
                 }
                 Err(e) => return Err(e),
             }
         }
         if let Some(next) = committed_to {
+            if let Some(State::Active(b)) = self.parts.get_mut(key) {
+                b.last_checkpoint = Some(std::time::Instant::now());
+                b.checkpointed_resolved = resolved;
+            }
+            if let Some(w) = self.watch.get_mut(key) {
+                w.next = next;
+                w.resolved = resolved;
+            }
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, partition, Offset::Offset(next))?;
             // A failed commit only costs redelivered (and dropped) duplicates.
@@ -553,22 +710,8 @@ impl Sink {
             if let Err(e) = self.consumer.commit(&tpl, mode) {
                 tracing::warn!(%topic, partition, error = %e, "offset commit failed");
             }
-            self.report_lag(&topic, partition, next).await;
         }
-        Ok(())
-    }
-
-    async fn report_lag(&self, topic: &str, partition: i32, next: i64) {
-        let consumer = Arc::clone(&self.consumer);
-        let t = topic.to_owned();
-        if let Ok(Ok((_, high))) = tokio::task::spawn_blocking(move || {
-            consumer.fetch_watermarks(&t, partition, Duration::from_secs(5))
-        })
-        .await
-        {
-            metrics::gauge!("cdc_sink_consumer_lag", "topic" => topic.to_owned(), "partition" => partition.to_string())
-                .set((high - next).max(0) as f64);
-        }
+        Ok(preview.bytes)
     }
 
     async fn write_run(
@@ -581,6 +724,7 @@ impl Sink {
     ) -> Result<(), SinkError> {
         let last = run.last.expect("sealed");
         let rows = run.rows.len() as u64;
+        let open_tail_xid = run.open_tail_xid;
         let mut key_filter = None;
         let segment = if run.rows.is_empty() {
             None
@@ -627,7 +771,7 @@ impl Sink {
             writer_id: self.writer_id.clone(),
             created_at: cdc_checkpoint::now_rfc3339(),
             key_filter,
-            open_tail_xid: None,
+            open_tail_xid,
         };
         (|| cdc_checkpoint::create(&self.store, &checkpoint))
             .retry(self.config.retry.backoff())
@@ -639,9 +783,10 @@ impl Sink {
         metrics::counter!("cdc_sink_checkpoints_total", "table" => table.to_owned()).increment(1);
         metrics::counter!("cdc_sink_rows_archived_total", "table" => table.to_owned())
             .increment(rows);
-        // Counted per checkpoint, not per message: no registry look-up on the hot path.
-        metrics::counter!("cdc_sink_events_total", "table" => table.to_owned())
-            .increment(run.counts.events);
+        if let Some(xid) = open_tail_xid {
+            tracing::warn!(%table, partition, first = run.first, last, xid,
+                "checkpoint ends inside PostgreSQL transaction {xid} (open_tail_xid)");
+        }
         if let Some(r) = run.resolved {
             metrics::gauge!("cdc_sink_watermark_age_seconds", "table" => table.to_owned(), "partition" => partition.to_string())
                 .set(watermark_age(r));
@@ -651,6 +796,23 @@ impl Sink {
         self.summary.segments += u64::from(checkpoint.segment.is_some());
         Ok(())
     }
+}
+
+/// A segment-less range is worth a checkpoint when the resolved timestamp
+/// it carries advanced and `interval` passed since the partition's last
+/// checkpoint.
+fn resolved_due(b: &PartitionBuffer, resolved: Option<Hlc>, interval: Duration) -> bool {
+    resolved > b.checkpointed_resolved && b.last_checkpoint.is_none_or(|t| t.elapsed() >= interval)
+}
+
+/// Whether a cut without rows (`preview`) gets a checkpoint now: when its
+/// resolved timestamp advanced and `resolved_checkpoint_interval` passed,
+/// or when it holds other events (deletes, unmarked rows, quarantined
+/// messages) and is `flush_age` old, so their offsets are not re-read
+/// forever (nor lost to retention) when no resolved timestamp comes.
+fn segmentless_due(b: &PartitionBuffer, preview: &Preview, config: &SinkConfig) -> bool {
+    resolved_due(b, preview.resolved, config.resolved_checkpoint_interval)
+        || (preview.other_events > 0 && b.oldest.is_some_and(|t| t.elapsed() >= config.flush_age))
 }
 
 fn watermark_age(r: Hlc) -> f64 {

@@ -114,6 +114,19 @@ pub struct Run {
     pub max_updated: Option<Hlc>,
     /// Partition's resolved timestamp at the run's end (set when sealed).
     pub resolved: Option<Hlc>,
+    /// PostgreSQL only: the run ends inside the events of this source
+    /// transaction (later versions written by it may follow in the next
+    /// checkpoint). Becomes [`cdc_checkpoint::Checkpoint::open_tail_xid`].
+    pub open_tail_xid: Option<u64>,
+}
+
+impl Run {
+    fn empty(first: i64) -> Self {
+        Run {
+            first,
+            ..Run::default()
+        }
+    }
 }
 
 /// What happened to one event.
@@ -129,6 +142,77 @@ pub enum Outcome {
     Resolved,
     /// Undecodable (the caller quarantined it).
     Quarantined,
+}
+
+/// How far a flush may cut a partition's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Only up to where the chain may end: never inside the trailing group
+    /// of events of one PostgreSQL transaction (`pg_xid`) that is not known
+    /// to be complete (see [`PartitionBuffer::safe_end`]).
+    Safe,
+    /// Everything buffered, even inside such a group: the checkpoint then
+    /// records the transaction in `open_tail_xid`. Only when the held-back
+    /// events alone exceed the memory budget.
+    Force,
+}
+
+/// The state of the buffer just before the first event of the current
+/// contiguous `pg_xid` run: where a safe cut falls while that run's
+/// transaction is not known to be complete.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// First offset of the xid run (the cut ends at `offset - 1`).
+    offset: i64,
+    /// Index in `runs` of the run that was open then.
+    run_index: usize,
+    /// Rows that run held then.
+    row_index: usize,
+    /// Its counts then.
+    counts: Counts,
+    /// Its min/max `updated` then.
+    min_updated: Option<Hlc>,
+    max_updated: Option<Hlc>,
+    /// The partition's resolved timestamp then.
+    resolved: Option<Hlc>,
+    /// Buffer bytes and rows then.
+    bytes: u64,
+    rows: usize,
+    /// When the xid run's first event arrived.
+    arrived: Instant,
+}
+
+/// The current contiguous run of events that carry the same `pg_xid`.
+#[derive(Debug, Clone)]
+struct XidRun {
+    xid: u64,
+    mark: Mark,
+}
+
+/// The trailing group of events of one PostgreSQL transaction that holds
+/// archivable rows and is not known to be complete yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenGroup {
+    /// The transaction id (`pg_xid`, the rows' `xmin`).
+    pub xid: u64,
+    /// Largest `updated` of its events.
+    pub updated: Option<Hlc>,
+}
+
+/// What a cut would take, without taking it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preview {
+    /// Last offset the checkpoint(s) would cover.
+    pub end: i64,
+    /// Archived rows in the range.
+    pub rows: usize,
+    /// Events in the range that are neither rows nor resolved messages
+    /// (deletes, rows not marked archived, quarantined messages).
+    pub other_events: u64,
+    /// The partition's resolved timestamp at `end`.
+    pub resolved: Option<Hlc>,
+    /// Estimated bytes the cut frees.
+    pub bytes: u64,
 }
 
 /// A partition being archived.
@@ -154,6 +238,37 @@ pub struct PartitionBuffer {
     pub rows: usize,
     /// When the oldest unflushed event arrived.
     pub oldest: Option<Instant>,
+    /// PostgreSQL: the trailing transaction group not yet known complete.
+    pub open_group: Option<OpenGroup>,
+    xid_run: Option<XidRun>,
+    /// The resolved timestamp of the chain's last checkpoint.
+    pub checkpointed_resolved: Option<Hlc>,
+    /// When this sink last wrote a checkpoint of the partition (`None`: not yet).
+    pub last_checkpoint: Option<Instant>,
+    /// `cdc_sink_events_total{table}`, counted on arrival.
+    pub events_counter: metrics::Counter,
+}
+
+fn counts_sub(a: Counts, b: Counts) -> Counts {
+    Counts {
+        events: a.events - b.events,
+        rows_archived: a.rows_archived - b.rows_archived,
+        deletes: a.deletes - b.deletes,
+        not_archived: a.not_archived - b.not_archived,
+        resolved: a.resolved - b.resolved,
+        quarantined: a.quarantined - b.quarantined,
+    }
+}
+
+fn counts_add(a: Counts, b: Counts) -> Counts {
+    Counts {
+        events: a.events + b.events,
+        rows_archived: a.rows_archived + b.rows_archived,
+        deletes: a.deletes + b.deletes,
+        not_archived: a.not_archived + b.not_archived,
+        resolved: a.resolved + b.resolved,
+        quarantined: a.quarantined + b.quarantined,
+    }
 }
 
 impl PartitionBuffer {
@@ -173,13 +288,15 @@ impl PartitionBuffer {
             partitions,
             expected: start,
             resolved,
-            runs: vec![Run {
-                first: start,
-                ..Run::default()
-            }],
+            runs: vec![Run::empty(start)],
             bytes: 0,
             rows: 0,
             oldest: None,
+            open_group: None,
+            xid_run: None,
+            checkpointed_resolved: resolved,
+            last_checkpoint: None,
+            events_counter: metrics::Counter::noop(),
         }
     }
 
@@ -192,6 +309,28 @@ impl PartitionBuffer {
         self.runs.last_mut().expect("there is always an open run")
     }
 
+    /// First buffered offset.
+    pub fn first(&self) -> i64 {
+        self.runs[0].first
+    }
+
+    fn mark_here(&self, offset: i64, now: Instant) -> Mark {
+        let run_index = self.runs.len() - 1;
+        let run = &self.runs[run_index];
+        Mark {
+            offset,
+            run_index,
+            row_index: run.rows.len(),
+            counts: run.counts,
+            min_updated: run.min_updated,
+            max_updated: run.max_updated,
+            resolved: self.resolved,
+            bytes: self.bytes,
+            rows: self.rows,
+            arrived: now,
+        }
+    }
+
     /// Adds the event at `self.expected` (the caller checked [`accept`]).
     pub fn push(
         &mut self,
@@ -201,45 +340,49 @@ impl PartitionBuffer {
     ) -> Outcome {
         debug_assert_eq!(offset, self.expected);
         self.expected = offset + 1;
+        self.events_counter.increment(1);
         self.oldest.get_or_insert_with(Instant::now);
         let outcome = match event {
             Err(()) => Outcome::Quarantined,
             Ok(Event::Resolved(r)) => {
                 self.resolved = Some(self.resolved.map_or(r.resolved, |x| x.max(r.resolved)));
+                // Resolved T: no event with `updated <= T` that was not
+                // sent already will follow, so a group at or below T is complete.
+                if self
+                    .open_group
+                    .is_some_and(|g| g.updated.is_some_and(|u| r.resolved >= u))
+                {
+                    self.open_group = None;
+                }
                 Outcome::Resolved
             }
-            Ok(Event::Row(ev)) => match archivable(ev, archived_column) {
-                Err(o) => o,
-                Ok(row) => {
-                    let needs_new_run = {
-                        let run = self.open();
-                        run.rows
-                            .first()
-                            .is_some_and(|f| !same_columns(&f.columns, &row.columns))
-                    };
-                    if needs_new_run {
-                        // A column set change starts a new segment: the
-                        // current run ends just before this event.
-                        let resolved = self.resolved;
-                        let run = self.open();
-                        run.last = Some(offset - 1);
-                        run.resolved = resolved;
-                        self.runs.push(Run {
-                            first: offset,
-                            ..Run::default()
-                        });
+            Ok(Event::Row(ev)) => {
+                let xid = ev.pg_xid;
+                if let Some(x) = xid {
+                    if self.xid_run.as_ref().is_none_or(|r| r.xid != x) {
+                        let mark = self.mark_here(offset, Instant::now());
+                        self.xid_run = Some(XidRun { xid: x, mark });
                     }
-                    self.bytes += row_bytes(&row);
-                    self.rows += 1;
-                    let run = self.open();
-                    if let Some(u) = row.updated {
-                        run.min_updated = Some(run.min_updated.map_or(u, |m| m.min(u)));
-                        run.max_updated = Some(run.max_updated.map_or(u, |m| m.max(u)));
+                    match &mut self.open_group {
+                        // A later event of another transaction: the group is
+                        // complete (transactions are contiguous per partition).
+                        Some(g) if g.xid != x => self.open_group = None,
+                        Some(g) => g.updated = g.updated.max(ev.updated),
+                        None => {}
                     }
-                    run.rows.push(row);
-                    Outcome::Archived
                 }
-            },
+                let updated = ev.updated;
+                match archivable(ev, archived_column) {
+                    Err(o) => o,
+                    Ok(row) => {
+                        self.push_row(offset, row);
+                        if let (Some(x), None) = (xid, self.open_group) {
+                            self.open_group = Some(OpenGroup { xid: x, updated });
+                        }
+                        Outcome::Archived
+                    }
+                }
+            }
         };
         let c = &mut self.open().counts;
         c.events += 1;
@@ -253,26 +396,191 @@ impl PartitionBuffer {
         outcome
     }
 
-    /// Takes every buffered run, sealed at `expected - 1`, leaving an empty
-    /// open run at `expected`. Empty runs are dropped.
-    pub fn take_runs(&mut self) -> Vec<Run> {
+    fn push_row(&mut self, offset: i64, row: ArchivedRow) {
+        let needs_new_run = self
+            .runs
+            .last()
+            .and_then(|r| r.rows.first())
+            .is_some_and(|f| !same_columns(&f.columns, &row.columns));
+        if needs_new_run {
+            // A column set change starts a new segment: the current run
+            // ends just before this event. If that is inside the events of
+            // an open transaction group, the run's checkpoint must say so.
+            let resolved = self.resolved;
+            let inside = self
+                .open_group
+                .filter(|g| row.pg_xid == Some(g.xid))
+                .map(|g| g.xid);
+            let run = self.open();
+            run.last = Some(offset - 1);
+            run.resolved = resolved;
+            run.open_tail_xid = inside;
+            self.runs.push(Run::empty(offset));
+        }
+        self.bytes += row_bytes(&row);
+        self.rows += 1;
+        let run = self.open();
+        if let Some(u) = row.updated {
+            run.min_updated = Some(run.min_updated.map_or(u, |m| m.min(u)));
+            run.max_updated = Some(run.max_updated.map_or(u, |m| m.max(u)));
+        }
+        run.rows.push(row);
+    }
+
+    /// The mark of the open group, if one holds events back.
+    fn held_mark(&self) -> Option<&Mark> {
+        self.open_group?;
+        self.xid_run.as_ref().map(|r| &r.mark)
+    }
+
+    /// The last offset a checkpoint may end at now: `expected - 1`, or,
+    /// while the trailing group of one PostgreSQL transaction is not known
+    /// to be complete, the offset just before the group's first event. The
+    /// proof of completeness is a later event with another `pg_xid`, or a
+    /// resolved timestamp `>=` the group's `updated`. (A later event with
+    /// the same `pg_xid` and a greater `updated` is NOT proof: it is the
+    /// PostgreSQL changefeed re-sending the transaction after a restart.)
+    pub fn safe_end(&self) -> i64 {
+        match self.held_mark() {
+            Some(m) => m.offset.max(self.first()) - 1,
+            None => self.expected - 1,
+        }
+    }
+
+    /// Events held back by an open transaction group (0 if none).
+    pub fn held_back_events(&self) -> u64 {
+        let safe = match self.held_mark() {
+            Some(m) if m.offset > self.first() => self.runs[..m.run_index]
+                .iter()
+                .fold(m.counts.events, |a, r| a + r.counts.events),
+            Some(_) => 0,
+            None => return 0,
+        };
+        self.pending_events() - safe
+    }
+
+    /// What [`PartitionBuffer::take`] would take with `cut`; `None` if nothing.
+    pub fn preview(&self, cut: Cut) -> Option<Preview> {
+        let mark = match cut {
+            Cut::Force => None,
+            Cut::Safe => self.held_mark(),
+        };
+        match mark {
+            None => {
+                let counts = self
+                    .runs
+                    .iter()
+                    .fold(Counts::default(), |a, r| counts_add(a, r.counts));
+                (counts.events > 0).then(|| Preview {
+                    end: self.expected - 1,
+                    rows: self.rows,
+                    other_events: counts.deletes + counts.not_archived + counts.quarantined,
+                    resolved: self.resolved,
+                    bytes: self.bytes,
+                })
+            }
+            Some(m) if m.offset <= self.first() => None,
+            Some(m) => {
+                let counts = self.runs[..m.run_index]
+                    .iter()
+                    .fold(m.counts, |a, r| counts_add(a, r.counts));
+                (counts.events > 0).then(|| Preview {
+                    end: m.offset - 1,
+                    rows: m.rows,
+                    other_events: counts.deletes + counts.not_archived + counts.quarantined,
+                    resolved: m.resolved,
+                    bytes: m.bytes,
+                })
+            }
+        }
+    }
+
+    /// Takes the runs up to where `cut` allows, sealed, leaving the rest
+    /// (an empty open run at `expected` if everything was taken). Empty
+    /// runs are dropped; the result is empty if there is nothing to take.
+    pub fn take(&mut self, cut: Cut) -> Vec<Run> {
+        if cut == Cut::Safe {
+            if let Some(m) = self.held_mark().copied() {
+                return self.take_until_mark(m);
+            }
+        }
+        let forced_inside = match cut {
+            Cut::Force => self.open_group.map(|g| g.xid),
+            Cut::Safe => None,
+        };
         let resolved = self.resolved;
         let end = self.expected - 1;
         let open = self.open();
         open.last = Some(end);
         open.resolved = resolved;
-        let mut runs = std::mem::replace(
-            &mut self.runs,
-            vec![Run {
-                first: self.expected,
-                ..Run::default()
-            }],
-        );
+        let mut runs = std::mem::replace(&mut self.runs, vec![Run::empty(self.expected)]);
         runs.retain(|r| r.counts.events > 0);
+        if let (Some(x), Some(last)) = (forced_inside, runs.last_mut()) {
+            last.open_tail_xid = Some(x);
+        }
         self.bytes = 0;
         self.rows = 0;
         self.oldest = None;
+        self.reset_mark(self.expected);
         runs
+    }
+
+    /// After a cut the mark (if any) points at the new buffer start.
+    fn reset_mark(&mut self, first: i64) {
+        if let Some(r) = &mut self.xid_run {
+            let m = &mut r.mark;
+            m.offset = m.offset.max(first);
+            m.run_index = 0;
+            m.row_index = 0;
+            m.counts = Counts::default();
+            m.min_updated = None;
+            m.max_updated = None;
+            m.bytes = 0;
+            m.rows = 0;
+        }
+    }
+
+    fn take_until_mark(&mut self, m: Mark) -> Vec<Run> {
+        if m.offset <= self.first() {
+            return Vec::new();
+        }
+        let mut rest = self.runs.split_off(m.run_index);
+        let mut taken = std::mem::take(&mut self.runs);
+        let run = &mut rest[0];
+        let tail_rows = run.rows.split_off(m.row_index);
+        let head = Run {
+            first: run.first,
+            last: Some(m.offset - 1),
+            rows: std::mem::replace(&mut run.rows, tail_rows),
+            counts: m.counts,
+            min_updated: m.min_updated,
+            max_updated: m.max_updated,
+            resolved: m.resolved,
+            open_tail_xid: None,
+        };
+        run.first = m.offset;
+        run.counts = counts_sub(run.counts, m.counts);
+        run.min_updated = run.rows.iter().filter_map(|r| r.updated).min();
+        run.max_updated = run.rows.iter().filter_map(|r| r.updated).max();
+        if head.counts.events > 0 {
+            taken.push(head);
+        }
+        // A sealed remainder left empty (a column change at the cut) goes.
+        if rest.len() > 1 && rest[0].counts.events == 0 {
+            rest.remove(0);
+        }
+        self.runs = rest;
+        self.bytes -= m.bytes;
+        self.rows -= m.rows;
+        self.oldest = Some(m.arrived);
+        self.reset_mark(m.offset);
+        taken
+    }
+
+    /// Takes every buffered run (a forced cut if a transaction group is
+    /// open). Kept for callers that want everything.
+    pub fn take_runs(&mut self) -> Vec<Run> {
+        self.take(Cut::Force)
     }
 }
 
@@ -428,5 +736,267 @@ mod tests {
             (16, 16, 0)
         );
         assert!(b.take_runs().is_empty());
+    }
+
+    /// A PostgreSQL changefeed event (wrapped envelope with `pg_xid`).
+    fn pg(offset: i64, key: i64, xid: u64, updated: i64, archived: bool) -> Result<Event, ()> {
+        let value = format!(
+            r#"{{"after": {{"archived": {archived}, "id": {key}, "v": {offset}}}, "before": null, "pg_lsn": "0/1", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#
+        );
+        decode(&RawRecord {
+            topic: "t",
+            partition: 0,
+            offset,
+            key: Some(format!("[{key}]").as_bytes()),
+            value: Some(value.as_bytes()),
+        })
+        .map_err(|_| ())
+    }
+
+    fn resolved_at(wall: i64) -> Result<Event, ()> {
+        ev(0, &format!(r#"{{"resolved": "{wall}.0000000000"}}"#))
+    }
+
+    fn buffer(start: i64) -> PartitionBuffer {
+        PartitionBuffer::new("t".into(), "t".into(), 0, 1, start, None)
+    }
+
+    fn ranges(runs: &[Run]) -> Vec<(i64, i64)> {
+        runs.iter().map(|r| (r.first, r.last.unwrap())).collect()
+    }
+
+    fn offsets(run: &Run) -> Vec<i64> {
+        run.rows.iter().map(|r| r.offset).collect()
+    }
+
+    /// The bug this guards against: a row updated twice in one transaction
+    /// gives two events with one xid; a checkpoint ending between them
+    /// would let the purger's `xmin = X` guard delete the second version,
+    /// which only the next checkpoint holds.
+    #[test]
+    fn never_cuts_inside_an_unproven_transaction() {
+        let mut b = buffer(0);
+        b.push(0, pg(0, 1, 10, 100, true), "archived");
+        b.push(1, pg(1, 1, 10, 100, true), "archived");
+        // Flush (rows, age, shutdown...): nothing may be cut yet.
+        assert_eq!(b.safe_end(), -1);
+        assert_eq!(b.preview(Cut::Safe), None);
+        assert!(b.take(Cut::Safe).is_empty());
+        assert_eq!(b.held_back_events(), 2);
+        assert_eq!((b.pending_events(), b.rows), (2, 2));
+        // The next transaction proves 10 complete, and is held itself.
+        b.push(2, pg(2, 2, 11, 101, true), "archived");
+        assert_eq!(b.safe_end(), 1);
+        let p = b.preview(Cut::Safe).unwrap();
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(0, 1)]);
+        assert_eq!(offsets(&runs[0]), vec![0, 1]);
+        assert_eq!((p.end, p.rows, p.other_events), (1, 2, 0));
+        assert_eq!(runs[0].counts.events, 2);
+        assert_eq!(runs[0].open_tail_xid, None);
+        assert_eq!(
+            (runs[0].min_updated, runs[0].max_updated),
+            (
+                Some("100.0000000000".parse().unwrap()),
+                Some("100.0000000000".parse().unwrap())
+            )
+        );
+        // What is left is exactly transaction 11, its bookkeeping intact.
+        assert_eq!((b.first(), b.pending_events(), b.rows), (2, 1, 1));
+        assert_eq!(b.bytes, p_bytes_of(&b));
+        assert_eq!(
+            b.runs[0].min_updated,
+            Some("101.0000000000".parse().unwrap())
+        );
+        // A resolved timestamp >= its `updated` proves it complete.
+        b.push(3, resolved_at(100), "archived");
+        assert_eq!(b.safe_end(), 1, "resolved 100 < updated 101 proves nothing");
+        b.push(4, resolved_at(101), "archived");
+        assert_eq!(b.safe_end(), 4);
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(2, 4)]);
+        assert_eq!(runs[0].resolved, Some("101.0000000000".parse().unwrap()));
+        assert_eq!(
+            (b.first(), b.pending_events(), b.rows, b.bytes),
+            (5, 0, 0, 0)
+        );
+    }
+
+    fn p_bytes_of(b: &PartitionBuffer) -> u64 {
+        b.runs.iter().flat_map(|r| &r.rows).map(row_bytes).sum()
+    }
+
+    /// The PostgreSQL changefeed re-sends a transaction after a restart
+    /// with a new, greater `updated` and the same xid: not a proof.
+    #[test]
+    fn same_xid_with_a_greater_updated_is_no_proof() {
+        let mut b = buffer(0);
+        b.push(0, pg(0, 1, 10, 100, true), "archived");
+        b.push(1, pg(1, 1, 10, 200, true), "archived");
+        assert!(b.take(Cut::Safe).is_empty());
+        // A resolved at the first `updated` is not enough either.
+        b.push(2, resolved_at(150), "archived");
+        assert!(b.take(Cut::Safe).is_empty());
+        b.push(3, resolved_at(200), "archived");
+        assert_eq!(ranges(&b.take(Cut::Safe)), vec![(0, 3)]);
+    }
+
+    /// The group starts at the transaction's first event, archivable or
+    /// not, and events without a row (quarantined, resolved below it)
+    /// inside it stay with it.
+    #[test]
+    fn the_group_starts_at_the_transactions_first_event() {
+        let mut b = buffer(0);
+        b.push(0, pg(0, 9, 9, 90, false), "archived");
+        b.push(1, pg(1, 1, 10, 100, false), "archived");
+        b.push(2, Err(()), "archived");
+        b.push(3, pg(3, 1, 10, 100, true), "archived");
+        b.push(4, resolved_at(99), "archived");
+        b.push(5, pg(5, 2, 10, 100, true), "archived");
+        assert_eq!(b.safe_end(), 0);
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(0, 0)]);
+        assert_eq!(runs[0].counts.not_archived, 1);
+        assert_eq!(b.held_back_events(), 5);
+        assert_eq!(b.runs[0].counts.quarantined, 1);
+        assert_eq!(b.runs[0].counts.resolved, 1);
+        assert_eq!(b.runs[0].counts.not_archived, 1);
+        // Nothing more to cut until a proof.
+        assert!(b.take(Cut::Safe).is_empty());
+        b.push(6, pg(6, 3, 12, 101, false), "archived");
+        // 12 holds no archivable row: no group is open, everything goes.
+        assert_eq!(b.open_group, None);
+        assert_eq!(ranges(&b.take(Cut::Safe)), vec![(1, 6)]);
+    }
+
+    /// Only past the memory budget, a forced cut inside the group: the
+    /// checkpoint says so, and the rest of the transaction follows in the
+    /// next checkpoint, cut cleanly once proven.
+    #[test]
+    fn forced_cut_records_the_open_transaction() {
+        let mut b = buffer(0);
+        b.push(0, pg(0, 1, 10, 100, true), "archived");
+        b.push(1, pg(1, 1, 10, 100, true), "archived");
+        let runs = b.take(Cut::Force);
+        assert_eq!(ranges(&runs), vec![(0, 1)]);
+        assert_eq!(runs[0].open_tail_xid, Some(10));
+        b.push(2, pg(2, 1, 10, 100, true), "archived");
+        assert!(b.take(Cut::Safe).is_empty());
+        b.push(3, pg(3, 5, 11, 101, true), "archived");
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(2, 2)]);
+        assert_eq!(runs[0].open_tail_xid, None);
+        assert_eq!(offsets(&runs[0]), vec![2]);
+    }
+
+    /// A column change inside a transaction splits its events over two
+    /// segments: the first one's checkpoint must carry the xid.
+    #[test]
+    fn column_change_inside_a_transaction_marks_the_run() {
+        let mut b = buffer(0);
+        let wide = |offset: i64, xid: u64| {
+            let v = format!(
+                r#"{{"after": {{"archived": true, "extra": 1, "id": 1}}, "pg_xid": "{xid}", "updated": "100.0000000000"}}"#
+            );
+            ev(offset, &v)
+        };
+        b.push(0, pg(0, 1, 9, 99, true), "archived");
+        // Transaction 10 starts with the new column set: a clean boundary.
+        b.push(1, wide(1, 10), "archived");
+        b.push(2, pg(2, 1, 10, 100, true), "archived");
+        b.push(3, pg(3, 1, 11, 101, true), "archived");
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(
+            runs.iter().map(|r| r.open_tail_xid).collect::<Vec<_>>(),
+            vec![None, Some(10), None]
+        );
+        assert_eq!((b.first(), b.rows), (3, 1));
+    }
+
+    /// CockroachDB events (no pg_xid) are never held back.
+    #[test]
+    fn events_without_xid_are_not_held() {
+        let mut b = buffer(0);
+        let row = r#"{"after": {"archived": true, "id": 1}, "updated": "5.0000000000"}"#;
+        b.push(0, ev(0, row), "archived");
+        b.push(1, ev(1, row), "archived");
+        assert_eq!(b.safe_end(), 1);
+        assert_eq!(b.held_back_events(), 0);
+        assert_eq!(ranges(&b.take(Cut::Safe)), vec![(0, 1)]);
+    }
+
+    /// Random PostgreSQL streams (contiguous transactions, increasing
+    /// `updated`, some resolved and quarantined messages), random safe
+    /// flushes: the checkpoints are contiguous, account for every offset,
+    /// and no transaction's rows are ever split between two of them.
+    #[test]
+    fn random_streams_never_split_a_transaction() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..200 {
+            let mut b = buffer(0);
+            let mut checkpoints: Vec<Run> = Vec::new();
+            let (mut offset, mut xid, mut updated) = (0i64, 100u64, 1000i64);
+            for _ in 0..(5 + rand(20)) {
+                xid += 1 + rand(3);
+                updated += 1;
+                for _ in 0..(1 + rand(4)) {
+                    let e = match rand(10) {
+                        0 => Err(()),
+                        1 => resolved_at(updated - 1 - rand(2) as i64),
+                        _ => pg(offset, rand(3) as i64, xid, updated, rand(4) != 0),
+                    };
+                    b.push(offset, e, "archived");
+                    offset += 1;
+                    if rand(3) == 0 {
+                        checkpoints.extend(b.take(Cut::Safe));
+                    }
+                }
+                if rand(4) == 0 {
+                    b.push(
+                        offset,
+                        resolved_at(updated + rand(2) as i64 - 1),
+                        "archived",
+                    );
+                    offset += 1;
+                }
+            }
+            checkpoints.extend(b.take(Cut::Safe));
+            // Contiguous from 0 up to where the buffer continues.
+            let mut next = 0;
+            for c in &checkpoints {
+                assert_eq!(c.first, next);
+                next = c.last.unwrap() + 1;
+                assert!(c
+                    .rows
+                    .iter()
+                    .all(|r| (c.first..=c.last.unwrap()).contains(&r.offset)));
+            }
+            assert_eq!(b.first(), next);
+            let total: u64 =
+                checkpoints.iter().map(|c| c.counts.events).sum::<u64>() + b.pending_events();
+            assert_eq!(total, offset as u64);
+            // No xid with rows in two checkpoints, nor in a checkpoint and the buffer.
+            let mut seen: std::collections::HashMap<u64, usize> = Default::default();
+            let held = b.runs.iter().flat_map(|r| &r.rows);
+            for (i, rows) in checkpoints
+                .iter()
+                .map(|c| c.rows.iter().collect::<Vec<_>>())
+                .chain(std::iter::once(held.collect()))
+                .enumerate()
+            {
+                for r in rows {
+                    let x = r.pg_xid.unwrap();
+                    assert_eq!(*seen.entry(x).or_insert(i), i, "xid {x} split");
+                }
+            }
+            assert!(checkpoints.iter().all(|c| c.open_tail_xid.is_none()));
+        }
     }
 }

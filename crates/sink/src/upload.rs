@@ -45,27 +45,15 @@ pub(crate) async fn put_segment(
             .map_err(storage_err("put", relative))?;
         return Ok(());
     }
-    // Multipart: a failed upload is aborted and restarted whole (parts
-    // cannot be re-sent individually through WriteMultipart).
+    // Multipart: a failed upload is aborted (so its parts do not linger,
+    // billed, on S3) and restarted whole (parts cannot be re-sent
+    // individually through WriteMultipart).
     let part = usize::try_from(config.multipart_part_size)
         .unwrap_or(usize::MAX)
         .max(1);
     let mut attempt = 0;
     loop {
-        let result: Result<(), object_store::Error> = async {
-            let upload = store.store.put_multipart(&path).await?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
-            for (i, chunk) in body.chunks(part).enumerate() {
-                writer.write(chunk);
-                if i == 0 {
-                    writer.wait_for_capacity(0).await?;
-                    crash.hit("mid_upload");
-                }
-            }
-            writer.finish().await?;
-            Ok(())
-        }
-        .await;
+        let result = upload_parts(store, &path, &body, part, crash).await;
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && attempt < config.retry.max_retries => {
@@ -78,6 +66,45 @@ pub(crate) async fn put_segment(
             }
             Err(e) => return Err(storage_err("put_multipart", relative)(e).into()),
         }
+    }
+}
+
+/// One multipart attempt. On any failure the upload is aborted before the
+/// error is returned (`WriteMultipart::finish` aborts by itself when the
+/// last parts or the completion fail).
+async fn upload_parts(
+    store: &ArchiveStore,
+    path: &object_store::path::Path,
+    body: &Bytes,
+    part: usize,
+    crash: &mut CrashPoints,
+) -> Result<(), object_store::Error> {
+    let upload = store.store.put_multipart(path).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
+    let mut chunks = body.chunks(part);
+    if let Some(first) = chunks.next() {
+        writer.write(first);
+        if let Err(e) = writer.wait_for_capacity(0).await {
+            abort(writer, path).await;
+            return Err(e);
+        }
+        crash.hit("mid_upload");
+    }
+    for chunk in chunks {
+        writer.write(chunk);
+    }
+    writer.finish().await.inspect_err(|_| {
+        // `finish` aborted the upload itself.
+        metrics::counter!("cdc_sink_multipart_aborts_total").increment(1);
+    })?;
+    Ok(())
+}
+
+async fn abort(writer: WriteMultipart, path: &object_store::path::Path) {
+    metrics::counter!("cdc_sink_multipart_aborts_total").increment(1);
+    if let Err(e) = writer.abort().await {
+        // Left for the bucket's lifecycle rule (AbortIncompleteMultipartUpload).
+        tracing::warn!(%path, error = %e, "aborting a failed multipart upload failed");
     }
 }
 

@@ -5,6 +5,8 @@
 mod common;
 
 use cdc_changefeed::{decode, Event, Value};
+// `decode` reads a bare row's `op` as `event_op()`, as the fixtures' query
+// is written; the sink gets the same with `op_column = "op"`.
 use cdc_checkpoint::Counts;
 use cdc_common::storage::ArchiveStore;
 use common::*;
@@ -27,7 +29,9 @@ async fn archive_fixture(
     cdc_tests::create_topic(&topic, 3).await;
     let records = fixture(name, &topic);
     produce(&records).await;
-    let config = config(&topic, storage);
+    let mut config = config(&topic, storage);
+    // The fixtures' CDC query selects `event_op() AS op`.
+    config.topics[0].op_column = Some("op".into());
     let summary = run_until_archived(&config, store, &topic, 3).await;
     assert!(summary.stopped.is_empty(), "{name}: {:?}", summary.stopped);
     let archive = read_archive(store, &topic, 3).await;
@@ -126,6 +130,36 @@ async fn every_fixture_archived_on_local_file_system() {
     }
     // Exact decimal text survives end to end.
     assert!(texts.iter().any(|t| t == "1250.00"), "{texts:?}");
+}
+
+/// Without `op_column` (the default) a CDC query's top-level `op` is a
+/// table column like any other: archived as a column, never swallowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_rows_keep_an_op_column_by_default() {
+    let topic = cdc_tests::unique("fxop");
+    cdc_tests::create_topic(&topic, 3).await;
+    let records = fixture("05-cdc-query-bare.ndjson", &topic);
+    produce(&records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let store = ArchiveStore::open(&storage).unwrap();
+    let summary = run_until_archived(&config(&topic, storage), &store, &topic, 3).await;
+    assert!(summary.stopped.is_empty());
+    let archive = read_archive(&store, &topic, 3).await;
+    let rows: Vec<_> = archive.iter().flat_map(|(_, rows)| rows).collect();
+    assert_eq!(rows.len(), 2, "the two rows marked archived");
+    for r in &rows {
+        assert_eq!(r.op, cdc_changefeed::Op::Upsert);
+        let op = r.columns.iter().find(|(c, _)| c == "op").map(|(_, v)| v);
+        assert_eq!(op, Some(&Value::String("update".into())));
+    }
+    // The query's delete (archived = null) is an unmarked row here.
+    let deletes: u64 = archive
+        .iter()
+        .flat_map(|(c, _)| &c.checkpoints)
+        .map(|c| c.counts.deletes)
+        .sum();
+    assert_eq!(deletes, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,8 +84,10 @@ pub fn config(topic: &str, storage: StorageConfig) -> SinkConfig {
         topics: vec![TopicConfig {
             name: topic.to_owned(),
             table: None,
+            op_column: None,
         }],
         flush_age: Duration::from_millis(300),
+        resolved_checkpoint_interval: Duration::from_millis(300),
         storage,
         metrics_addr: None,
         ..SinkConfig::default()

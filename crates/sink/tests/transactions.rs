@@ -1,0 +1,289 @@
+//! PostgreSQL changefeed transactions against the real broker: the sink
+//! never ends a checkpoint between two events of one source transaction
+//! (same `pg_xid`) unless the partition proved the transaction complete,
+//! so the purger's `xmin = X AND archived` guard can never delete a version
+//! that only a later checkpoint holds. Also: resolved-only checkpoints are
+//! rate-limited.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cdc_changefeed::line::OwnedRecord;
+use cdc_checkpoint::Chain;
+use cdc_common::storage::ArchiveStore;
+use cdc_sink::SinkConfig;
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+const BASE: i64 = 1_760_000_000_000_000_000;
+
+/// One PostgreSQL changefeed message (the wrapped envelope pg-changefeed writes).
+fn pg(topic: &str, offset: i64, key: i64, xid: u64, updated: i64, archived: bool) -> OwnedRecord {
+    let value = format!(
+        r#"{{"after": {{"archived": {archived}, "id": {key}, "version": {offset}}}, "before": null, "pg_lsn": "0/16B{xid:04X}", "pg_xid": "{xid}", "updated": "{}.0000000000"}}"#,
+        BASE + updated
+    );
+    OwnedRecord {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset,
+        key: Some(format!("[{key}]").into_bytes()),
+        value: Some(value.into_bytes()),
+    }
+}
+
+fn resolved(topic: &str, offset: i64, at: i64) -> OwnedRecord {
+    OwnedRecord {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset,
+        key: None,
+        value: Some(format!(r#"{{"resolved": "{}.0000000000"}}"#, BASE + at).into_bytes()),
+    }
+}
+
+/// Per checkpoint (chain order): the xids of its rows.
+async fn xids_per_checkpoint(store: &ArchiveStore, chain: &Chain) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for c in &chain.checkpoints {
+        let mut xids = Vec::new();
+        if let Some(seg) = &c.segment {
+            let bytes = cdc_checkpoint::verify_segment(store, seg).await.unwrap();
+            let decoded = cdc_segment::decode_segment(&bytes).unwrap();
+            xids.extend(decoded.rows.iter().map(|r| r.pg_xid.unwrap()));
+        }
+        out.push(xids);
+    }
+    out
+}
+
+/// No xid's rows in two checkpoints, unless the earlier one declares it
+/// `open_tail_xid`.
+fn assert_no_split(chain: &Chain, xids: &[Vec<u64>]) {
+    let mut first_seen: HashMap<u64, usize> = HashMap::new();
+    for (i, list) in xids.iter().enumerate() {
+        for x in list {
+            let at = *first_seen.entry(*x).or_insert(i);
+            if at != i {
+                assert!(
+                    (at..i).all(|j| chain.checkpoints[j].open_tail_xid == Some(*x)
+                        || !xids[j].contains(x)),
+                    "transaction {x} split between checkpoints {at} and {i} without open_tail_xid: {xids:?}"
+                );
+            }
+        }
+    }
+}
+
+fn pg_config(topic: &str, storage: cdc_common::storage::StorageConfig) -> SinkConfig {
+    SinkConfig {
+        // A flush after every archived row: the row threshold would cut
+        // between the two versions of a row if nothing held it back.
+        flush_rows: 1,
+        ..config(topic, storage)
+    }
+}
+
+/// Two versions of one row in one transaction, with `flush_rows = 1`; a
+/// trailing transaction with no proof is not checkpointed at shutdown, and
+/// the next run (after its proof arrives) archives it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_never_split_across_checkpoints() {
+    let topic = cdc_tests::unique("pgtx");
+    cdc_tests::create_topic(&topic, 1).await;
+    let t = topic.as_str();
+    let mut records = vec![
+        // xid 700: row 1 inserted then updated in the same transaction.
+        pg(t, 0, 1, 700, 1, true),
+        pg(t, 1, 1, 700, 1, true),
+        // xid 701: three rows, one twice, one not marked archived.
+        pg(t, 2, 2, 701, 2, true),
+        pg(t, 3, 3, 701, 2, false),
+        pg(t, 4, 2, 701, 2, true),
+        // resolved below 702's updated proves 701 only (as 702 does).
+        resolved(t, 5, 2),
+        // xid 702: row 4 twice, then a resolved that proves it.
+        pg(t, 6, 4, 702, 3, true),
+        pg(t, 7, 4, 702, 3, true),
+        resolved(t, 8, 3),
+        // xid 703: trailing, nothing proves it complete yet.
+        pg(t, 9, 5, 703, 4, true),
+        pg(t, 10, 5, 703, 4, true),
+    ];
+    produce(&records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let store = ArchiveStore::open(&storage).unwrap();
+    let cfg = pg_config(&topic, storage);
+
+    // Run until everything provable is checkpointed (chain end 8), then stop.
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let (cfg, cancel) = (cfg.clone(), cancel.clone());
+        async move { cdc_sink::run(&cfg, cancel).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let end = cdc_checkpoint::read_chain(&store, &topic, 0)
+            .await
+            .unwrap()
+            .end();
+        if end == Some(8) || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several age ticks with the trailing transaction buffered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cancel.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert!(summary.stopped.is_empty());
+    let chain = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
+    assert_eq!(
+        chain.end(),
+        Some(8),
+        "the unproven trailing transaction 703 is not checkpointed, even at shutdown"
+    );
+    let xids = xids_per_checkpoint(&store, &chain).await;
+    assert_no_split(&chain, &xids);
+    assert!(chain.checkpoints.iter().all(|c| c.open_tail_xid.is_none()));
+    // Every version of 700, 701 and 702 is archived.
+    let all: Vec<u64> = xids.iter().flatten().copied().collect();
+    assert_eq!(all, vec![700, 700, 701, 701, 702, 702]);
+    // With flush_rows = 1 the cuts fall exactly at the transaction boundaries.
+    let ranges: Vec<(i64, i64)> = chain
+        .checkpoints
+        .iter()
+        .map(|c| (c.first_offset, c.last_offset))
+        .collect();
+    assert!(ranges.contains(&(0, 1)), "{ranges:?}");
+
+    // The next owner re-reads 703 from the chain end; its proof arrives.
+    let more = vec![resolved(t, 11, 4), pg(t, 12, 6, 704, 5, false)];
+    produce(&more).await;
+    records.extend(more);
+    let summary = run_until_archived(&cfg, &store, &topic, 1).await;
+    assert!(summary.stopped.is_empty());
+    let chain = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
+    assert_eq!(chain.end(), Some(12));
+    let xids = xids_per_checkpoint(&store, &chain).await;
+    assert_no_split(&chain, &xids);
+    let all: Vec<u64> = xids.iter().flatten().copied().collect();
+    assert_eq!(all, vec![700, 700, 701, 701, 702, 702, 703, 703]);
+    // Row versions, field by field, as produced.
+    let archive = read_archive(&store, &topic, 1).await;
+    assert_eq!(archive[0].1, expected_rows(&records, 0));
+}
+
+/// A transaction too large for the memory budget is cut anyway, and the
+/// checkpoint says so (`open_tail_xid`) for the purger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_the_memory_budget_is_cut_with_open_tail_xid() {
+    let topic = cdc_tests::unique("pgbig");
+    cdc_tests::create_topic(&topic, 1).await;
+    let t = topic.as_str();
+    let mut records: Vec<OwnedRecord> = (0..6).map(|o| pg(t, o, o % 2, 900, 1, true)).collect();
+    records.push(pg(t, 6, 7, 901, 2, true));
+    records.push(resolved(t, 7, 2));
+    produce(&records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let store = ArchiveStore::open(&storage).unwrap();
+    let cfg = SinkConfig {
+        // About two rows.
+        memory_budget: 2000,
+        ..config(&topic, storage)
+    };
+    run_until_archived(&cfg, &store, &topic, 1).await;
+    let chain = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
+    assert_eq!(chain.end(), Some(7));
+    let xids = xids_per_checkpoint(&store, &chain).await;
+    assert_no_split(&chain, &xids);
+    // 900 had to be cut: every checkpoint holding some of it except the
+    // last carries open_tail_xid = 900 (the last one too if it was forced:
+    // a forced cut cannot know that the transaction ends there).
+    let holding: Vec<usize> = (0..xids.len())
+        .filter(|i| xids[*i].contains(&900))
+        .collect();
+    assert!(holding.len() > 1, "{xids:?}");
+    for i in &holding[..holding.len() - 1] {
+        assert_eq!(chain.checkpoints[*i].open_tail_xid, Some(900), "{i}");
+    }
+    // Transaction 901 was never over the budget alone: not flagged.
+    assert!(chain
+        .checkpoints
+        .iter()
+        .all(|c| c.open_tail_xid.is_none() || c.open_tail_xid == Some(900)));
+    let archive = read_archive(&store, &topic, 1).await;
+    assert_eq!(archive[0].1, expected_rows(&records, 0));
+}
+
+/// Resolved-only traffic: a segment-less checkpoint only when the resolved
+/// timestamp advanced and `resolved_checkpoint_interval` passed, instead
+/// of one per `flush_age`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolved_only_checkpoints_are_rate_limited() {
+    let topic = cdc_tests::unique("resrate");
+    cdc_tests::create_topic(&topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let store = ArchiveStore::open(&storage).unwrap();
+    let cfg = SinkConfig {
+        flush_age: Duration::from_millis(100),
+        resolved_checkpoint_interval: Duration::from_secs(3),
+        ..config(&topic, storage)
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let (cfg, cancel) = (cfg.clone(), cancel.clone());
+        async move { cdc_sink::run(&cfg, cancel).await }
+    });
+    // 20 advancing resolved messages over ~4 s.
+    let t = topic.as_str();
+    for i in 0..20 {
+        produce(&[resolved(t, i, i)]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = Some(format!("{}.0000000000", BASE + 19).parse().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let chain = loop {
+        let chain = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
+        if chain.resolved() == last || tokio::time::Instant::now() > deadline {
+            break chain;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(chain.resolved(), last);
+    let n = chain.checkpoints.len();
+    // ~4 s of traffic at one per 3 s (the first at once): 2 or 3, where
+    // one per flush_age would have been about 20.
+    assert!(
+        (2..=3).contains(&n),
+        "{n} checkpoints: {:?}",
+        chain.checkpoints
+    );
+    assert!(chain.checkpoints.iter().all(|c| c.segment.is_none()));
+    let times: Vec<chrono::DateTime<chrono::Utc>> = chain
+        .checkpoints
+        .iter()
+        .map(|c| c.created_at.parse().unwrap())
+        .collect();
+    for w in times.windows(2) {
+        assert!(
+            w[1] - w[0] >= chrono::Duration::milliseconds(2500),
+            "{times:?}"
+        );
+    }
+    // Resolved messages that do not advance are not worth a checkpoint,
+    // however long they wait.
+    for i in 20..30 {
+        produce(&[resolved(t, i, 19)]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(after.checkpoints.len(), n, "{:?}", after.checkpoints);
+}
