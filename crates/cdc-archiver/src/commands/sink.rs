@@ -1,7 +1,8 @@
 //! `cdc-archiver sink`: archive changefeed events from Kafka (long-running)
 //! until SIGTERM/Ctrl-C, which flushes, checkpoints and commits what is
 //! buffered. `cdc-archiver sink orphans [--clean]` lists (or deletes, past
-//! `orphan_grace`) segments that no checkpoint names.
+//! `orphan_grace` and only below the chain end) segments that no
+//! checkpoint names.
 //!
 //! Exit codes: 0 clean stop; 3 when a partition was stopped (offset gap,
 //! chain ahead of Kafka, broken chain: see the logs); 1 on failure.
@@ -29,7 +30,8 @@ pub struct SinkArgs {
 #[derive(Debug, Subcommand)]
 pub enum SinkAction {
     /// List segments that no checkpoint names (never trusted); with
-    /// --clean, delete those older than `orphan_grace`.
+    /// --clean, delete those older than `orphan_grace` whose offsets the
+    /// chain already covers (never one beyond the chain end).
     Orphans {
         /// Delete them.
         #[arg(long)]
@@ -52,12 +54,20 @@ pub async fn run(global: &GlobalArgs, args: SinkArgs) -> anyhow::Result<ExitCode
             .await
             .context("listing orphan segments")?;
         for (table, o) in &list {
+            // `covered`: the chain already covers its offsets (cleanable
+            // past orphan_grace); `beyond_chain_end`: never cleaned, it may
+            // belong to a sink that has not written its checkpoint yet.
             println!(
-                "{}\t{table}\t{}\t{}\t{}",
+                "{}\t{table}\t{}\t{}\t{}\t{}",
                 if clean { "deleted" } else { "orphan" },
                 o.path,
                 o.size,
-                o.last_modified.to_rfc3339()
+                o.last_modified.to_rfc3339(),
+                if o.covered {
+                    "covered"
+                } else {
+                    "beyond_chain_end"
+                }
             );
         }
         return Ok(ExitCode::SUCCESS);
