@@ -1,16 +1,21 @@
 //! `retrieve`: find archived row versions.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use cdc_changefeed::{Hlc, Value};
 use cdc_checkpoint::key_filter::{canonical_key, canonical_of, parse_key, KeyFilter};
-use cdc_checkpoint::{Checkpoint, CheckpointError, SegmentRef};
+use cdc_checkpoint::{Checkpoint, CheckpointError};
 use cdc_common::retry::Retryable;
 use cdc_common::storage::ArchiveStore;
 use cdc_segment::ArchivedRow;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
+
+/// Key-filter probes (keys × segments) worth making to avoid reading
+/// segments before an `updated` range; beyond it they are all read.
+const MAX_FILTER_PROBES: usize = 250_000;
 
 /// Segments fetched and decoded at once. Bounds memory to a few segments.
 const PARALLEL_SEGMENTS: usize = 4;
@@ -32,10 +37,29 @@ pub enum Selector {
     },
     /// A simple predicate on one column.
     Column(Predicate),
+    /// Every one of these at once, e.g. a key and an `updated` range
+    /// (`[Key(k), Updated { .. }]`). Empty: every row.
+    All(Vec<Selector>),
 }
 
-/// `column <op> value`, compared on the archived value's text (numbers
-/// numerically when both sides are numbers).
+/// The operators of a [`Predicate`], longest spelling first at any one
+/// position (`>=` before `>`). `<>` is accepted for `!=`.
+const OPERATORS: [(&str, &str); 7] = [
+    ("!=", "!="),
+    ("<>", "!="),
+    ("<=", "<="),
+    (">=", ">="),
+    ("=", "="),
+    ("<", "<"),
+    (">", ">"),
+];
+
+/// `column <op> value`. A JSON number in the archive is compared with a
+/// value that is a number *exactly*, as decimals (`1250 = 1250.00 =
+/// 1.25E+3`, and two 30-digit NUMERICs that differ in the last digit are
+/// different); everything else is compared on its text (a JSON string's
+/// contents, a boolean's `true`/`false`, nested JSON's exact text). SQL
+/// NULL matches no predicate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Predicate {
     /// SQL column name.
@@ -47,47 +71,141 @@ pub struct Predicate {
 }
 
 impl Predicate {
-    /// Parses `column=value`, `column>=value`, … (the first operator wins).
+    /// Parses `column=value`, `column>=value`, … The operator is the
+    /// leftmost one in the text (so a value may contain operator
+    /// characters: `note=a>=b` is `note` `=` `a>=b`), and at one position
+    /// the two-character spelling wins (`>=` over `>`).
     pub fn parse(text: &str) -> Option<Self> {
-        for op in ["!=", "<=", ">=", "=", "<", ">"] {
-            if let Some(i) = text.find(op) {
-                let column = text[..i].trim();
-                if column.is_empty() {
-                    return None;
-                }
-                return Some(Self {
-                    column: column.to_owned(),
-                    op: op.to_owned(),
-                    value: text[i + op.len()..].trim().to_owned(),
-                });
-            }
+        let (i, spelling, op) = text.char_indices().find_map(|(i, _)| {
+            OPERATORS
+                .iter()
+                .find(|(spelling, _)| text[i..].starts_with(spelling))
+                .map(|(spelling, op)| (i, *spelling, *op))
+        })?;
+        let column = text[..i].trim();
+        if column.is_empty() {
+            return None;
         }
-        None
+        Some(Self {
+            column: column.to_owned(),
+            op: op.to_owned(),
+            value: text[i + spelling.len()..].trim().to_owned(),
+        })
     }
 
     fn matches(&self, v: &Value) -> bool {
-        let text = match v {
+        let ord = match v {
             Value::Null => return false,
-            Value::Bool(b) => b.to_string(),
-            Value::String(s) => s.clone(),
-            Value::Number(t) | Value::Json(t) => t.clone(),
+            Value::Number(t) => match (Decimal::parse(t), Decimal::parse(&self.value)) {
+                (Some(a), Some(b)) => a.cmp(&b),
+                _ => t.as_str().cmp(self.value.as_str()),
+            },
+            Value::Bool(b) => (if *b { "true" } else { "false" }).cmp(self.value.as_str()),
+            Value::String(s) => s.as_str().cmp(self.value.as_str()),
+            Value::Json(t) => t.as_str().cmp(self.value.as_str()),
         };
-        let ord = match (text.parse::<f64>(), self.value.parse::<f64>(), v) {
-            // Ordering only: equality below stays exact on the text.
-            (Ok(a), Ok(b), Value::Number(_)) => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
-            _ => text.as_str().cmp(self.value.as_str()),
-        };
-        let exact_eq =
-            text == self.value || (matches!(v, Value::Number(_)) && ord == Ordering::Equal);
         match self.op.as_str() {
-            "=" => exact_eq,
-            "!=" => !exact_eq,
+            "=" => ord == Ordering::Equal,
+            "!=" => ord != Ordering::Equal,
             "<" => ord == Ordering::Less,
             "<=" => ord != Ordering::Greater,
             ">" => ord == Ordering::Greater,
             ">=" => ord != Ordering::Less,
             _ => false,
         }
+    }
+}
+
+/// An exact decimal: `(-1)^negative × 0.digits × 10^exponent`, normalised
+/// (no leading or trailing zero in `digits`; zero has empty `digits` and
+/// is never negative), so that equal values have equal fields and the
+/// order is sign, then exponent, then the digit string. Any length of
+/// digits, no float anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Decimal {
+    negative: bool,
+    digits: String,
+    exponent: i64,
+}
+
+impl Decimal {
+    /// Parses a JSON number (`-12.50`, `1E+2`, `0.5e-3`), also with a
+    /// leading `+` or a missing integer or fraction part (`.5`, `5.`), as
+    /// people type them. `None` for anything else (`NaN`, `Infinity`, text).
+    fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let (negative, rest) = match text.as_bytes().first()? {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if int.len() + frac.len() == 0 || !all_digits(int) || !all_digits(frac) {
+            return None;
+        }
+        let exp: i64 = match exp {
+            None => 0,
+            Some(e) => {
+                let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+                if digits.is_empty() || !all_digits(digits) {
+                    return None;
+                }
+                e.strip_prefix('+').unwrap_or(e).parse().ok()?
+            }
+        };
+        let all = format!("{int}{frac}");
+        let leading = all.len() - all.trim_start_matches('0').len();
+        let digits = all.trim_start_matches('0').trim_end_matches('0').to_owned();
+        if digits.is_empty() {
+            return Some(Self {
+                negative: false,
+                digits,
+                exponent: 0,
+            });
+        }
+        let point = i64::try_from(int.len()).ok()? - i64::try_from(leading).ok()?;
+        Some(Self {
+            negative,
+            digits,
+            exponent: point.checked_add(exp)?,
+        })
+    }
+
+    fn sign(&self) -> i8 {
+        match (self.digits.is_empty(), self.negative) {
+            (true, _) => 0,
+            (false, true) => -1,
+            (false, false) => 1,
+        }
+    }
+}
+
+impl Ord for Decimal {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let by_sign = self.sign().cmp(&other.sign());
+        if by_sign != Ordering::Equal || self.sign() == 0 {
+            return by_sign;
+        }
+        let magnitude = self
+            .exponent
+            .cmp(&other.exponent)
+            .then_with(|| self.digits.cmp(&other.digits));
+        if self.negative {
+            magnitude.reverse()
+        } else {
+            magnitude
+        }
+    }
+}
+
+impl PartialOrd for Decimal {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -129,6 +247,8 @@ pub struct RetrieveStats {
     pub rows_scanned: usize,
     /// Redelivered copies of a version already found, dropped.
     pub duplicates_dropped: usize,
+    /// Older versions of a returned key left out (without `all_versions`).
+    pub older_versions_omitted: usize,
     /// Rows returned.
     pub rows_returned: usize,
 }
@@ -173,159 +293,281 @@ pub fn parse_key_arg(text: &str) -> Result<Vec<Value>, RetrieveError> {
     })
 }
 
-/// Whether a checkpoint's segment can hold rows matching `selector`.
-fn may_match(
-    cp: &Checkpoint,
-    seg: &SegmentRef,
-    selector: &Selector,
-    canonical: Option<&str>,
-) -> bool {
-    match selector {
-        Selector::Key(_) => match (
-            canonical,
-            cp.key_filter.as_deref().and_then(KeyFilter::decode),
-        ) {
-            (Some(k), Some(f)) => f.may_contain(k),
-            _ => true,
-        },
-        Selector::Updated { from, to } => {
-            let below = matches!((cp.max_updated, from), (Some(max), Some(from)) if max < *from);
-            let above = matches!((cp.min_updated, to), (Some(min), Some(to)) if min >= *to);
-            !(below || above) && seg.rows > 0
+/// A [`Selector`] prepared for matching: key texts made canonical once.
+#[derive(Clone)]
+enum Matcher {
+    Key(String),
+    Prefix(Vec<String>),
+    Updated { from: Option<Hlc>, to: Option<Hlc> },
+    Column(Predicate),
+    All(Vec<Matcher>),
+}
+
+impl Matcher {
+    fn new(selector: &Selector) -> Self {
+        match selector {
+            Selector::Key(k) => Matcher::Key(canonical_key(k)),
+            Selector::KeyPrefix(p) => Matcher::Prefix(p.iter().map(Value::to_json_text).collect()),
+            Selector::Updated { from, to } => Matcher::Updated {
+                from: *from,
+                to: *to,
+            },
+            Selector::Column(p) => Matcher::Column(p.clone()),
+            Selector::All(parts) => Matcher::All(parts.iter().map(Matcher::new).collect()),
         }
-        Selector::KeyPrefix(_) | Selector::Column(_) => seg.rows > 0,
+    }
+
+    /// The same without any `updated` lower bound: what an earlier
+    /// delivery of a matching version matches. `None` when there is no
+    /// lower bound.
+    fn without_from(&self) -> Option<Matcher> {
+        match self {
+            Matcher::Updated { from: Some(_), to } => Some(Matcher::Updated {
+                from: None,
+                to: *to,
+            }),
+            Matcher::All(parts) => {
+                let relaxed: Vec<Option<Matcher>> =
+                    parts.iter().map(Matcher::without_from).collect();
+                if relaxed.iter().all(Option::is_none) {
+                    return None;
+                }
+                Some(Matcher::All(
+                    parts
+                        .iter()
+                        .zip(relaxed)
+                        .map(|(m, r)| r.unwrap_or_else(|| m.clone()))
+                        .collect(),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a checkpoint's segment can hold matching rows, from the
+    /// checkpoint's metadata alone: its key filter and `updated` range.
+    /// Key prefixes and column predicates cannot be pruned: checkpoints
+    /// record no key range or column statistics.
+    fn may_match(&self, cp: &Checkpoint) -> bool {
+        match self {
+            Matcher::Key(k) => cp
+                .key_filter
+                .as_deref()
+                .and_then(KeyFilter::decode)
+                .is_none_or(|f| f.may_contain(k)),
+            Matcher::Updated { from, to } => {
+                let below =
+                    matches!((cp.max_updated, from), (Some(max), Some(from)) if max < *from);
+                let above = matches!((cp.min_updated, to), (Some(min), Some(to)) if min >= *to);
+                !(below || above)
+            }
+            Matcher::Prefix(_) | Matcher::Column(_) => true,
+            Matcher::All(parts) => parts.iter().all(|m| m.may_match(cp)),
+        }
+    }
+
+    fn row_matches(&self, row: &ArchivedRow) -> bool {
+        match self {
+            Matcher::Key(k) => canonical_of(&row.key_json) == *k,
+            Matcher::Prefix(prefix) => parse_key(&row.key_json).is_some_and(|k| {
+                k.len() >= prefix.len() && k.iter().zip(prefix).all(|(a, b)| a.to_json_text() == *b)
+            }),
+            Matcher::Updated { from, to } => row
+                .updated
+                .is_some_and(|u| from.is_none_or(|f| u >= f) && to.is_none_or(|t| u < t)),
+            Matcher::Column(p) => row
+                .columns
+                .iter()
+                .find(|(name, _)| *name == p.column)
+                .is_some_and(|(_, v)| p.matches(v)),
+            Matcher::All(parts) => parts.iter().all(|m| m.row_matches(row)),
+        }
     }
 }
 
-fn row_matches(row: &ArchivedRow, selector: &Selector, canonical: Option<&str>) -> bool {
-    match selector {
-        Selector::Key(_) => Some(canonical_of(&row.key_json).as_str()) == canonical,
-        Selector::KeyPrefix(prefix) => parse_key(&row.key_json)
-            .map(|k| {
-                k.len() >= prefix.len()
-                    && k.iter()
-                        .zip(prefix)
-                        .all(|(a, b)| a.to_json_text() == b.to_json_text())
-            })
-            .unwrap_or(false),
-        Selector::Updated { from, to } => match row.updated {
-            Some(u) => from.is_none_or(|f| u >= f) && to.is_none_or(|t| u < t),
-            None => false,
-        },
-        Selector::Column(p) => row
-            .columns
-            .iter()
-            .find(|(name, _)| *name == p.column)
-            .is_some_and(|(_, v)| p.matches(v)),
+/// What names one row version, whichever delivery of it we read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Version {
+    /// CockroachDB: the MVCC timestamp names a version exactly.
+    Mvcc(Hlc),
+    /// PostgreSQL changefeed: the writing transaction (the row's `xmin`).
+    /// Its `updated` is not stable: events re-sent after a restart of the
+    /// changefeed carry the restart time.
+    Xid(u64),
+    /// Neither recorded: `updated` is all there is.
+    Updated(Option<Hlc>),
+}
+
+fn version_of(row: &ArchivedRow) -> Version {
+    match (row.mvcc_timestamp, row.pg_xid) {
+        (Some(m), _) => Version::Mvcc(m),
+        (None, Some(x)) => Version::Xid(x),
+        (None, None) => Version::Updated(row.updated),
     }
 }
 
-/// The identity of a row version: redelivered copies share it.
-fn version_id(row: &ArchivedRow) -> (String, Option<Hlc>, Option<Hlc>, Option<u64>) {
+/// Whether `new` is a better copy of one version than `old`: the earliest
+/// delivery (smallest `updated`, so re-sent copies lose), and within one
+/// delivery the first copy, except for a PostgreSQL transaction that wrote
+/// the row more than once, whose last event (the highest offset) is the
+/// state the transaction left.
+fn better_copy(new: &ArchivedRow, old: &ArchivedRow) -> bool {
+    let position = (new.partition, new.offset).cmp(&(old.partition, old.offset));
+    let within_delivery = match version_of(new) {
+        Version::Xid(_) => position == Ordering::Greater,
+        _ => position == Ordering::Less,
+    };
+    match new.updated.cmp(&old.updated) {
+        Ordering::Less => true,
+        Ordering::Greater => false,
+        Ordering::Equal => within_delivery,
+    }
+}
+
+/// The order of the versions of one key, oldest first: the MVCC timestamp
+/// where there is one, else the `updated` of the version's first delivery,
+/// then where it was read.
+fn version_rank(row: &ArchivedRow) -> (Option<Hlc>, Option<Hlc>, i32, i64) {
     (
-        row.key_json.clone(),
+        row.mvcc_timestamp.or(row.updated),
         row.updated,
-        row.mvcc_timestamp,
-        row.pg_xid,
+        row.partition,
+        row.offset,
     )
 }
 
+/// Keeps one copy of each row version: `(canonical key, version)`, where
+/// the version is the MVCC timestamp, else the PostgreSQL transaction id,
+/// else `updated`. Returns the distinct versions and how many copies were
+/// dropped.
+pub(crate) fn dedupe(found: impl IntoIterator<Item = Found>) -> (Vec<Found>, usize) {
+    let mut by_version: HashMap<(String, Version), Found> = HashMap::new();
+    let mut dropped = 0;
+    for f in found {
+        match by_version.entry((canonical_of(&f.row.key_json), version_of(&f.row))) {
+            Entry::Occupied(mut e) => {
+                dropped += 1;
+                if better_copy(&f.row, &e.get().row) {
+                    e.insert(f);
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(f);
+            }
+        }
+    }
+    (by_version.into_values().collect(), dropped)
+}
+
+/// The latest version of each key among distinct versions (see
+/// [`dedupe`]). Returns them and how many older versions were left out.
+pub(crate) fn latest_per_key(versions: impl IntoIterator<Item = Found>) -> (Vec<Found>, usize) {
+    let mut latest: HashMap<String, Found> = HashMap::new();
+    let mut older = 0;
+    for f in versions {
+        match latest.entry(canonical_of(&f.row.key_json)) {
+            Entry::Occupied(mut e) => {
+                older += 1;
+                if version_rank(&f.row) > version_rank(&e.get().row) {
+                    e.insert(f);
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(f);
+            }
+        }
+    }
+    (latest.into_values().collect(), older)
+}
+
+/// Sorts by key (canonical text), then version, oldest first.
+pub(crate) fn sort_by_key_and_version(found: &mut [Found]) {
+    found.sort_by_cached_key(|f| (canonical_of(&f.row.key_json), version_rank(&f.row)));
+}
+
 /// Runs `query` against the archive.
+///
+/// Redelivered copies of one row version (same canonical key and version,
+/// see [`Version`]) are returned once, as their first delivery. Without
+/// `all_versions`, only the latest matching version of each key is
+/// returned. A version matches an `updated` range when its *first*
+/// archived delivery lies in it: a copy that the PostgreSQL changefeed
+/// re-sent after a restart carries a later `updated`, and is not a new
+/// version of the row in that later range.
 pub async fn retrieve(
     store: &ArchiveStore,
     query: &Query,
 ) -> Result<(Vec<Found>, RetrieveStats), RetrieveError> {
     let mut stats = RetrieveStats::default();
-    let canonical = match &query.selector {
-        Selector::Key(k) => Some(canonical_key(k)),
-        _ => None,
-    };
+    let matcher = Matcher::new(&query.selector);
+    // With an `updated` lower bound, a copy in range may be a re-sent copy
+    // of a version first delivered before the range: `relaxed` finds those
+    // earlier deliveries.
+    let relaxed = matcher.without_from();
 
     // Every segment that a checkpoint names, pruned by checkpoint metadata.
     let mut candidates = Vec::new();
+    let mut before_range = Vec::new();
     for partition in cdc_checkpoint::partitions(store, &query.table).await? {
         let chain = cdc_checkpoint::read_chain(store, &query.table, partition).await?;
         for cp in chain.checkpoints {
             stats.checkpoints += 1;
-            let Some(seg) = cp.segment.clone() else {
-                continue;
-            };
+            let Some(seg) = &cp.segment else { continue };
             stats.segments_total += 1;
-            if may_match(&cp, &seg, &query.selector, canonical.as_deref()) {
-                candidates.push((cp.first_offset, seg));
+            if seg.rows == 0 {
+                continue;
+            }
+            if matcher.may_match(&cp) {
+                candidates.push(cp);
+            } else if relaxed.as_ref().is_some_and(|r| r.may_match(&cp)) {
+                before_range.push(cp);
             }
         }
     }
 
-    let selector = &query.selector;
-    let canonical_ref = canonical.as_deref();
-    let mut results =
-        futures::stream::iter(candidates.into_iter().map(|(first, seg)| async move {
-            let bytes = cdc_checkpoint::verify_segment(store, &seg).await?;
-            let decoded =
-                cdc_segment::decode_segment(&bytes).map_err(|source| RetrieveError::Segment {
-                    path: seg.path.clone(),
-                    source,
-                })?;
-            let scanned = decoded.rows.len();
-            let hits: Vec<Found> = decoded
-                .rows
-                .into_iter()
-                .filter(|r| row_matches(r, selector, canonical_ref))
-                .map(|row| Found {
-                    row,
-                    segment: seg.path.clone(),
-                    checkpoint_first_offset: first,
-                })
-                .collect();
-            Ok::<_, RetrieveError>((scanned, hits))
-        }))
-        .buffer_unordered(PARALLEL_SEGMENTS);
-
-    let mut by_version: HashMap<_, Found> = HashMap::new();
-    while let Some((scanned, hits)) = results.try_next().await? {
-        stats.segments_read += 1;
-        stats.rows_scanned += scanned;
-        for f in hits {
-            match by_version.entry(version_id(&f.row)) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    stats.duplicates_dropped += 1;
-                    // Keep the earliest copy: the first time it was archived.
-                    if f.row.offset < e.get().row.offset && f.row.partition == e.get().row.partition
-                    {
-                        e.insert(f);
-                    }
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(f);
-                }
-            }
-        }
+    let (hits, mut earlier) =
+        scan(store, candidates, &matcher, relaxed.as_ref(), &mut stats).await?;
+    if let Some(relaxed) = &relaxed {
+        // Only a PostgreSQL version's copies differ in `updated`; read the
+        // segments before the range that may hold one of their keys.
+        let keys: HashSet<String> = hits
+            .iter()
+            .filter(|f| matches!(version_of(&f.row), Version::Xid(_)))
+            .map(|f| canonical_of(&f.row.key_json))
+            .collect();
+        // Probing every filter for every key costs more than reading the
+        // segments once the answer is large: then read them all.
+        let probe = keys.len().saturating_mul(before_range.len()) <= MAX_FILTER_PROBES;
+        let may_hold = |cp: &Checkpoint| {
+            !probe
+                || cp
+                    .key_filter
+                    .as_deref()
+                    .and_then(KeyFilter::decode)
+                    .is_none_or(|filter| keys.iter().any(|k| filter.may_contain(k)))
+        };
+        let second: Vec<Checkpoint> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            before_range.into_iter().filter(|cp| may_hold(cp)).collect()
+        };
+        let (more, _) = scan(store, second, relaxed, None, &mut stats).await?;
+        earlier.extend(more);
     }
-
-    let mut found: Vec<Found> = by_version.into_values().collect();
-    if !query.all_versions {
-        // The latest archived version of each key.
-        let mut latest: HashMap<String, Found> = HashMap::new();
-        for f in found {
-            let key = canonical_of(&f.row.key_json);
-            match latest.get(&key) {
-                Some(prev)
-                    if (prev.row.updated, prev.row.offset) >= (f.row.updated, f.row.offset) => {}
-                _ => {
-                    latest.insert(key, f);
-                }
-            }
-        }
-        found = latest.into_values().collect();
-    }
-    found.sort_by(|a, b| {
-        a.row
-            .key_json
-            .cmp(&b.row.key_json)
-            .then(a.row.updated.cmp(&b.row.updated))
-            .then(a.row.offset.cmp(&b.row.offset))
+    let first_delivered_earlier: HashSet<(String, Version)> = earlier
+        .iter()
+        .map(|f| (canonical_of(&f.row.key_json), version_of(&f.row)))
+        .collect();
+    let hits = hits.into_iter().filter(|f| {
+        !first_delivered_earlier.contains(&(canonical_of(&f.row.key_json), version_of(&f.row)))
     });
+
+    let (mut found, dropped) = dedupe(hits);
+    stats.duplicates_dropped = dropped;
+    if !query.all_versions {
+        (found, stats.older_versions_omitted) = latest_per_key(found);
+    }
+    sort_by_key_and_version(&mut found);
     if let Some(limit) = query.limit {
         found.truncate(limit);
     }
@@ -334,42 +576,63 @@ pub async fn retrieve(
     Ok((found, stats))
 }
 
-/// The row as one JSON object: `{"column": value, …}` with exact values,
-/// plus `_archive` metadata when `with_meta`.
-pub fn to_json_line(found: &Found, with_meta: bool) -> String {
-    let mut out = String::from("{");
-    for (i, (name, v)) in found.row.columns.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::to_string(name).unwrap_or_default());
-        out.push(':');
-        out.push_str(&v.to_json_text());
+/// Fetches, verifies and decodes the segments of `checkpoints`, a few at a
+/// time. Returns the rows `matcher` matches, and the other rows that
+/// `relaxed` matches (deliveries before an `updated` range).
+async fn scan(
+    store: &ArchiveStore,
+    checkpoints: Vec<Checkpoint>,
+    matcher: &Matcher,
+    relaxed: Option<&Matcher>,
+    stats: &mut RetrieveStats,
+) -> Result<(Vec<Found>, Vec<Found>), RetrieveError> {
+    let mut results = futures::stream::iter(checkpoints.into_iter().filter_map(|cp| {
+        let seg = cp.segment?;
+        let first = cp.first_offset;
+        Some(async move {
+            let bytes = cdc_checkpoint::verify_segment(store, &seg).await?;
+            let decoded =
+                cdc_segment::decode_segment(&bytes).map_err(|source| RetrieveError::Segment {
+                    path: seg.path.clone(),
+                    source,
+                })?;
+            let scanned = decoded.rows.len();
+            let (mut hits, mut earlier) = (Vec::new(), Vec::new());
+            for row in decoded.rows {
+                let into = if matcher.row_matches(&row) {
+                    &mut hits
+                } else if relaxed.is_some_and(|r| r.row_matches(&row)) {
+                    &mut earlier
+                } else {
+                    continue;
+                };
+                into.push(Found {
+                    row,
+                    segment: seg.path.clone(),
+                    checkpoint_first_offset: first,
+                });
+            }
+            Ok::<_, RetrieveError>((scanned, hits, earlier))
+        })
+    }))
+    .buffer_unordered(PARALLEL_SEGMENTS);
+    let (mut hits, mut earlier) = (Vec::new(), Vec::new());
+    while let Some((scanned, h, e)) = results.try_next().await? {
+        stats.segments_read += 1;
+        stats.rows_scanned += scanned;
+        hits.extend(h);
+        earlier.extend(e);
     }
-    if with_meta {
-        let meta = serde_json::json!({
-            "segment": found.segment,
-            "topic": found.row.topic,
-            "partition": found.row.partition,
-            "offset": found.row.offset,
-            "key": found.row.key_json,
-            "updated": found.row.updated.map(|h| h.to_string()),
-            "mvcc_timestamp": found.row.mvcc_timestamp.map(|h| h.to_string()),
-            "pg_xid": found.row.pg_xid,
-        });
-        if !found.row.columns.is_empty() {
-            out.push(',');
-        }
-        out.push_str("\"_archive\":");
-        out.push_str(&meta.to_string());
-    }
-    out.push('}');
-    out
+    Ok((hits, earlier))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn num(t: &str) -> Value {
+        Value::Number(t.into())
+    }
 
     #[test]
     fn predicates_parse_and_compare_exactly() {
@@ -378,18 +641,136 @@ mod tests {
             (p.column.as_str(), p.op.as_str(), p.value.as_str()),
             ("amount", ">=", "100")
         );
-        assert!(p.matches(&Value::Number("1250.00".into())));
-        assert!(!p.matches(&Value::Number("99.95".into())));
+        assert!(p.matches(&num("1250.00")));
+        assert!(p.matches(&num("100")));
+        assert!(!p.matches(&num("99.95")));
         let eq = Predicate::parse("currency = EUR").unwrap();
         assert!(eq.matches(&Value::String("EUR".into())));
         assert!(!eq.matches(&Value::String("USD".into())));
         assert!(!eq.matches(&Value::Null));
         let num_eq = Predicate::parse("amount=1250").unwrap();
-        assert!(
-            num_eq.matches(&Value::Number("1250.00".into())),
-            "numbers compare by value"
-        );
+        assert!(num_eq.matches(&num("1250.00")), "numbers compare by value");
         assert!(Predicate::parse("=5").is_none());
+        assert!(Predicate::parse("amount").is_none());
+    }
+
+    #[test]
+    fn the_leftmost_operator_wins_and_two_characters_beat_one() {
+        let parse = |t: &str| {
+            let p = Predicate::parse(t).unwrap();
+            (p.column, p.op, p.value)
+        };
+        let owned = |c: &str, o: &str, v: &str| (c.to_owned(), o.to_owned(), v.to_owned());
+        assert_eq!(parse("note=a>=b"), owned("note", "=", "a>=b"));
+        assert_eq!(parse("note!=x=y"), owned("note", "!=", "x=y"));
+        assert_eq!(parse("amount>5"), owned("amount", ">", "5"));
+        assert_eq!(parse("amount >= 5"), owned("amount", ">=", "5"));
+        assert_eq!(parse("amount<=5"), owned("amount", "<=", "5"));
+        assert_eq!(parse("amount<>5"), owned("amount", "!=", "5"));
+        assert_eq!(parse("note<a=b"), owned("note", "<", "a=b"));
+    }
+
+    #[test]
+    fn thirty_digit_decimals_are_not_neighbours() {
+        let a = "123456789012345678901234.567890";
+        let b = "123456789012345678901234.567891";
+        let eq = Predicate::parse(&format!("amount={a}")).unwrap();
+        assert!(eq.matches(&num(a)));
+        assert!(eq.matches(&num("123456789012345678901234.56789000")));
+        assert!(!eq.matches(&num(b)), "f64 would call these equal");
+        let lt = Predicate::parse(&format!("amount<{b}")).unwrap();
+        assert!(lt.matches(&num(a)));
+        assert!(!lt.matches(&num(b)));
+        let tiny = Predicate::parse("amount<0").unwrap();
+        assert!(tiny.matches(&num("-0.000000000000000000000000000001")));
+        assert!(!tiny.matches(&num("0.000000000000000000000000000001")));
+        assert!(!tiny.matches(&num("-0.000")), "-0 is zero");
+    }
+
+    #[test]
+    fn decimals_compare_by_value_in_any_spelling() {
+        let d = |t: &str| Decimal::parse(t).unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(d("1E+2"), d("100"));
+        assert_eq!(d("1e2"), d("100.000"));
+        assert_eq!(d("0.5e-3"), d("0.0005"));
+        assert_eq!(d("-0"), d("0.00"));
+        assert_eq!(d("007.10"), d("7.1"));
+        assert_eq!(d(".5"), d("0.5"));
+        assert!(d("1E+2") < d("100.0000000000000000000000000001"));
+        assert!(d("-2") < d("-1.99999999999999999999999999999"));
+        assert!(d("-1") < d("0"));
+        assert!(d("0") < d("1E-400"));
+        assert!(d("99") < d("100"));
+        assert!(d("0.12") < d("0.123"));
+        for bad in [
+            "", "-", "1e", "e5", "1.2.3", "NaN", "Infinity", "0x10", "1 2", "1e+-2",
+        ] {
+            assert!(Decimal::parse(bad).is_none(), "{bad:?}");
+        }
+        assert!(Decimal::parse("1e99999999999999999999").is_none());
+    }
+
+    #[test]
+    fn non_numbers_compare_as_text() {
+        let p = Predicate::parse("archived=true").unwrap();
+        assert!(p.matches(&Value::Bool(true)));
+        assert!(!p.matches(&Value::Bool(false)));
+        let nan = Predicate::parse("amount=NaN").unwrap();
+        assert!(nan.matches(&Value::String("NaN".into())));
+        assert!(!nan.matches(&num("1")));
+        let ne = Predicate::parse("amount!=1").unwrap();
+        assert!(!ne.matches(&Value::Null), "NULL matches nothing");
+    }
+
+    fn row(key: &str, offset: i64, updated: i64, mvcc: Option<i64>, xid: Option<u64>) -> Found {
+        Found {
+            row: ArchivedRow {
+                op: cdc_changefeed::Op::Update,
+                key_json: key.into(),
+                updated: Some(Hlc::new(updated, 0)),
+                mvcc_timestamp: mvcc.map(|m| Hlc::new(m, 0)),
+                pg_xid: xid,
+                topic: "t".into(),
+                partition: 0,
+                offset,
+                columns: vec![("v".into(), num(&offset.to_string()))],
+            },
+            segment: format!("s{offset}"),
+            checkpoint_first_offset: offset,
+        }
+    }
+
+    #[test]
+    fn copies_re_sent_with_a_new_updated_are_one_version() {
+        // PostgreSQL: xid 7 first at offset 1, re-sent after a restart at
+        // offset 5 with a later `updated`; spacing of the key differs.
+        let (mut v, dropped) = dedupe([
+            row("[1, \"a\"]", 5, 500, None, Some(7)),
+            row("[1,\"a\"]", 1, 100, None, Some(7)),
+            row("[1,\"a\"]", 3, 300, None, Some(9)),
+        ]);
+        sort_by_key_and_version(&mut v);
+        assert_eq!(dropped, 1);
+        let offsets: Vec<i64> = v.iter().map(|f| f.row.offset).collect();
+        assert_eq!(offsets, [1, 3], "the first delivery is kept");
+        let (latest, older) = latest_per_key(v);
+        assert_eq!((latest[0].row.offset, older), (3, 1));
+    }
+
+    #[test]
+    fn mvcc_names_the_version_and_orders_versions() {
+        // CockroachDB: same MVCC timestamp = same version whatever `updated`.
+        let (v, dropped) = dedupe([
+            row("[2]", 4, 40, Some(20), None),
+            row("[2]", 2, 20, Some(20), None),
+            row("[2]", 9, 90, Some(10), None),
+        ]);
+        assert_eq!((v.len(), dropped), (2, 1));
+        let (latest, _) = latest_per_key(v);
+        assert_eq!(latest[0].row.offset, 2, "mvcc 20 is newer than mvcc 10");
+        // Without a version, `updated` is the identity.
+        let (v, dropped) = dedupe([row("[3]", 1, 10, None, None), row("[3]", 2, 10, None, None)]);
+        assert_eq!((v.len(), dropped, v[0].row.offset), (1, 1, 1));
     }
 
     #[test]

@@ -1,20 +1,50 @@
 //! `restore`: put archived rows back into a table.
 //!
-//! Idempotent: rows are inserted with `ON CONFLICT DO NOTHING`, so a
-//! restore interrupted half-way can simply be run again, and a row that is
-//! still (or again) in the table is left exactly as it is.
+//! - **Latest version only.** Of the rows handed in, redelivered copies of
+//!   one version are dropped and only the latest archived version of each
+//!   key is written (the same choice `retrieve` makes without
+//!   `--all-versions`), so restoring the output of an `--all-versions`
+//!   look-up never puts an old version back. The summary counts what was
+//!   left out.
+//! - **Idempotent.** Rows are inserted with `ON CONFLICT DO NOTHING`, so a
+//!   restore interrupted half-way can simply be run again, and a row that
+//!   is still (or again) in the table is left exactly as it is.
+//! - **Column sets.** Rows are grouped by the set of columns they were
+//!   archived with (a table whose schema changed while it was archived has
+//!   several), and each group is inserted with its own columns: a column
+//!   that a row does not have takes the target table's `DEFAULT` (NULL
+//!   when it has none), exactly as if the row had been inserted with the
+//!   schema it was archived under. Every archived column must exist in the
+//!   target, checked for every group before anything is written.
+//! - **A transaction per batch, retried.** Each batch is one
+//!   `INSERT … SELECT FROM unnest(…)` statement, i.e. one transaction;
+//!   SQLSTATE 40001 and other transient failures (see
+//!   [`cdc_common::retry`]) are retried with jittered backoff, and with
+//!   [`restore_url`] a dropped connection is re-opened. A batch whose
+//!   commit succeeded but whose answer was lost is harmless to repeat: its
+//!   rows then count as already present.
 //!
 //! By default the archived flag of a restored row is set to `false`: a
 //! restored row is wanted in the database, and leaving it marked would let
 //! the next scheduled run archive and purge it again.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use backon::BackoffBuilder;
 use cdc_changefeed::Value;
+use cdc_common::db::DbError;
 use cdc_common::ident::{quote_ident, TableName};
-use cdc_common::retry::Retryable;
+use cdc_common::retry::{RetryConfig, Retryable};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::query::{dedupe, latest_per_key, sort_by_key_and_version};
 use crate::Found;
+
+/// The `application_name` of restore sessions opened by [`restore_url`].
+const APPLICATION_NAME: &str = "cdc-archiver-restore";
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -34,12 +64,21 @@ pub struct RestoreOptions {
 pub struct RestoreSummary {
     /// Rows handed to restore.
     pub rows: u64,
+    /// Of those, redelivered copies of a version also handed in (not written).
+    pub duplicates_dropped: u64,
+    /// Of those, versions older than another version of the same key that
+    /// was handed in (not written: only the latest version is restored).
+    pub older_versions_skipped: u64,
     /// Rows inserted.
     pub inserted: u64,
     /// Rows whose key was already in the table (left untouched).
     pub already_present: u64,
+    /// Distinct column sets among the restored rows (one INSERT shape each).
+    pub column_sets: u64,
     /// Transactions committed.
     pub batches: u64,
+    /// Attempts retried (40001, timeouts, dropped connections).
+    pub retries: u64,
 }
 
 /// Errors of a restore.
@@ -65,12 +104,16 @@ pub enum RestoreError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The database could not be reached.
+    #[error(transparent)]
+    Connect(#[from] DbError),
 }
 
 impl Retryable for RestoreError {
     fn is_retryable(&self) -> bool {
         match self {
             RestoreError::Db { source, .. } => source.is_retryable(),
+            RestoreError::Connect(e) => e.is_retryable(),
             RestoreError::NoTable(_) | RestoreError::MissingColumn { .. } => false,
         }
     }
@@ -115,11 +158,128 @@ fn insert_sql(table: &TableName, columns: &[(String, String)]) -> String {
     )
 }
 
-/// Writes `rows` into `opts.table`, a transaction per batch.
+/// A session handed in by the caller, or one this module opens (and
+/// re-opens after the connection dropped).
+enum Session<'a> {
+    Borrowed(&'a Client),
+    Owned {
+        url: &'a str,
+        client: Option<Arc<Client>>,
+    },
+}
+
+/// A usable client from a [`Session`].
+#[derive(Clone)]
+enum ClientRef<'a> {
+    Borrowed(&'a Client),
+    Owned(Arc<Client>),
+}
+
+impl std::ops::Deref for ClientRef<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        match self {
+            ClientRef::Borrowed(c) => c,
+            ClientRef::Owned(c) => c,
+        }
+    }
+}
+
+impl<'a> Session<'a> {
+    async fn client(&mut self) -> Result<ClientRef<'a>, RestoreError> {
+        match self {
+            Session::Borrowed(c) => Ok(ClientRef::Borrowed(c)),
+            Session::Owned { url, client } => {
+                if let Some(c) = client.as_ref().filter(|c| !c.is_closed()) {
+                    return Ok(ClientRef::Owned(Arc::clone(c)));
+                }
+                let c = Arc::new(cdc_common::db::connect(url, APPLICATION_NAME).await?);
+                *client = Some(Arc::clone(&c));
+                Ok(ClientRef::Owned(c))
+            }
+        }
+    }
+
+    /// Whether another attempt can succeed on this session: a caller's
+    /// client whose connection is gone cannot be re-opened here.
+    fn can_retry(&self) -> bool {
+        match self {
+            Session::Borrowed(c) => !c.is_closed(),
+            Session::Owned { .. } => true,
+        }
+    }
+}
+
+/// Runs `op` on the session, retrying what [`Retryable`] allows with the
+/// shared jittered backoff.
+async fn with_retry<'a, T, F, Fut>(
+    session: &mut Session<'a>,
+    retry: &RetryConfig,
+    retries: &mut u64,
+    what: &str,
+    mut op: F,
+) -> Result<T, RestoreError>
+where
+    F: FnMut(ClientRef<'a>) -> Fut,
+    Fut: Future<Output = Result<T, RestoreError>>,
+{
+    let mut delays = retry.backoff().build();
+    loop {
+        let result = match session.client().await {
+            Ok(c) => op(c).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e) if e.is_retryable() && session.can_retry() => match delays.next() {
+                Some(d) => {
+                    *retries += 1;
+                    tracing::warn!(error = %e, delay_ms = d.as_millis() as u64, "restore: {what}: retrying");
+                    tokio::time::sleep(d).await;
+                }
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// Writes `rows` into `opts.table` on the caller's session, a transaction
+/// per batch; transient failures are retried with the default
+/// [`RetryConfig`], but a dropped connection ends the restore (the client
+/// cannot be re-opened here: use [`restore_url`] for that). Safe to run
+/// again after any failure.
 pub async fn restore(
     client: &mut Client,
     rows: &[Found],
     opts: &RestoreOptions,
+) -> Result<RestoreSummary, RestoreError> {
+    let mut session = Session::Borrowed(&*client);
+    restore_on(&mut session, rows, opts, &RetryConfig::default()).await
+}
+
+/// [`restore`] on sessions of its own to `url`, re-opened when the
+/// connection drops, retrying with `retry`.
+pub async fn restore_url(
+    url: &str,
+    rows: &[Found],
+    opts: &RestoreOptions,
+    retry: &RetryConfig,
+) -> Result<RestoreSummary, RestoreError> {
+    let mut session = Session::Owned { url, client: None };
+    restore_on(&mut session, rows, opts, retry).await
+}
+
+/// Rows of one column set, and the INSERT that writes them.
+struct Group<'r> {
+    columns: Vec<(String, String)>,
+    rows: Vec<&'r Found>,
+}
+
+async fn restore_on(
+    session: &mut Session<'_>,
+    rows: &[Found],
+    opts: &RestoreOptions,
+    retry: &RetryConfig,
 ) -> Result<RestoreSummary, RestoreError> {
     let mut summary = RestoreSummary {
         rows: rows.len() as u64,
@@ -128,71 +288,136 @@ pub async fn restore(
     if rows.is_empty() {
         return Ok(summary);
     }
+    let table = opts.table.to_string();
     let db = |source| RestoreError::Db {
-        table: opts.table.to_string(),
+        table: table.clone(),
         source,
     };
-    let catalog = client
-        .query(COLUMNS_SQL, &[&opts.table.quoted()])
-        .await
-        .map_err(|e| {
-            match e
-                .as_db_error()
-                .map(|d| d.code().code().to_owned())
-                .as_deref()
-            {
-                Some("42P01") => RestoreError::NoTable(opts.table.to_string()),
-                _ => db(e),
+
+    let (versions, duplicates) = dedupe(rows.iter().cloned());
+    let (mut latest, older) = latest_per_key(versions);
+    sort_by_key_and_version(&mut latest);
+    summary.duplicates_dropped = duplicates as u64;
+    summary.older_versions_skipped = older as u64;
+
+    let quoted = opts.table.quoted();
+    let catalog = with_retry(
+        session,
+        retry,
+        &mut summary.retries,
+        "reading the target's columns",
+        |c| {
+            let (quoted, table) = (&quoted, &table);
+            async move {
+                c.query(COLUMNS_SQL, &[quoted]).await.map_err(|e| {
+                    match e
+                        .as_db_error()
+                        .map(|d| d.code().code().to_owned())
+                        .as_deref()
+                    {
+                        Some("42P01") => RestoreError::NoTable(table.clone()),
+                        _ => db(e),
+                    }
+                })
             }
-        })?;
-    let types: std::collections::HashMap<String, String> = catalog
+        },
+    )
+    .await?;
+    let types: HashMap<String, String> = catalog
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect();
-
-    // Columns of the archived rows, in the first row's order.
-    let mut columns: Vec<(String, String)> = Vec::new();
-    for (name, _) in &rows[0].row.columns {
-        let ty = types.get(name).ok_or_else(|| RestoreError::MissingColumn {
-            table: opts.table.to_string(),
-            column: name.clone(),
-        })?;
-        columns.push((name.clone(), ty.clone()));
+    if types.is_empty() {
+        return Err(RestoreError::NoTable(table.clone()));
     }
-    let sql = insert_sql(&opts.table, &columns);
-    let stmt = client.prepare(&sql).await.map_err(db)?;
 
-    for chunk in rows.chunks(opts.batch_size.max(1)) {
-        let mut arrays: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(chunk.len()); columns.len()];
-        for f in chunk {
-            for (i, (name, _)) in columns.iter().enumerate() {
-                let v = f
-                    .row
+    // One group per column set, in the order the sets first appear; every
+    // archived column must exist in the target before anything is written.
+    let reset_flag = !opts.keep_archived_flag && types.contains_key(&opts.archived_column);
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut group_of: HashMap<Vec<&str>, usize> = HashMap::new();
+    for f in &latest {
+        let names: Vec<&str> = f.row.columns.iter().map(|(n, _)| n.as_str()).collect();
+        let next = groups.len();
+        let g = *group_of.entry(names.clone()).or_insert(next);
+        if g == next {
+            let mut columns = Vec::with_capacity(names.len() + 1);
+            for name in &names {
+                let ty = types
+                    .get(*name)
+                    .ok_or_else(|| RestoreError::MissingColumn {
+                        table: table.clone(),
+                        column: (*name).to_owned(),
+                    })?;
+                columns.push(((*name).to_owned(), ty.clone()));
+            }
+            if reset_flag && !names.contains(&opts.archived_column.as_str()) {
+                columns.push((
+                    opts.archived_column.clone(),
+                    types[&opts.archived_column].clone(),
+                ));
+            }
+            groups.push(Group {
+                columns,
+                rows: Vec::new(),
+            });
+        }
+        groups[g].rows.push(f);
+    }
+    summary.column_sets = groups.len() as u64;
+
+    for group in &groups {
+        let sql = insert_sql(&opts.table, &group.columns);
+        for chunk in group.rows.chunks(opts.batch_size.max(1)) {
+            let arrays = column_arrays(&group.columns, chunk, opts, reset_flag);
+            let inserted = with_retry(
+                session,
+                retry,
+                &mut summary.retries,
+                "inserting a batch",
+                |c| {
+                    let (sql, arrays) = (&sql, &arrays);
+                    async move {
+                        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+                            .iter()
+                            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+                            .collect();
+                        c.execute(sql.as_str(), &params).await.map_err(db)
+                    }
+                },
+            )
+            .await?;
+            summary.inserted += inserted;
+            summary.already_present += chunk.len() as u64 - inserted;
+            summary.batches += 1;
+        }
+    }
+    Ok(summary)
+}
+
+/// One text array per column for a batch of rows of one column set.
+fn column_arrays(
+    columns: &[(String, String)],
+    chunk: &[&Found],
+    opts: &RestoreOptions,
+    reset_flag: bool,
+) -> Vec<Vec<Option<String>>> {
+    let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(chunk.len()); columns.len()];
+    for f in chunk {
+        for (i, (name, _)) in columns.iter().enumerate() {
+            let text = if reset_flag && *name == opts.archived_column {
+                Some("false".to_owned())
+            } else {
+                f.row
                     .columns
                     .iter()
                     .find(|(n, _)| n == name)
-                    .map(|(_, v)| v);
-                let text = if *name == opts.archived_column && !opts.keep_archived_flag {
-                    Some("false".to_owned())
-                } else {
-                    v.and_then(value_text)
-                };
-                arrays[i].push(text);
-            }
+                    .and_then(|(_, v)| value_text(v))
+            };
+            arrays[i].push(text);
         }
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-            .iter()
-            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let tx = client.transaction().await.map_err(db)?;
-        let inserted = tx.execute(&stmt, &params).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        summary.inserted += inserted;
-        summary.already_present += chunk.len() as u64 - inserted;
-        summary.batches += 1;
     }
-    Ok(summary)
+    arrays
 }
 
 #[cfg(test)]

@@ -12,13 +12,14 @@
 //! run stops waiting at the timeout and reports itself *partial* instead of
 //! purging less than it marked without saying so.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use cdc_changefeed::Hlc;
 use cdc_common::storage::ArchiveStore;
-use cdc_marker::{MarkSummary, MarkerConfig};
+use cdc_marker::{MarkSummary, MarkerConfig, WritePosition};
 use cdc_purger::{PurgeOptions, PurgeSummary, PurgerConfig};
 use chrono::{DateTime, Utc};
 use object_store::{PutMode, PutOptions, PutPayload};
@@ -69,8 +70,11 @@ pub struct TablePlan {
 pub enum Outcome {
     /// Every table marked, archived, purged and verified. Exit code 0.
     Success,
-    /// The sink did not catch up in time (nothing unsafe happened; what was
-    /// marked is purged by a later run). Exit code 3.
+    /// Not everything marked was deleted, and nothing unsafe happened: the
+    /// sink did not catch up in time (nothing was purged), or after the
+    /// purge rows are still marked in the table (changed after they were
+    /// archived, or archived by a checkpoint the purge did not reach). A
+    /// later run finishes the work. Exit code 3.
     Partial,
     /// A stage failed. Exit code 1.
     Failure,
@@ -99,11 +103,13 @@ impl Outcome {
 /// Waiting for the archive to catch up with the marker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WaitReport {
-    /// The watermark needed: the marker's last write.
+    /// The marker's last write: the watermark must be strictly past it.
+    /// CockroachDB: the full HLC `cluster_logical_timestamp()` read after
+    /// the last batch; PostgreSQL: the server clock read then.
     pub target: Option<Hlc>,
     /// The watermark seen last.
     pub watermark: Option<Hlc>,
-    /// Whether it got there.
+    /// Whether it got past the target (`watermark > target`).
     pub reached: bool,
     /// Seconds spent waiting.
     pub waited_secs: f64,
@@ -135,7 +141,8 @@ pub struct TableReport {
     pub eligible: Option<u64>,
     /// The marker's summary.
     pub mark: Option<MarkSummary>,
-    /// Row versions archived by checkpoints written during this run.
+    /// Row versions archived by the checkpoints that extended the chains
+    /// during this run (found by chain position, not by clocks).
     pub archived: u64,
     /// Waiting for the watermark.
     pub wait: Option<WaitReport>,
@@ -149,6 +156,25 @@ pub struct TableReport {
     pub error: Option<String>,
     /// Wall time per stage, seconds.
     pub stage_secs: StageTimes,
+    /// Rows per second per stage, where there is something to divide.
+    pub rates: StageRates,
+}
+
+/// Rows per second per stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageRates {
+    /// Rows marked per second of marking.
+    pub mark: Option<f64>,
+    /// Row versions archived per second, from the start of marking until
+    /// the watermark passed the marker (the sink works while the marker
+    /// does); `None` when the watermark was not reached.
+    pub archive: Option<f64>,
+    /// Rows deleted per second of purging.
+    pub purge: Option<f64>,
+}
+
+fn rate(rows: u64, secs: f64) -> Option<f64> {
+    (rows > 0 && secs > 0.0).then(|| rows as f64 / secs)
 }
 
 /// Seconds spent per stage.
@@ -164,6 +190,13 @@ pub struct StageTimes {
     pub verify: f64,
 }
 
+impl StageTimes {
+    /// All stages.
+    pub fn total(&self) -> f64 {
+        self.mark + self.wait + self.purge + self.verify
+    }
+}
+
 /// The report of one run, also written to `<table>/runs/<run-id>.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -173,6 +206,8 @@ pub struct RunReport {
     pub started_at: DateTime<Utc>,
     /// RFC 3339.
     pub finished_at: DateTime<Utc>,
+    /// Wall time of the whole run, seconds.
+    pub elapsed_secs: f64,
     /// Worst outcome over the tables.
     pub outcome: Outcome,
     /// Per table.
@@ -192,12 +227,57 @@ pub enum RunError {
     },
 }
 
-/// The moment a marker's last write corresponds to, as an HLC: every
-/// change the marker committed has an `updated` at or before it.
-fn target_of(mark: &MarkSummary) -> Option<Hlc> {
+/// The moment the marker's last write corresponds to, as an HLC: every
+/// change the marker committed has an `updated` before it.
+///
+/// CockroachDB: the full HLC of `cluster_logical_timestamp()` read after
+/// the last batch committed (wall time *and* logical counter), so a
+/// resolved timestamp in the same wall nanosecond is compared correctly.
+/// PostgreSQL (and a CockroachDB position that does not parse): the
+/// server clock read at the same moment.
+pub fn target_of(mark: &MarkSummary) -> Option<Hlc> {
+    if let Some(WritePosition::CrdbHlc(text)) = &mark.last_write_position {
+        match parse_decimal_hlc(text) {
+            Some(h) => return Some(h),
+            None => tracing::warn!(
+                position = %text,
+                "the marker's CockroachDB write position is not an HLC; waiting on its clock instead"
+            ),
+        }
+    }
     let at = mark.last_write_at?;
     let wall = at.timestamp_nanos_opt()?;
     Some(Hlc { wall, logical: 0 })
+}
+
+/// Parses `cluster_logical_timestamp()` as text: the canonical HLC
+/// (`<wall>.<10-digit logical>`), or the same DECIMAL with a shorter
+/// fraction (`<wall>.<logical digits>`, the logical counter being the
+/// fraction times 10^10) or none.
+pub fn parse_decimal_hlc(text: &str) -> Option<Hlc> {
+    let text = text.trim();
+    if let Ok(h) = text.parse::<Hlc>() {
+        return Some(h);
+    }
+    let (wall, frac) = text.split_once('.').unwrap_or((text, ""));
+    if wall.is_empty()
+        || !wall.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 10
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let logical = format!("{frac:0<10}").parse().ok()?;
+    Some(Hlc {
+        wall: wall.parse().ok()?,
+        logical,
+    })
+}
+
+/// Whether the archive watermark is past the marker's last write:
+/// strictly, a tie is not passed.
+pub fn passed(watermark: Option<Hlc>, target: Hlc) -> bool {
+    watermark.is_some_and(|w| w > target)
 }
 
 async fn wait_for_watermark(
@@ -220,7 +300,7 @@ async fn wait_for_watermark(
             Ok(w) => report.watermark = w,
             Err(e) => tracing::warn!(error = %e, "cannot read the archive watermark; retrying"),
         }
-        if report.watermark.is_some_and(|w| w >= target) {
+        if passed(report.watermark, target) {
             report.reached = true;
             break;
         }
@@ -236,8 +316,39 @@ async fn wait_for_watermark(
     report
 }
 
-/// Row versions archived by checkpoints written since `since`.
-async fn archived_since(store: &ArchiveStore, table: &str, since: DateTime<Utc>) -> u64 {
+/// Per partition, the first offset of its last checkpoint: where the
+/// chains ended before this run. Object names only (a listing, no reads).
+async fn chain_heads(store: &ArchiveStore, table: &str) -> Option<BTreeMap<i32, i64>> {
+    let read = async {
+        let mut heads = BTreeMap::new();
+        for p in cdc_checkpoint::partitions(store, table).await? {
+            if let Some(&last) = cdc_checkpoint::list_checkpoints(store, table, p)
+                .await?
+                .last()
+            {
+                heads.insert(p, last);
+            }
+        }
+        Ok::<_, cdc_checkpoint::CheckpointError>(heads)
+    };
+    match read.await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the checkpoints; the run report will not count archived rows");
+            None
+        }
+    }
+}
+
+/// Row versions archived by the checkpoints that extend the chains past
+/// `heads` (see [`chain_heads`]): position in the chain, not the sink's
+/// `created_at`, so no clock of another host is compared with ours.
+async fn archived_since(
+    store: &ArchiveStore,
+    table: &str,
+    heads: Option<&BTreeMap<i32, i64>>,
+) -> u64 {
+    let Some(heads) = heads else { return 0 };
     let mut n = 0;
     let Ok(parts) = cdc_checkpoint::partitions(store, table).await else {
         return 0;
@@ -247,7 +358,7 @@ async fn archived_since(store: &ArchiveStore, table: &str, since: DateTime<Utc>)
             n += chain
                 .checkpoints
                 .iter()
-                .filter(|c| DateTime::parse_from_rfc3339(&c.created_at).is_ok_and(|t| t >= since))
+                .filter(|c| heads.get(&p).is_none_or(|&head| c.first_offset > head))
                 .map(|c| c.counts.rows_archived)
                 .sum::<u64>();
         }
@@ -295,7 +406,6 @@ async fn run_table(
     cfg: &RunConfig,
     store: &ArchiveStore,
     shutdown: &CancellationToken,
-    started: DateTime<Utc>,
 ) -> TableReport {
     let archive_table = plan
         .purger
@@ -314,7 +424,10 @@ async fn run_table(
         outcome: Outcome::Success,
         error: None,
         stage_secs: StageTimes::default(),
+        rates: StageRates::default(),
     };
+    // Where the chains end now: what is archived from here on is this run's.
+    let heads = chain_heads(store, &archive_table).await;
 
     let t = Instant::now();
     let mark = cdc_marker::mark(
@@ -334,6 +447,7 @@ async fn run_table(
         }
     };
     report.eligible = mark.eligible_at_start;
+    report.rates.mark = rate(mark.rows_marked, report.stage_secs.mark);
     let target = target_of(&mark);
     report.mark = Some(mark);
 
@@ -342,16 +456,25 @@ async fn run_table(
     report.stage_secs.wait = t.elapsed().as_secs_f64();
     let reached = wait.reached;
     report.wait = Some(wait);
+    report.archived = archived_since(store, &archive_table, heads.as_ref()).await;
     if !reached {
         report.outcome = Outcome::Partial;
-        report.error = Some(format!(
-            "the archive watermark did not pass the marker's last write within {:?}; \
-             is the sink running? Rows marked now are purged by a later run",
-            cfg.wait_timeout
-        ));
-        report.archived = archived_since(store, &archive_table, started).await;
+        report.error = Some(if shutdown.is_cancelled() {
+            "shutdown requested while waiting for the archive watermark; nothing was purged"
+                .to_owned()
+        } else {
+            format!(
+                "the archive watermark did not pass the marker's last write within {:?}; \
+                 nothing was purged. Is the sink running? Rows marked now are purged by a later run",
+                cfg.wait_timeout
+            )
+        });
         return report;
     }
+    report.rates.archive = rate(
+        report.archived,
+        report.stage_secs.mark + report.stage_secs.wait,
+    );
 
     let t = Instant::now();
     let opts = PurgeOptions {
@@ -362,15 +485,20 @@ async fn run_table(
     };
     let purge = cdc_purger::purge(&plan.purger, store, shutdown.child_token(), &opts).await;
     report.stage_secs.purge = t.elapsed().as_secs_f64();
-    report.archived = archived_since(store, &archive_table, started).await;
+    // Checkpoints may have been added while purging.
+    report.archived = archived_since(store, &archive_table, heads.as_ref()).await;
     match purge {
         Ok(p) => {
+            report.rates.purge = rate(p.totals.deleted, report.stage_secs.purge);
             if !p.refused.is_empty() {
                 report.outcome = Outcome::Failure;
                 report.error = Some(format!(
                     "{} checkpoint(s) refused by the purger",
                     p.refused.len()
                 ));
+            } else if p.interrupted {
+                report.outcome = Outcome::Partial;
+                report.error = Some("shutdown requested during the purge".to_owned());
             }
             report.purge = Some(p);
         }
@@ -387,6 +515,15 @@ async fn run_table(
     if !v.chains_ok || !v.problems.is_empty() {
         report.outcome = Outcome::Failure;
         report.error.get_or_insert_with(|| v.problems.join("; "));
+    } else if v.rows_still_marked > 0 {
+        report.outcome = report.outcome.worst(Outcome::Partial);
+        report.error.get_or_insert_with(|| {
+            format!(
+                "{} row(s) are still marked archived in the table after the purge \
+                 (changed after they were archived, or not yet archived); a later run purges them",
+                v.rows_still_marked
+            )
+        });
     }
     report.verify = Some(v);
     report
@@ -400,6 +537,7 @@ pub async fn run_once(
     shutdown: &CancellationToken,
 ) -> RunReport {
     let started_at = Utc::now();
+    let run_started = Instant::now();
     let run_id = format!(
         "{}-{}",
         started_at.format("%Y%m%dT%H%M%SZ"),
@@ -411,15 +549,17 @@ pub async fn run_once(
         if shutdown.is_cancelled() {
             break;
         }
-        tables.push(run_table(plan, cfg, store, shutdown, started_at).await);
+        tables.push(run_table(plan, cfg, store, shutdown).await);
     }
     let outcome = tables
         .iter()
         .fold(Outcome::Success, |acc, t| acc.worst(t.outcome));
+    let finished_at = Utc::now();
     let report = RunReport {
         run_id,
         started_at,
-        finished_at: Utc::now(),
+        finished_at,
+        elapsed_secs: run_started.elapsed().as_secs_f64(),
         outcome,
         tables,
     };
@@ -460,9 +600,67 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, RunError> {
     })
 }
 
+/// The slots of a cron schedule, taken one at a time.
+///
+/// [`Ticker::next`] waits for the first slot after *now*, so a caller that
+/// runs its job between two calls can never have two jobs going: a slot
+/// that falls due while the job is still running is skipped (and counted
+/// in [`Ticker::skipped`]), not queued and not started in parallel.
+pub struct Ticker {
+    schedule: cron::Schedule,
+    last: Option<DateTime<Utc>>,
+    skipped: u64,
+}
+
+impl Ticker {
+    /// Ticks on `schedule`.
+    pub fn new(schedule: cron::Schedule) -> Self {
+        Self {
+            schedule,
+            last: None,
+            skipped: 0,
+        }
+    }
+
+    /// Slots skipped so far because the previous job was still running.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Waits until the next slot after now and returns it; `None` when the
+    /// schedule has no future slot or on shutdown.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<DateTime<Utc>> {
+        let now = Utc::now();
+        if let Some(last) = self.last {
+            let missed = self
+                .schedule
+                .after(&last)
+                .take_while(|t| *t <= now)
+                .take(10_000)
+                .count() as u64;
+            if missed > 0 {
+                self.skipped += missed;
+                tracing::warn!(
+                    missed,
+                    "scheduled run(s) skipped: the previous run was still going at their time"
+                );
+            }
+        }
+        let next = self.schedule.after(&now).next()?;
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        tracing::info!(next = %next, "next archival run scheduled");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        self.last = Some(next);
+        Some(next)
+    }
+}
+
 /// Runs on `schedule` until shutdown, one run at a time: a run still going
 /// when the next is due is not doubled; the missed slot is skipped and the
-/// next one after the run ends is taken.
+/// next one after the run ends is taken (see [`Ticker`]).
 pub async fn run_scheduled(
     schedule: &cron::Schedule,
     plans: &[TablePlan],
@@ -471,82 +669,111 @@ pub async fn run_scheduled(
     shutdown: &CancellationToken,
     mut on_report: impl FnMut(&RunReport),
 ) {
-    while !shutdown.is_cancelled() {
-        let Some(next) = schedule.upcoming(Utc).next() else {
-            tracing::warn!("the schedule has no future run; stopping");
-            return;
-        };
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        tracing::info!(next = %next, "next archival run scheduled");
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return,
-        }
+    let mut ticker = Ticker::new(schedule.clone());
+    while ticker.next(shutdown).await.is_some() {
         let report = run_once(plans, cfg, store, shutdown).await;
         on_report(&report);
     }
+    if !shutdown.is_cancelled() {
+        tracing::warn!("the schedule has no future run; stopping");
+    }
+}
+
+fn per_sec(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"))
 }
 
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "run {}  outcome: {:?}", self.run_id, self.outcome)?;
+        writeln!(
+            f,
+            "run {}  outcome: {:?}  elapsed {:.1}s",
+            self.run_id, self.outcome, self.elapsed_secs
+        )?;
         for t in &self.tables {
-            let rate = |rows: u64, secs: f64| if secs > 0.0 { rows as f64 / secs } else { 0.0 };
             let marked = t.mark.as_ref().map_or(0, |m| m.rows_marked);
-            let retries_mark = t.mark.as_ref().map_or(0, |m| m.retries);
             writeln!(
                 f,
-                "  table {} (archive {}): {:?}",
-                t.table, t.archive_table, t.outcome
+                "  table {} (archive {}): {:?}, {:.1}s",
+                t.table,
+                t.archive_table,
+                t.outcome,
+                t.stage_secs.total()
             )?;
             writeln!(
                 f,
-                "    eligible  {:>10}",
+                "    {:<9} {:>10}",
+                "eligible",
                 t.eligible.map_or("-".into(), |e| e.to_string())
             )?;
-            writeln!(
-                f,
-                "    marked    {:>10}   {:>8.0} rows/s  {:>7.1}s  retries {}",
-                marked,
-                rate(marked, t.stage_secs.mark),
-                t.stage_secs.mark,
-                retries_mark
-            )?;
-            writeln!(
-                f,
-                "    archived  {:>10}   (waited {:.1}s for the watermark)",
-                t.archived, t.stage_secs.wait
-            )?;
-            if let Some(p) = &t.purge {
-                let c = &p.totals;
+            if let Some(m) = &t.mark {
                 writeln!(
                     f,
-                    "    deleted   {:>10}   {:>8.0} rows/s  {:>7.1}s  retries {}",
-                    c.deleted,
-                    rate(c.deleted, t.stage_secs.purge),
-                    t.stage_secs.purge,
-                    p.retries
+                    "    {:<9} {:>10}   {:>8} rows/s  {:>7.1}s  retries {}  ({} locked by other sessions, left for the next run)",
+                    "marked",
+                    marked,
+                    per_sec(t.rates.mark),
+                    t.stage_secs.mark,
+                    m.retries,
+                    m.rows_left_locked
                 )?;
+            }
+            if let Some(w) = &t.wait {
+                let hlc = |h: Option<Hlc>| h.map_or_else(|| "none".to_owned(), |h| h.to_string());
                 writeln!(
                     f,
-                    "    skipped   {:>10}   (changed after archiving {}, un-marked {}, already gone {})",
-                    c.skipped_changed + c.skipped_unmarked,
-                    c.skipped_changed,
-                    c.skipped_unmarked,
-                    c.already_gone
+                    "    {:<9} {:>10}   {:>8} rows/s  {:>7.1}s  watermark {} {} target {}",
+                    "archived",
+                    t.archived,
+                    per_sec(t.rates.archive),
+                    t.stage_secs.wait,
+                    hlc(w.watermark),
+                    if w.reached { ">" } else { "NOT past" },
+                    hlc(w.target)
                 )?;
+            }
+            match &t.purge {
+                Some(p) => {
+                    let c = &p.totals;
+                    writeln!(
+                        f,
+                        "    {:<9} {:>10}   {:>8} rows/s  {:>7.1}s  retries {}",
+                        "deleted",
+                        c.deleted,
+                        per_sec(t.rates.purge),
+                        t.stage_secs.purge,
+                        p.retries
+                    )?;
+                    writeln!(
+                        f,
+                        "    {:<9} {:>10}   (changed after archiving {}, un-marked {}, no version archived {}, already gone {}; {} checkpoint(s) refused)",
+                        "skipped",
+                        c.skipped_changed + c.skipped_unmarked + c.skipped_no_version + c.already_gone,
+                        c.skipped_changed,
+                        c.skipped_unmarked,
+                        c.skipped_no_version,
+                        c.already_gone,
+                        p.refused.len()
+                    )?;
+                }
+                None if t.mark.is_some() => {
+                    writeln!(f, "    {:<9} {:>10}   (not purged)", "deleted", 0)?;
+                }
+                None => {}
             }
             if let Some(v) = &t.verify {
                 writeln!(
                     f,
-                    "    verified  chains {} over {} partition(s); {} row(s) still marked in the table",
+                    "    {:<9} chains {} over {} partition(s); {} row(s) still marked in the table  {:.1}s",
+                    "verified",
                     if v.chains_ok { "contiguous" } else { "BROKEN" },
                     v.partitions,
-                    v.rows_still_marked
+                    v.rows_still_marked,
+                    t.stage_secs.verify
                 )?;
             }
             if let Some(e) = &t.error {
-                writeln!(f, "    error     {e}")?;
+                writeln!(f, "    {:<9} {e}", "why")?;
             }
         }
         Ok(())
@@ -572,5 +799,63 @@ mod tests {
         assert_eq!(Outcome::Partial.worst(Outcome::Failure), Outcome::Failure);
         assert_eq!(Outcome::Success.worst(Outcome::Success), Outcome::Success);
         assert_eq!(Outcome::Partial.exit_code(), 3);
+    }
+
+    #[test]
+    fn the_watermark_must_be_strictly_past_the_target() {
+        let t = Hlc::new(1_000, 5);
+        assert!(!passed(None, t));
+        assert!(!passed(Some(t), t), "a tie is not passed");
+        assert!(!passed(Some(Hlc::new(1_000, 4)), t));
+        assert!(
+            passed(Some(Hlc::new(1_000, 6)), t),
+            "the logical part counts"
+        );
+        assert!(passed(Some(Hlc::new(1_001, 0)), t));
+    }
+
+    fn summary(kind: &str, value: &str) -> MarkSummary {
+        serde_json::from_value(serde_json::json!({
+            "table": "public.t", "dialect": "cockroach", "stop_reason": "completed",
+            "rows_marked": 1, "batches": 1, "retries": 0, "batch_size_decreases": 0,
+            "batch_size_target": 10, "batch_size_smallest": 10, "batch_size_final": 10,
+            "eligible_at_start": 1, "rows_skipped_locked": 0, "rows_left_locked": 0,
+            "started_at": "2025-06-12T08:00:00Z", "elapsed_secs": 1.0, "rows_per_second": 1.0,
+            "last_write_at": "2025-06-12T08:00:31.873209Z",
+            "last_write_position": {"kind": kind, "value": value},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_target_is_the_markers_full_hlc_on_cockroachdb() {
+        let crdb = summary("crdb_hlc", "1749715231873209112.0000000002");
+        assert_eq!(
+            target_of(&crdb),
+            Some(Hlc::new(1_749_715_231_873_209_112, 2))
+        );
+        // PostgreSQL, or a position that does not parse: the server clock.
+        let clock = Some(Hlc::new(1_749_715_231_873_209_000, 0));
+        let pg = summary("pg_lsn", "0/16B3748");
+        assert_eq!(target_of(&pg), clock);
+        let odd = summary("crdb_hlc", "soon");
+        assert_eq!(target_of(&odd), clock);
+    }
+
+    #[test]
+    fn cockroach_positions_parse_as_full_hlcs() {
+        let h = parse_decimal_hlc("1749715231873209112.0000000002").unwrap();
+        assert_eq!(h, Hlc::new(1_749_715_231_873_209_112, 2));
+        assert_eq!(
+            parse_decimal_hlc("1749715231873209112.00000001"),
+            Some(Hlc::new(1_749_715_231_873_209_112, 100))
+        );
+        assert_eq!(
+            parse_decimal_hlc("1749715231873209112"),
+            Some(Hlc::new(1_749_715_231_873_209_112, 0))
+        );
+        for bad in ["", "x.1", "1.00000000001", "1.-1", "-5.0000000000x"] {
+            assert_eq!(parse_decimal_hlc(bad), None, "{bad:?}");
+        }
     }
 }

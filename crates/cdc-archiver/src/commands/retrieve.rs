@@ -29,16 +29,20 @@ pub struct SelectArgs {
     /// Keys starting with these values (JSON array), e.g. '["2022-05-14"]'.
     #[arg(long, group = "selector")]
     pub key_prefix: Option<String>,
-    /// Versions with `updated` at or after this (RFC 3339 or HLC text).
+    /// Versions with `updated` at or after this (RFC 3339 or HLC text);
+    /// alone, or narrowing --key, --key-prefix or --where.
     #[arg(long)]
     pub updated_from: Option<String>,
-    /// Versions with `updated` before this (RFC 3339 or HLC text).
+    /// Versions with `updated` before this (RFC 3339 or HLC text); alone,
+    /// or narrowing --key, --key-prefix or --where.
     #[arg(long)]
     pub updated_to: Option<String>,
-    /// A simple column predicate: `column=value`, `!=`, `<`, `<=`, `>`, `>=`.
+    /// A simple column predicate: `column=value`, `!=`, `<`, `<=`, `>`, `>=`
+    /// (the leftmost operator; numbers compare exactly as decimals).
     #[arg(long = "where", group = "selector")]
     pub predicate: Option<String>,
-    /// Every archived version of each key, not just the latest.
+    /// Every archived version of each key, not just the latest (retrieve
+    /// only: restore always writes the latest version).
     #[arg(long)]
     pub all_versions: bool,
     /// At most this many rows.
@@ -97,31 +101,44 @@ fn parse_instant(text: &str) -> anyhow::Result<Hlc> {
 }
 
 fn query(select: &SelectArgs) -> anyhow::Result<Query> {
-    let selector = if let Some(k) = &select.key {
-        Selector::Key(cdc_retrieve::parse_key_arg(k)?)
+    let base = if let Some(k) = &select.key {
+        Some(Selector::Key(cdc_retrieve::parse_key_arg(k)?))
     } else if let Some(k) = &select.key_prefix {
-        Selector::KeyPrefix(cdc_retrieve::parse_key_arg(k)?)
+        Some(Selector::KeyPrefix(cdc_retrieve::parse_key_arg(k)?))
     } else if let Some(p) = &select.predicate {
-        Selector::Column(
-            Predicate::parse(p).with_context(|| {
-                format!("--where {p:?}: expected column=value (or != < <= > >=)")
-            })?,
-        )
-    } else if select.updated_from.is_some() || select.updated_to.is_some() {
-        Selector::Updated {
-            from: select
-                .updated_from
-                .as_deref()
-                .map(parse_instant)
-                .transpose()?,
-            to: select
-                .updated_to
-                .as_deref()
-                .map(parse_instant)
-                .transpose()?,
-        }
+        Some(Selector::Column(Predicate::parse(p).with_context(
+            || format!("--where {p:?}: expected column=value (or != < <= > >=)"),
+        )?))
     } else {
-        bail!("say what to retrieve: --key, --key-prefix, --updated-from/--updated-to or --where");
+        None
+    };
+    let from = select
+        .updated_from
+        .as_deref()
+        .map(parse_instant)
+        .transpose()
+        .context("--updated-from")?;
+    let to = select
+        .updated_to
+        .as_deref()
+        .map(parse_instant)
+        .transpose()
+        .context("--updated-to")?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            bail!(
+                "--updated-from {f} is not before --updated-to {t}: the range [from, to) is empty"
+            );
+        }
+    }
+    let range = (from.is_some() || to.is_some()).then_some(Selector::Updated { from, to });
+    // The time range narrows any other selector: both must hold.
+    let selector = match (base, range) {
+        (Some(b), Some(r)) => Selector::All(vec![b, r]),
+        (Some(s), None) | (None, Some(s)) => s,
+        (None, None) => bail!(
+            "say what to retrieve: --key, --key-prefix or --where, and/or --updated-from/--updated-to"
+        ),
     };
     Ok(Query {
         table: select.table.clone(),
@@ -147,13 +164,14 @@ async fn find(
         .await
         .with_context(|| format!("retrieving from {}", store.url))?;
     eprintln!(
-        "{} row(s) in {:.3}s; read {} of {} segment(s) ({} rows scanned, {} redelivered duplicate(s) dropped)",
+        "{} row(s) in {:.3}s; read {} of {} segment(s) ({} rows scanned, {} redelivered duplicate(s) dropped, {} older version(s) omitted)",
         stats.rows_returned,
         started.elapsed().as_secs_f64(),
         stats.segments_read,
         stats.segments_total,
         stats.rows_scanned,
-        stats.duplicates_dropped
+        stats.duplicates_dropped,
+        stats.older_versions_omitted
     );
     Ok((found, stats))
 }
@@ -168,7 +186,7 @@ pub async fn retrieve(global: &GlobalArgs, args: RetrieveArgs) -> anyhow::Result
                 writeln!(out, "{}", cdc_retrieve::to_json_line(f, args.with_meta))?;
             }
         }
-        Format::Csv => write_csv(&mut out, &found, args.with_meta)?,
+        Format::Csv => cdc_retrieve::write_csv(&mut out, &found, args.with_meta)?,
     }
     out.flush()?;
     Ok(if found.is_empty() {
@@ -178,40 +196,13 @@ pub async fn retrieve(global: &GlobalArgs, args: RetrieveArgs) -> anyhow::Result
     })
 }
 
-fn write_csv(out: &mut impl Write, found: &[Found], with_meta: bool) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_writer(out);
-    let Some(first) = found.first() else {
-        return Ok(());
-    };
-    let mut header: Vec<String> = first.row.columns.iter().map(|(n, _)| n.clone()).collect();
-    if with_meta {
-        header.extend(["_segment", "_partition", "_offset", "_updated"].map(String::from));
-    }
-    w.write_record(&header)?;
-    for f in found {
-        let mut rec: Vec<String> = f
-            .row
-            .columns
-            .iter()
-            .map(|(_, v)| match v {
-                cdc_changefeed::Value::Null => String::new(),
-                cdc_changefeed::Value::String(s) => s.clone(),
-                other => other.to_json_text(),
-            })
-            .collect();
-        if with_meta {
-            rec.push(f.segment.clone());
-            rec.push(f.row.partition.to_string());
-            rec.push(f.row.offset.to_string());
-            rec.push(f.row.updated.map(|h| h.to_string()).unwrap_or_default());
-        }
-        w.write_record(&rec)?;
-    }
-    w.flush()?;
-    Ok(())
-}
-
 pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    if args.select.all_versions {
+        bail!(
+            "restore writes the latest archived version of each key; --all-versions would \
+             restore old versions, so it is refused here (use it with retrieve to see them)"
+        );
+    }
     let (found, _) = find(global, &args.select).await?;
     let target = args
         .into
@@ -224,17 +215,22 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<E
             .database_url
             .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_owned()),
     };
-    let mut client = cdc_common::db::connect(&url, "cdc-archiver-restore").await?;
     let opts = cdc_retrieve::RestoreOptions {
         table,
         archived_column: args.archived_column.clone(),
         keep_archived_flag: args.keep_archived_flag,
         batch_size: args.batch_size,
     };
-    let summary = cdc_retrieve::restore(&mut client, &found, &opts).await?;
+    let retry = cdc_common::retry::RetryConfig::default();
+    let summary = cdc_retrieve::restore_url(&url, &found, &opts, &retry).await?;
     println!(
-        "restored into {}: {} row(s) inserted, {} already present (left untouched), {} transaction(s)",
-        opts.table, summary.inserted, summary.already_present, summary.batches
+        "restored into {}: {} row(s) inserted, {} already present (left untouched), {} transaction(s), {} retried, {} column set(s)",
+        opts.table,
+        summary.inserted,
+        summary.already_present,
+        summary.batches,
+        summary.retries,
+        summary.column_sets
     );
     println!("{}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)

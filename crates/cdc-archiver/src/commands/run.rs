@@ -3,7 +3,10 @@
 //! on a cron schedule with `--schedule`.
 //!
 //! Exit codes: 0 success, 3 partial (the sink did not catch up before
-//! `run.wait_timeout`; nothing unsafe happened), 1 failure.
+//! `run.wait_timeout` and nothing was purged, or rows are still marked in
+//! the table after the purge; nothing unsafe happened and a later run
+//! finishes the work), 1 failure. With `--schedule` runs never overlap: a
+//! slot that falls due while a run is going is skipped.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
