@@ -76,6 +76,16 @@ impl Target {
         }
     }
 
+    /// [`cdc_retrieve::restore_url`] into this table, default retries.
+    async fn restore_url(
+        &self,
+        found: &[Found],
+        batch_size: usize,
+    ) -> Result<cdc_retrieve::RestoreSummary, RestoreError> {
+        let (url, retry) = (cdc_tests::pg_url(), RetryConfig::default());
+        cdc_retrieve::restore_url(&url, found, &self.opts(batch_size), &retry).await
+    }
+
     /// Every row as PostgreSQL prints it, in key order.
     async fn snapshot(&self) -> Vec<Vec<String>> {
         let sql = format!(
@@ -154,14 +164,7 @@ async fn restore_writes_the_latest_version_exactly_and_a_second_restore_changes_
     );
 
     // Again, on sessions of its own: nothing changes.
-    let again = cdc_retrieve::restore_url(
-        &cdc_tests::pg_url(),
-        &found,
-        &target.opts(300),
-        &RetryConfig::default(),
-    )
-    .await
-    .unwrap();
+    let again = target.restore_url(&found, 300).await.unwrap();
     assert_eq!((again.inserted, again.already_present), (0, keys));
     assert_eq!(
         target.snapshot().await,
@@ -245,14 +248,7 @@ async fn a_dropped_connection_is_reopened_by_restore_url_and_ends_restore_on_a_b
     let keys = found.len() as u64 - 1;
 
     let target = Target::new(&failing_first(1, kill)).await;
-    let summary = cdc_retrieve::restore_url(
-        &cdc_tests::pg_url(),
-        &found,
-        &target.opts(1_000),
-        &RetryConfig::default(),
-    )
-    .await
-    .unwrap();
+    let summary = target.restore_url(&found, 1_000).await.unwrap();
     assert!(summary.retries >= 1, "{summary:?}");
     assert_eq!((summary.inserted, summary.already_present), (keys, 0));
     assert_eq!(count(&target).await as u64, keys);
