@@ -5,15 +5,19 @@
 //! here by hand rather than with serde_json's compact writer.
 //!
 //! Type mapping (CockroachDB's `tree.AsJSON` forms):
-//! bool, integers, numeric and floats stay JSON numbers/bools with
-//! wal2json's exact text; text-like types, uuid and date are strings;
-//! `timestamptz` is RFC 3339 in UTC with `Z` and trailing fractional zeros
-//! trimmed; `timestamp` is `YYYY-MM-DDTHH:MM:SS[.f]`; bytea is `"\\x<hex>"`;
-//! json/jsonb are embedded as JSON; one-dimensional arrays become JSON
-//! arrays (elements mapped as above). Anything else, and any value that does
-//! not parse as expected (`infinity`, multi-dimensional arrays, ...), is
-//! sent as its PostgreSQL text: never dropped. wal2json itself turns numeric
-//! `NaN`/`Infinity` into `null`.
+//! bool is a JSON bool; integers, numeric and floats are JSON numbers with
+//! PostgreSQL's exact digits (wal2json sends them as strings with
+//! `numeric-data-types-as-string`, or as bare numbers without it), except
+//! `NaN`, `Infinity` and `-Infinity`, which are JSON strings as CockroachDB
+//! writes non-finite DECIMAL and FLOAT values; text-like types, uuid and
+//! date are strings; `timestamptz` is RFC 3339 in UTC with `Z` and trailing
+//! fractional zeros trimmed; `timestamp` is `YYYY-MM-DDTHH:MM:SS[.f]`;
+//! bytea is `"\\x<hex>"`; json/jsonb are embedded as JSON; one-dimensional
+//! arrays become JSON arrays (elements mapped as above). Anything else, and
+//! any value that does not parse as expected (`infinity` timestamps,
+//! multi-dimensional arrays, ...), is sent as its PostgreSQL text: never
+//! dropped. (A wal2json older than 2.6 cannot send numbers as strings and
+//! writes NaN/Infinity as `null`; see [`crate::wal2json::NUMERIC_AS_STRING`].)
 
 use std::collections::BTreeMap;
 
@@ -21,7 +25,8 @@ use serde_json::value::RawValue;
 
 use crate::hlc::Hlc;
 
-mod oid {
+/// Type OIDs this module treats specially.
+pub mod oid {
     pub const BOOL: u32 = 16;
     pub const BYTEA: u32 = 17;
     pub const INT8: u32 = 20;
@@ -214,12 +219,30 @@ pub fn key_array(values: &[&str]) -> String {
     format!("[{}]", values.join(", "))
 }
 
+/// Whether wal2json treats a type as a number (a bare JSON number, or a
+/// string with `numeric-data-types-as-string`).
+pub fn is_number_type(typeoid: Option<u32>) -> bool {
+    matches!(
+        typeoid,
+        Some(
+            oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC
+        )
+    )
+}
+
+/// Whether a type may carry NaN or an infinity, which a wal2json without
+/// `numeric-data-types-as-string` writes as `null`.
+pub fn has_special_values(typeoid: Option<u32>) -> bool {
+    matches!(typeoid, Some(oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC))
+}
+
 /// Where a row version came from: the envelope's metadata fields.
 #[derive(Debug, Clone)]
 pub struct Origin {
     /// The transaction's `updated`.
     pub updated: Hlc,
-    /// Top-level transaction id (the row version's `xmin`).
+    /// Top-level transaction id, 64-bit (`epoch << 32 | xid`, PostgreSQL's
+    /// `xid8`): its low 32 bits are the row version's `xmin`.
     pub xid: u64,
     /// The transaction's commit LSN.
     pub commit_lsn: String,
@@ -228,7 +251,14 @@ pub struct Origin {
 /// The wrapped envelope. `before` is `None` when the table's replica
 /// identity cannot give the old row (the field is then left out, as
 /// CockroachDB does without `diff`), `Some(None)` for a JSON null.
-pub fn envelope(after: Option<&str>, before: Option<Option<&str>>, origin: &Origin) -> String {
+/// `versioned = false` leaves `pg_xid` out: the row is not known to be
+/// complete, so the purger must not find a version to delete it by.
+pub fn envelope(
+    after: Option<&str>,
+    before: Option<Option<&str>>,
+    origin: &Origin,
+    versioned: bool,
+) -> String {
     let mut out = String::from("{\"after\": ");
     out.push_str(after.unwrap_or("null"));
     if let Some(b) = before {
@@ -237,9 +267,12 @@ pub fn envelope(after: Option<&str>, before: Option<Option<&str>>, origin: &Orig
     }
     out.push_str(", \"pg_lsn\": ");
     push_json_string(&mut out, &origin.commit_lsn);
-    out.push_str(", \"pg_xid\": \"");
-    out.push_str(&origin.xid.to_string());
-    out.push_str("\", \"updated\": \"");
+    if versioned {
+        out.push_str(", \"pg_xid\": \"");
+        out.push_str(&origin.xid.to_string());
+        out.push('"');
+    }
+    out.push_str(", \"updated\": \"");
     out.push_str(&origin.updated.to_string());
     out.push_str("\"}");
     out
@@ -309,6 +342,39 @@ mod tests {
         assert_eq!(map(600, r#""(1,2)""#), r#""(1,2)""#);
     }
 
+    /// wal2json's `numeric-data-types-as-string` form: every number is a
+    /// JSON string, mapped back to CockroachDB's JSON.
+    #[test]
+    fn numbers_sent_as_strings() {
+        assert_eq!(map(oid::NUMERIC, r#""1250.00""#), "1250.00");
+        assert_eq!(
+            map(
+                oid::NUMERIC,
+                r#""-1234567890987654321.1234567890987654321""#
+            ),
+            "-1234567890987654321.1234567890987654321"
+        );
+        assert_eq!(map(oid::INT8, r#""9007199254740993""#), "9007199254740993");
+        assert_eq!(map(oid::INT2, r#""-7""#), "-7");
+        assert_eq!(map(oid::OID, r#""4294967295""#), "4294967295");
+        assert_eq!(map(oid::FLOAT8, r#""1.5e+300""#), "1.5e+300");
+        assert_eq!(
+            map(oid::FLOAT8, r#""0.30000000000000004""#),
+            "0.30000000000000004"
+        );
+        assert_eq!(map(oid::FLOAT4, r#""-0""#), "-0");
+        // Non-finite values: strings, as CockroachDB writes them.
+        for t in [oid::NUMERIC, oid::FLOAT8, oid::FLOAT4] {
+            assert_eq!(map(t, r#""NaN""#), r#""NaN""#);
+            assert_eq!(map(t, r#""Infinity""#), r#""Infinity""#);
+            assert_eq!(map(t, r#""-Infinity""#), r#""-Infinity""#);
+        }
+        assert!(has_special_values(Some(oid::NUMERIC)));
+        assert!(has_special_values(Some(oid::FLOAT4)));
+        assert!(!has_special_values(Some(oid::INT8)));
+        assert!(!has_special_values(None));
+    }
+
     #[test]
     fn envelope_matches_fixture_layout() {
         let mut row = BTreeMap::new();
@@ -329,14 +395,19 @@ mod tests {
             commit_lsn: "0/1540D10".into(),
         };
         assert_eq!(
-            envelope(Some(&after), Some(None), &o),
+            envelope(Some(&after), Some(None), &o, true),
             format!(
                 r#"{{"after": {after}, "before": null, "pg_lsn": "0/1540D10", "pg_xid": "726", "updated": "1749715231873209112.0000000002"}}"#
             )
         );
         assert_eq!(
-            envelope(None, None, &o),
+            envelope(None, None, &o, true),
             r#"{"after": null, "pg_lsn": "0/1540D10", "pg_xid": "726", "updated": "1749715231873209112.0000000002"}"#
+        );
+        assert_eq!(
+            envelope(Some("{}"), None, &o, false),
+            r#"{"after": {}, "pg_lsn": "0/1540D10", "updated": "1749715231873209112.0000000002"}"#,
+            "an unversioned row has no pg_xid"
         );
         assert_eq!(
             key_array(&["\"2025-06-10\"", "\"8a1f\""]),

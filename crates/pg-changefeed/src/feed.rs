@@ -35,8 +35,36 @@
 //!    `updated`; `pg_xid`/`pg_lsn` still name the row version exactly.
 //!    (This assumes the database clock does not step back across the
 //!    restart by more than the restart took.)
+//!
+//! # Why an archived row is complete (or carries no version)
+//!
+//! The purger deletes a row by the version (`pg_xid`) of its archived
+//! copy, so a copy that lacks a column must not carry one. wal2json leaves
+//! out of an update every out-of-line (TOASTed) value the update did not
+//! change. With `REPLICA IDENTITY FULL` the old row is logged whole and
+//! fills them in; a table without it that has such columns is refused at
+//! start-up ([`catalog::inspect`]). Defence in depth, at run time: every
+//! insert/update is checked against the table's columns in the catalog,
+//! and one that still lacks a column (or, with a wal2json too old to send
+//! numbers as strings, has a `null` float/numeric value that may have been
+//! a NaN or an infinity) is sent without `pg_xid`, counted in
+//! `cdc_pgcf_unversioned_rows_total` and logged. The catalog is re-read
+//! before every peek, after reading the WAL position the peek stops at
+//! (`upto_lsn`): a transaction that wrote a column added by `ALTER TABLE`
+//! waited for the `ALTER`'s lock, so the `ALTER` is visible to that
+//! re-read, and a change decoded by the peek is checked against a catalog
+//! that knows its columns.
+//!
+//! # Stopping
+//!
+//! On cancel (SIGTERM) a running peek is cancelled on the server
+//! (PostgreSQL finishes a peek, possibly of a huge transaction, before the
+//! first row arrives), the messages already handed to Kafka are awaited,
+//! and the slot is advanced to the end of the last transaction that was
+//! completely published, never further.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -45,8 +73,10 @@ use futures::{pin_mut, TryStreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
+use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -57,10 +87,21 @@ use crate::error::ChangefeedError;
 use crate::hlc::{Hlc, HlcClock};
 use crate::partition::partition_for_key;
 use crate::wal2json::{self, Column, Message};
+use crate::xid;
 
 /// Prefix of the heartbeat logical messages (visible in the WAL, ignored by
 /// this changefeed).
 pub const HEARTBEAT_PREFIX: &str = "cdc-archiver";
+
+/// Session settings of the feed's database session, pinned so that value
+/// text is canonical whatever the role's or database's defaults: wal2json
+/// renders values with the session's output functions, and the purger
+/// casts key text back. UTC timestamps; ISO dates (which any `DateStyle`
+/// reads back unambiguously); PostgreSQL's interval style; floats in their
+/// shortest exact form (`extra_float_digits > 0`; `3` also gives every
+/// digit on servers before 12); hex bytea, which wal2json assumes.
+pub const SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
+     SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'";
 
 /// Runs the changefeed until `cancel` fires (then it finishes the current
 /// batch, advances the slot to what Kafka acknowledged and returns `Ok`),
@@ -102,6 +143,20 @@ struct Table {
     cfg: TableConfig,
     topic: String,
     partitions: i32,
+    /// The "needs REPLICA IDENTITY FULL" warning was logged (after an
+    /// `ALTER TABLE` while running).
+    toast_warned: bool,
+}
+
+/// What every change of one peek is decoded against.
+struct PeekContext<'a> {
+    tables: &'a HashMap<(String, String), Table>,
+    /// wal2json sends numbers as strings (NaN/Infinity survive). Turned off
+    /// for the session if a number arrives bare after all (a wal2json that
+    /// ignored the option instead of refusing it).
+    numeric_as_string: AtomicBool,
+    /// A full transaction id read just before the peek: the epoch source.
+    xid_reference: u64,
 }
 
 /// The transaction being decoded.
@@ -119,9 +174,11 @@ async fn run_session(
     // terminate) exactly this feed's session.
     let app = format!("cdc-pgcf:{}", config.slot_name);
     let client = cdc_common::db::connect(&config.database_url, &app).await?;
-    // wal2json renders timestamptz in the session's zone; UTC keeps it
-    // simple (any offset is still parsed).
-    client.batch_execute("SET TimeZone = 'UTC'").await?;
+    client.batch_execute(SESSION_SETTINGS).await?;
+    let server_version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await?
+        .get(0);
 
     let producer = make_producer(config)?;
     let mut tables: HashMap<(String, String), Table> = HashMap::new();
@@ -141,10 +198,20 @@ async fn run_session(
                 cfg: t.clone(),
                 topic,
                 partitions,
+                toast_warned: false,
             },
         );
     }
     ensure_slot(&client, &config.slot_name).await?;
+    let mut numeric_as_string = probe_numeric_as_string(&client, &config.slot_name).await?;
+    if !numeric_as_string {
+        warn!(
+            "this wal2json does not support `{}` (wal2json 2.6+): it writes float/numeric NaN and \
+             Infinity as null, so inserts and updates with a null float/numeric value are sent \
+             without pg_xid and the purger keeps those rows; upgrade wal2json to archive them",
+            wal2json::NUMERIC_AS_STRING
+        );
+    }
     if clock.is_none() {
         let now_us: i64 = client
             .query_one(
@@ -175,13 +242,20 @@ async fn run_session(
         .join(",");
     // The option names and values are constants of this crate; the only
     // variable parts are bound.
-    let options: String = wal2json::OPTIONS
-        .iter()
+    let options: String = wal2json::options(numeric_as_string)
         .map(|(k, v)| format!("'{k}', '{v}', "))
         .collect();
     let peek = client
         .prepare(&format!(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2, {options}'add-tables', $3)"
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, $3, {options}'add-tables', $4)"
+        ))
+        .await?;
+    // Where the next peek stops, and the epoch source for its xids; read
+    // before the catalog is re-read (see the module docs).
+    let position = client
+        .prepare(&format!(
+            "SELECT pg_current_wal_flush_lsn()::text, {}",
+            xid::reference_sql(server_version)
         ))
         .await?;
     info!(slot = %config.slot_name, tables = tables.len(), "pg-changefeed started");
@@ -197,48 +271,34 @@ async fn run_session(
     let mut last_resolved_at = Instant::now();
     let mut last_heartbeat_at = Instant::now();
     while !cancel.is_cancelled() {
-        let outcome = {
-            let params: [&(dyn ToSql + Sync); 3] =
-                [&config.slot_name, &config.max_changes_per_peek, &add_tables];
-            let rows = client
-                .query_raw(&peek, params.iter().map(|p| *p as &dyn ToSql))
-                .await?;
-            pin_mut!(rows);
-            let mut outcome = PeekOutcome::default();
-            let mut txn: Option<Txn> = None;
-            while let Some(row) = rows.try_next().await? {
-                outcome.rows += 1;
-                let lsn: String = row.get(0);
-                let data: &str = row.get(1);
-                handle_message(
-                    data,
-                    &lsn,
-                    &tables,
-                    clock,
-                    &mut txn,
-                    &mut outcome,
-                    &mut publisher,
-                )
-                .await?;
-                if cancel.is_cancelled() {
-                    // Stop at any point: what follows the last complete
-                    // transaction is re-sent by the next run.
-                    break;
-                }
-            }
-            outcome
+        let pos = client.query_one(&position, &[]).await?;
+        let upto: String = pos.get(0);
+        let reference: i64 = pos.get(1);
+        refresh_catalog(&client, &mut tables).await?;
+        let ctx = PeekContext {
+            tables: &tables,
+            numeric_as_string: AtomicBool::new(numeric_as_string),
+            xid_reference: u64::try_from(reference).unwrap_or_default(),
         };
+        let params: [&(dyn ToSql + Sync); 4] = [
+            &config.slot_name,
+            &upto,
+            &config.max_changes_per_peek,
+            &add_tables,
+        ];
+        let outcome =
+            peek_and_publish(&client, &peek, &params, &ctx, clock, &mut publisher, cancel).await?;
+        numeric_as_string = ctx.numeric_as_string.load(Ordering::Relaxed);
+        report_unversioned(&outcome);
         publisher.drain().await?;
-        if let Some((end_lsn, updated)) = outcome.last_commit {
-            client
-                .execute(
-                    "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                    &[&config.slot_name, &end_lsn],
-                )
-                .await?;
+        if let Some((end_lsn, updated)) = &outcome.last_commit {
+            advance(&client, &config.slot_name, end_lsn, cancel).await?;
             debug!(%end_lsn, %updated, rows = outcome.rows, "slot advanced");
-            acked = Some(updated);
+            acked = Some(*updated);
             *progressed = true;
+        }
+        if cancel.is_cancelled() {
+            break;
         }
         if last_resolved_at.elapsed() >= config.resolved_interval {
             match acked {
@@ -282,6 +342,171 @@ struct PeekOutcome {
     /// End LSN and `updated` of the last transaction fully decoded (and so
     /// fully handed to the producer).
     last_commit: Option<(String, Hlc)>,
+    /// Per table: row versions sent without `pg_xid` in this peek.
+    unversioned: BTreeMap<String, Unversioned>,
+}
+
+/// Row versions of one table sent without `pg_xid` during one peek.
+#[derive(Default)]
+struct Unversioned {
+    count: u64,
+    /// LSN of the first such change.
+    first_lsn: String,
+    /// Columns missing from the new row.
+    missing: std::collections::BTreeSet<String>,
+    /// Float/numeric columns whose `null` may be a dropped NaN/Infinity.
+    maybe_special: std::collections::BTreeSet<String>,
+}
+
+/// One peek: streams its rows into the producer, and stops early on cancel
+/// (cancelling the query on the server: a peek of a huge transaction can
+/// run for minutes before its first row). What was handed to the producer
+/// up to the last complete transaction is in the outcome either way.
+async fn peek_and_publish(
+    client: &Client,
+    peek: &tokio_postgres::Statement,
+    params: &[&(dyn ToSql + Sync)],
+    ctx: &PeekContext<'_>,
+    clock: &mut HlcClock,
+    publisher: &mut Publisher,
+    cancel: &CancellationToken,
+) -> Result<PeekOutcome, ChangefeedError> {
+    let mut outcome = PeekOutcome::default();
+    let query = client.query_raw(peek, params.iter().map(|p| *p as &dyn ToSql));
+    let rows = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            cancel_running_query(client).await;
+            return Ok(outcome);
+        }
+        rows = query => rows?,
+    };
+    pin_mut!(rows);
+    let mut txn: Option<Txn> = None;
+    loop {
+        let row = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                // What follows the last complete transaction is re-sent by
+                // the next run.
+                cancel_running_query(client).await;
+                break;
+            }
+            row = rows.try_next() => match row? {
+                Some(row) => row,
+                None => break,
+            },
+        };
+        outcome.rows += 1;
+        let lsn: String = row.get(0);
+        let data: &str = row.get(1);
+        handle_message(data, &lsn, ctx, clock, &mut txn, &mut outcome, publisher).await?;
+    }
+    Ok(outcome)
+}
+
+/// Asks the server to cancel the feed session's running statement (the
+/// peek). The rest of its answer is discarded when the row stream is
+/// dropped; a cancel that arrives after the peek ended is ignored by an
+/// idle session (and [`advance`] retries if it lands on the advance).
+async fn cancel_running_query(client: &Client) {
+    match client.cancel_token().cancel_query(NoTls).await {
+        Ok(()) => info!("stopping: the running peek was cancelled"),
+        Err(e) => warn!(error = %e, "stopping: could not cancel the running peek"),
+    }
+}
+
+/// Moves the slot to `end_lsn` (the end of a transaction whose every
+/// message Kafka acknowledged).
+async fn advance(
+    client: &Client,
+    slot: &str,
+    end_lsn: &str,
+    cancel: &CancellationToken,
+) -> Result<(), ChangefeedError> {
+    const SQL: &str = "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)";
+    match client.execute(SQL, &[&slot, &end_lsn]).await {
+        // Our own cancel request of a peek can, in a narrow race, reach the
+        // session only once it runs the advance.
+        Err(e) if cancel.is_cancelled() && e.code() == Some(&SqlState::QUERY_CANCELED) => {
+            client.execute(SQL, &[&slot, &end_lsn]).await?;
+        }
+        r => {
+            r?;
+        }
+    }
+    Ok(())
+}
+
+/// Logs (once per table and peek) the row versions sent without `pg_xid`.
+fn report_unversioned(outcome: &PeekOutcome) {
+    for (table, u) in &outcome.unversioned {
+        warn!(
+            table = %table,
+            rows = u.count,
+            first_lsn = %u.first_lsn,
+            missing_columns = ?u.missing,
+            maybe_nan_or_infinity = ?u.maybe_special,
+            "row versions sent without pg_xid: their new row is not known to be complete \
+             (an unchanged out-of-line value was left out: set REPLICA IDENTITY FULL; or a \
+             float/numeric null may be a NaN/Infinity this wal2json cannot send: upgrade to \
+             wal2json 2.6+), so the purger keeps those rows"
+        );
+    }
+}
+
+/// Re-reads replica identity and columns of the fed tables, so that a
+/// change is checked against columns added since start-up.
+async fn refresh_catalog(
+    client: &Client,
+    tables: &mut HashMap<(String, String), Table>,
+) -> Result<(), ChangefeedError> {
+    let oids: Vec<u32> = tables.values().map(|t| t.info.oid).collect();
+    for (oid, cols) in catalog::columns(client, &oids).await? {
+        let Some(t) = tables.values_mut().find(|t| t.info.oid == oid) else {
+            continue;
+        };
+        if t.info.columns == cols.columns
+            && t.info.full_identity == cols.full_identity
+            && t.info.toastable == cols.toastable
+        {
+            continue;
+        }
+        info!(
+            table = %t.cfg.name,
+            columns = ?cols.columns,
+            identity = %cols.identity,
+            "table definition changed; changes are now checked against it"
+        );
+        if !cols.full_identity && !cols.toastable.is_empty() && !t.toast_warned {
+            warn!(
+                table = %t.cfg.name,
+                "{} (updates that leave such a value unchanged are sent without pg_xid until then; \
+                 a restart refuses the table)",
+                catalog::toast_refusal(&t.info.quoted(), &cols.toastable)
+            );
+            t.toast_warned = true;
+        }
+        t.info.columns = cols.columns;
+        t.info.toastable = cols.toastable;
+        t.info.full_identity = cols.full_identity;
+    }
+    Ok(())
+}
+
+/// Whether this wal2json accepts [`wal2json::NUMERIC_AS_STRING`]: a peek
+/// that decodes at most one WAL record (`upto_lsn` 0/1) with the option.
+async fn probe_numeric_as_string(client: &Client, slot: &str) -> Result<bool, ChangefeedError> {
+    let sql = format!(
+        "SELECT count(*) FROM pg_logical_slot_peek_changes($1, '0/1'::pg_lsn, 1, \
+         'format-version', '2', '{}', '1')",
+        wal2json::NUMERIC_AS_STRING
+    );
+    match client.query_one(&sql, &[&slot]).await {
+        Ok(_) => Ok(true),
+        Err(e) if wal2json::is_unknown_numeric_option(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn bad(lsn: &str, reason: impl Into<String>) -> ChangefeedError {
@@ -294,16 +519,30 @@ fn bad(lsn: &str, reason: impl Into<String>) -> ChangefeedError {
 async fn handle_message(
     data: &str,
     lsn: &str,
-    tables: &HashMap<(String, String), Table>,
+    ctx: &PeekContext<'_>,
     clock: &mut HlcClock,
     txn: &mut Option<Txn>,
     outcome: &mut PeekOutcome,
     publisher: &mut Publisher,
 ) -> Result<(), ChangefeedError> {
-    let msg = wal2json::parse(data).map_err(|e| bad(lsn, format!("{e}: {data:.200}")))?;
+    // Never the line itself in the error: it is row data.
+    let msg =
+        wal2json::parse(data).map_err(|e| bad(lsn, wal2json::describe_parse_error(data, &e)))?;
     match msg.action {
         "B" => {
-            let xid = msg.xid.ok_or_else(|| bad(lsn, "begin without xid"))?;
+            let xid32 = msg
+                .xid
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| bad(lsn, "begin without a 32-bit xid"))?;
+            let xid = xid::widen(xid32, ctx.xid_reference).ok_or_else(|| {
+                bad(
+                    lsn,
+                    format!(
+                        "xid {xid32} cannot be placed in an epoch near the next xid {}",
+                        ctx.xid_reference
+                    ),
+                )
+            })?;
             let ts = msg
                 .timestamp
                 .as_deref()
@@ -334,8 +573,41 @@ async fn handle_message(
                 msg.schema.clone().unwrap_or_default(),
                 msg.table.clone().unwrap_or_default(),
             );
-            if let Some(table) = tables.get(&key) {
-                for out in encode_change(&msg, table, &t.origin).map_err(|r| bad(lsn, r))? {
+            if let Some(table) = ctx.tables.get(&key) {
+                let enc = encode_change(
+                    &msg,
+                    table,
+                    &t.origin,
+                    ctx.numeric_as_string.load(Ordering::Relaxed),
+                )
+                .map_err(|r| bad(lsn, r))?;
+                if enc.numbers_were_bare && ctx.numeric_as_string.swap(false, Ordering::Relaxed) {
+                    warn!(
+                        %lsn,
+                        "wal2json accepted `{}` but still writes numbers bare: NaN/Infinity may \
+                         arrive as null, so rows with a null float/numeric value are sent without \
+                         pg_xid from now on",
+                        wal2json::NUMERIC_AS_STRING
+                    );
+                }
+                if let Some(inc) = enc.incomplete {
+                    let name = table.cfg.name.to_string();
+                    let reason = if inc.missing.is_empty() {
+                        "maybe_nan_or_infinity"
+                    } else {
+                        "missing_column"
+                    };
+                    metrics::counter!("cdc_pgcf_unversioned_rows_total", "table" => name.clone(), "reason" => reason)
+                        .increment(1);
+                    let u = outcome.unversioned.entry(name).or_default();
+                    if u.count == 0 {
+                        u.first_lsn = lsn.to_owned();
+                    }
+                    u.count += 1;
+                    u.missing.extend(inc.missing);
+                    u.maybe_special.extend(inc.maybe_special);
+                }
+                for out in enc.outs {
                     let partition = partition_for_key(out.key.as_bytes(), table.partitions);
                     publisher
                         .send(
@@ -384,20 +656,51 @@ fn key_of(cols: &Cols, pk: &[String]) -> Result<String, String> {
     Ok(encode::key_array(&vals))
 }
 
+/// Why a row version was sent without `pg_xid`.
+#[derive(Debug, Default, PartialEq)]
+struct Incomplete {
+    /// Catalog columns the new row lacks (after filling from the old row).
+    missing: Vec<String>,
+    /// Float/numeric columns with a `null` that may be a NaN or an
+    /// infinity dropped by a wal2json without numeric strings.
+    maybe_special: Vec<String>,
+}
+
+/// What one wal2json row change becomes.
+#[derive(Debug, Default)]
+struct Encoded {
+    outs: Vec<Out>,
+    /// Set when the new row was sent without `pg_xid`.
+    incomplete: Option<Incomplete>,
+    /// Numbers were expected as strings but a number column came bare.
+    numbers_were_bare: bool,
+}
+
+fn is_null(c: &Column<'_>) -> bool {
+    c.value.is_none_or(|v| v.get() == "null")
+}
+
 /// The records one wal2json row change becomes (zero when filtered, two
 /// when an update changed the primary key: a delete of the old key and the
-/// new row, as CockroachDB emits).
-fn encode_change(msg: &Message<'_>, table: &Table, origin: &Origin) -> Result<Vec<Out>, String> {
+/// new row, as CockroachDB emits). An insert or update whose new row is
+/// not known to be complete is sent without `pg_xid`.
+fn encode_change(
+    msg: &Message<'_>,
+    table: &Table,
+    origin: &Origin,
+    numeric_as_string: bool,
+) -> Result<Encoded, String> {
     let pk = &table.info.primary_key;
     let full = table.info.full_identity;
-    let old = msg.identity.as_deref().map(to_cols);
-    let mut out = Vec::new();
+    let old_cols = msg.identity.as_deref();
+    let old = old_cols.map(to_cols);
+    let mut enc = Encoded::default();
     let delete = |old: &Cols, out: &mut Vec<Out>| -> Result<(), String> {
         if table.cfg.emit_deletes {
             let before = full.then(|| Some(encode::row_object(old)));
             out.push(Out {
                 key: key_of(old, pk)?,
-                value: encode::envelope(None, before.as_ref().map(|b| b.as_deref()), origin),
+                value: encode::envelope(None, before.as_ref().map(|b| b.as_deref()), origin, true),
             });
         }
         Ok(())
@@ -405,26 +708,47 @@ fn encode_change(msg: &Message<'_>, table: &Table, origin: &Origin) -> Result<Ve
     match msg.action {
         "D" => {
             let old = old.ok_or("delete without identity (old key)")?;
-            delete(&old, &mut out)?;
+            delete(&old, &mut enc.outs)?;
         }
         _ => {
-            let mut new = to_cols(
-                msg.columns
-                    .as_deref()
-                    .ok_or("insert/update without columns")?,
-            );
+            let cols = msg
+                .columns
+                .as_deref()
+                .ok_or("insert/update without columns")?;
+            let mut new = to_cols(cols);
+            // Trust "numbers as strings" only as long as wal2json keeps to it.
+            let bare = |c: &Column<'_>| {
+                encode::is_number_type(c.typeoid)
+                    && c.value.is_some_and(|v| !v.get().starts_with(['"', 'n']))
+            };
+            if numeric_as_string && cols.iter().chain(old_cols.unwrap_or_default()).any(bare) {
+                enc.numbers_were_bare = true;
+            }
+            let numeric_as_string = numeric_as_string && !enc.numbers_were_bare;
+            // A `null` that may stand for a NaN or an infinity.
+            let mut maybe_special: Vec<String> = Vec::new();
+            let mut check_special = |c: &Column<'_>| {
+                if !numeric_as_string && encode::has_special_values(c.typeoid) && is_null(c) {
+                    maybe_special.push(c.name.clone());
+                }
+            };
+            cols.iter().for_each(&mut check_special);
+            // Unchanged out-of-line (TOASTed) values are left out of
+            // `columns`; an old row logged whole (REPLICA IDENTITY FULL) has
+            // them, whether or not the key changed. (A DEFAULT identity
+            // only logs key columns, which the new row has.)
+            for c in old_cols.unwrap_or_default() {
+                if !new.contains_key(&c.name) {
+                    check_special(c);
+                    new.insert(c.name.clone(), encode::map_value(c.typeoid, c.value));
+                }
+            }
             let key = key_of(&new, pk)?;
             let mut before: Option<Option<String>> = full.then_some(None);
             if let Some(old) = &old {
-                let old_key = key_of(old, pk)?;
-                if old_key != key {
-                    delete(old, &mut out)?;
+                if key_of(old, pk)? != key {
+                    delete(old, &mut enc.outs)?;
                 } else if full {
-                    // Unchanged TOASTed values are left out of `columns`;
-                    // the full old row has them.
-                    for (k, v) in old {
-                        new.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
                     before = Some(Some(encode::row_object(old)));
                 }
             }
@@ -433,19 +757,34 @@ fn encode_change(msg: &Message<'_>, table: &Table, origin: &Origin) -> Result<Ve
                 None => true,
             };
             if passes {
+                let missing: Vec<String> = table
+                    .info
+                    .columns
+                    .iter()
+                    .filter(|c| !new.contains_key(*c))
+                    .cloned()
+                    .collect();
+                let versioned = missing.is_empty() && maybe_special.is_empty();
+                if !versioned {
+                    enc.incomplete = Some(Incomplete {
+                        missing,
+                        maybe_special,
+                    });
+                }
                 let after = encode::row_object(&new);
-                out.push(Out {
+                enc.outs.push(Out {
                     key,
                     value: encode::envelope(
                         Some(&after),
                         before.as_ref().map(|b| b.as_deref()),
                         origin,
+                        versioned,
                     ),
                 });
             }
         }
     }
-    Ok(out)
+    Ok(enc)
 }
 
 /// The producer plus the messages it has not yet acknowledged.
@@ -614,10 +953,13 @@ mod tests {
     fn table(full: bool, filter: Option<&str>, emit_deletes: bool) -> Table {
         Table {
             info: TableInfo {
+                oid: 1,
                 schema: "public".into(),
                 name: "t".into(),
                 primary_key: vec!["b".into(), "a".into()],
                 full_identity: full,
+                columns: vec!["a".into(), "b".into()],
+                toastable: vec![],
             },
             cfg: TableConfig {
                 name: cdc_common::ident::TableName::parse("t").unwrap(),
@@ -627,6 +969,7 @@ mod tests {
             },
             topic: "t".into(),
             partitions: 3,
+            toast_warned: false,
         }
     }
 
@@ -642,9 +985,23 @@ mod tests {
     }
 
     const META: &str = r#""pg_lsn": "0/10", "pg_xid": "42", "updated": "5.0000000001"}"#;
+    /// The metadata of a row version sent without `pg_xid`.
+    const UNVERSIONED: &str = r#""pg_lsn": "0/10", "updated": "5.0000000001"}"#;
+
+    fn encode_full(json: &str, t: &Table, numeric_as_string: bool) -> Encoded {
+        encode_change(
+            &wal2json::parse(json).unwrap(),
+            t,
+            &origin(),
+            numeric_as_string,
+        )
+        .unwrap()
+    }
 
     fn encode(json: &str, t: &Table) -> Vec<Out> {
-        encode_change(&wal2json::parse(json).unwrap(), t, &origin()).unwrap()
+        let enc = encode_full(json, t, true);
+        assert_eq!(enc.incomplete, None, "{json}");
+        enc.outs
     }
 
     #[test]
@@ -719,7 +1076,118 @@ mod tests {
     #[test]
     fn missing_key_column_is_an_error() {
         let msg = wal2json::parse(r#"{"action":"I","columns":[{"name":"a","value":1}]}"#).unwrap();
-        let err = encode_change(&msg, &table(false, None, true), &origin()).unwrap_err();
+        let err = encode_change(&msg, &table(false, None, true), &origin(), true).unwrap_err();
         assert!(err.contains("\"b\""), "{err}");
+    }
+
+    /// An update that lacks a column of the table (an unchanged TOASTed
+    /// value under DEFAULT identity) is sent, but without `pg_xid`: the
+    /// purger cannot delete a row by an incomplete copy.
+    #[test]
+    fn incomplete_row_is_sent_without_pg_xid() {
+        let mut t = table(false, Some("archived"), true);
+        t.info.columns = vec!["a".into(), "archived".into(), "b".into(), "big".into()];
+        let upd = r#"{"action":"U","columns":[{"name":"a","value":1},{"name":"b","value":"x"},{"name":"archived","typeoid":16,"value":true}],
+                      "identity":[{"name":"a","value":1},{"name":"b","value":"x"}]}"#;
+        let enc = encode_full(upd, &t, true);
+        assert_eq!(
+            enc.outs,
+            vec![Out {
+                key: r#"["x", 1]"#.into(),
+                value: format!(
+                    r#"{{"after": {{"a": 1, "archived": true, "b": "x"}}, {UNVERSIONED}"#
+                )
+            }]
+        );
+        assert_eq!(
+            enc.incomplete,
+            Some(Incomplete {
+                missing: vec!["big".into()],
+                maybe_special: vec![]
+            })
+        );
+        // The same row complete: versioned.
+        let complete = upd.replace(
+            r#"{"name":"archived","typeoid":16,"value":true}"#,
+            r#"{"name":"archived","typeoid":16,"value":true},{"name":"big","typeoid":25,"value":"v"}"#,
+        );
+        let enc = encode_full(&complete, &t, true);
+        assert_eq!(enc.incomplete, None);
+        assert!(enc.outs[0].value.contains(r#""pg_xid": "42""#));
+        // Filtered out: nothing sent, nothing to report.
+        let not_archived = upd.replace("true}]", "false}]");
+        let enc = encode_full(&not_archived, &t, true);
+        assert!(enc.outs.is_empty() && enc.incomplete.is_none());
+    }
+
+    /// Under FULL identity the old row fills unchanged values, also when
+    /// the primary key changed (the new key's insert is complete).
+    #[test]
+    fn full_identity_fills_on_key_change_too() {
+        let mut t = table(true, None, true);
+        t.info.columns = vec!["a".into(), "b".into(), "big".into()];
+        let upd = r#"{"action":"U","columns":[{"name":"a","value":2},{"name":"b","value":"x"}],
+                      "identity":[{"name":"a","value":1},{"name":"b","value":"x"},{"name":"big","value":"old"}]}"#;
+        let enc = encode_full(upd, &t, true);
+        assert_eq!(enc.incomplete, None);
+        assert_eq!(enc.outs.len(), 2);
+        assert_eq!(
+            enc.outs[1].value,
+            format!(r#"{{"after": {{"a": 2, "b": "x", "big": "old"}}, "before": null, {META}"#)
+        );
+    }
+
+    /// A wal2json that ignored `numeric-data-types-as-string` (numbers
+    /// still bare): its nulls are not trusted either.
+    #[test]
+    fn bare_numbers_despite_the_option_are_not_trusted() {
+        let mut t = table(false, None, true);
+        t.info.columns = vec!["a".into(), "b".into(), "f".into()];
+        let ins = r#"{"action":"I","columns":[{"name":"a","typeoid":23,"value":1},{"name":"b","typeoid":25,"value":"x"},
+                      {"name":"f","typeoid":701,"value":null}]}"#;
+        let enc = encode_full(ins, &t, true);
+        assert!(enc.numbers_were_bare);
+        assert!(enc.incomplete.is_some() && !enc.outs[0].value.contains("pg_xid"));
+        let strings = ins.replace(r#""value":1}"#, r#""value":"1"}"#);
+        let enc = encode_full(&strings, &t, true);
+        assert!(!enc.numbers_were_bare && enc.incomplete.is_none());
+        assert!(enc.outs[0].key == r#"["x", 1]"#, "{:?}", enc.outs);
+    }
+
+    /// Without numeric strings (wal2json < 2.6), a null float/numeric value
+    /// may be a NaN or an infinity that wal2json dropped: no `pg_xid`.
+    #[test]
+    fn null_numbers_are_unversioned_without_numeric_strings() {
+        let mut t = table(false, None, true);
+        t.info.columns = vec!["a".into(), "b".into(), "f".into(), "n".into()];
+        let ins = r#"{"action":"I","columns":[{"name":"a","typeoid":23,"value":1},{"name":"b","typeoid":25,"value":"x"},
+                      {"name":"f","typeoid":701,"value":null},{"name":"n","typeoid":1700,"value":2.5}]}"#;
+        let enc = encode_full(ins, &t, false);
+        assert_eq!(
+            enc.incomplete,
+            Some(Incomplete {
+                missing: vec![],
+                maybe_special: vec!["f".into()]
+            })
+        );
+        assert!(!enc.outs[0].value.contains("pg_xid"));
+        // With numeric strings a null is a SQL NULL.
+        let strings = ins
+            .replace(r#""value":1}"#, r#""value":"1"}"#)
+            .replace(r#""value":2.5}"#, r#""value":"2.5"}"#);
+        let enc = encode_full(&strings, &t, true);
+        assert_eq!(enc.incomplete, None);
+        assert!(enc.outs[0].value.contains(r#""n": 2.5"#), "{:?}", enc.outs);
+        // A null text column is always a SQL NULL.
+        let text_null = ins
+            .replace(
+                r#""typeoid":701,"value":null"#,
+                r#""typeoid":701,"value":1.5"#,
+            )
+            .replace(
+                r#""typeoid":25,"value":"x""#,
+                r#""typeoid":25,"value":"x"},{"name":"z","typeoid":25,"value":null"#,
+            );
+        assert_eq!(encode_full(&text_null, &t, false).incomplete, None);
     }
 }

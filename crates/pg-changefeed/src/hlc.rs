@@ -1,23 +1,9 @@
 //! The `updated` clock: an HLC-shaped timestamp (`<wall ns>.<10-digit
-//! logical>`) built from PostgreSQL commit timestamps.
+//! logical>`) built from PostgreSQL commit timestamps. The timestamp type is
+//! the decoder's [`cdc_changefeed::Hlc`] (same order, same text), so what
+//! this crate writes is by construction what the sink parses.
 
-use std::fmt;
-
-/// A hybrid-logical timestamp, ordered by wall time then logical counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Hlc {
-    /// Nanoseconds since the Unix epoch.
-    pub wall: i64,
-    /// Counter that orders events sharing one wall time.
-    pub logical: u32,
-}
-
-impl fmt::Display for Hlc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // CockroachDB's `hlc.Timestamp.AsOfSystemTime`: "%d.%010d".
-        write!(f, "{}.{:010}", self.wall, self.logical)
-    }
-}
+pub use cdc_changefeed::Hlc;
 
 /// Hands out strictly increasing [`Hlc`]s: a commit timestamp that ties with
 /// or precedes the previous one (two commits in one microsecond, a clock

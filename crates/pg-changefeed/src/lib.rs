@@ -4,8 +4,10 @@
 //! JSON array of the primary key, the value the wrapped envelope with
 //! `after`, `before` (only for `REPLICA IDENTITY FULL` tables), an
 //! HLC-shaped `updated`, and two PostgreSQL extras the purger needs:
-//! `pg_xid` (the writing transaction's id as a decimal string, which is the
-//! row version's `xmin`) and `pg_lsn` (the commit LSN).
+//! `pg_xid` (the writing transaction's 64-bit id, `epoch << 32 | xid`, as a
+//! decimal string; its low 32 bits are the row version's `xmin`; left out
+//! when the row is not known to be complete, see [`feed`]) and `pg_lsn`
+//! (the commit LSN).
 //!
 //! Guarantees kept:
 //! - **At least once, never skipped**: the slot is advanced only to the end
@@ -28,6 +30,7 @@ pub mod feed;
 pub mod hlc;
 pub mod partition;
 pub mod wal2json;
+pub mod xid;
 
 pub use config::{PgChangefeedConfig, TableConfig};
 pub use error::ChangefeedError;

@@ -36,13 +36,14 @@ mod tests {
     /// this function computes.
     #[test]
     fn reproduces_fixture_partitions() {
+        // The repository's own copy of the fixtures.
         let dir = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/cockroachdb-changefeed"
+            "/../../tests/fixtures/cockroachdb-changefeed"
         );
         let mut checked = 0;
-        for entry in std::fs::read_dir(dir)
-            .expect("fixture directory /work/shared/fixtures/cockroachdb-changefeed")
+        for entry in
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("fixture directory {dir}: {e}"))
         {
             let path = entry.unwrap().path();
             if path.extension().and_then(|e| e.to_str()) != Some("ndjson") {

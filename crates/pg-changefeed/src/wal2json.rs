@@ -9,6 +9,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// Options passed to wal2json on every peek (add-tables is appended).
+///
+/// `numeric-data-types-as-string` (wal2json 2.6+) writes numbers as JSON
+/// strings, which is the only way NaN and ±Infinity survive: without it
+/// wal2json writes them as `null`. [`encode`](crate::encode) turns the
+/// strings back into CockroachDB's forms (exact digits as JSON numbers,
+/// NaN/Infinity as strings). An older wal2json refuses the option; the feed
+/// then leaves it out (see [`NUMERIC_AS_STRING`]).
 pub const OPTIONS: &[(&str, &str)] = &[
     ("format-version", "2"),
     ("include-xids", "1"),
@@ -17,7 +24,33 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("include-type-oids", "1"),
     ("include-types", "0"),
     ("include-pk", "0"),
+    (NUMERIC_AS_STRING, "1"),
 ];
+
+/// The one option of [`OPTIONS`] that an older wal2json (before 2.6) does
+/// not know and refuses (`option "..." is unknown`). Without it, a `null`
+/// in a float or numeric column may be a NaN or an infinity that wal2json
+/// dropped, so such row versions are sent without `pg_xid` (the purger
+/// keeps them).
+pub const NUMERIC_AS_STRING: &str = "numeric-data-types-as-string";
+
+/// The options to send: all of [`OPTIONS`], or all but
+/// [`NUMERIC_AS_STRING`] for a wal2json that does not support it.
+pub fn options(numeric_as_string: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    OPTIONS
+        .iter()
+        .copied()
+        .filter(move |(k, _)| numeric_as_string || *k != NUMERIC_AS_STRING)
+}
+
+/// Whether a PostgreSQL error says that wal2json does not know
+/// [`NUMERIC_AS_STRING`].
+pub fn is_unknown_numeric_option(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.code() == &tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE
+            && d.message().contains(NUMERIC_AS_STRING)
+    })
+}
 
 /// One wal2json v2 message.
 #[derive(Debug, Deserialize)]
@@ -69,6 +102,44 @@ pub fn parse(data: &str) -> Result<Message<'_>, serde_json::Error> {
     serde_json::from_str(data)
 }
 
+/// Action, schema and table of a message that [`parse`] refused, as far as
+/// they can be read, for an error message that must not quote row data.
+#[derive(Debug, Default, Deserialize)]
+pub struct Head {
+    /// B, C, I, U, D, M or T.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Schema of a row change.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Table of a row change.
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+/// Describes why `data` is not a message without quoting any of its
+/// values (they are row data: personal data must not reach the logs):
+/// the action and table when they can be read, and where the JSON broke.
+pub fn describe_parse_error(data: &str, e: &serde_json::Error) -> String {
+    let head: Head = serde_json::from_str(data).unwrap_or_default();
+    let name = |v: Option<String>| v.unwrap_or_else(|| "?".to_owned());
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "unexpected field type or value",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!(
+        "action {} on table {}.{}: {category} at line {} column {} ({} bytes; content not logged)",
+        name(head.action),
+        name(head.schema),
+        name(head.table),
+        e.line(),
+        e.column(),
+        data.len()
+    )
+}
+
 /// Escapes a schema or table name for wal2json's `add-tables` list, where
 /// `.`, `,`, `*`, white space and `\` are special.
 pub fn escape_add_table(part: &str) -> String {
@@ -118,6 +189,30 @@ mod tests {
             Some(1_795_313_781_000_000_000)
         );
         assert_eq!(parse_commit_timestamp("garbage"), None);
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_row_data() {
+        let data = r#"{"action":"U","schema":"public","table":"payments","columns":[{"name":"iban","typeoid":"DE89 3704 0044 0532 0130 00","value":"secret"}]}"#;
+        let e = parse(data).unwrap_err();
+        // serde's own message quotes the offending value...
+        assert!(e.to_string().contains("DE89"), "{e}");
+        // ...the description does not.
+        let d = describe_parse_error(data, &e);
+        assert!(!d.contains("DE89") && !d.contains("secret"), "{d}");
+        assert!(d.contains("action U on table public.payments"), "{d}");
+        let d = describe_parse_error(
+            "{\"action\":\"I\",\"columns\":[{\"secret",
+            &parse("{\"action\":\"I\",\"columns\":[{\"secret").unwrap_err(),
+        );
+        assert!(!d.contains("secret") && d.contains("truncated"), "{d}");
+    }
+
+    #[test]
+    fn options_with_and_without_numeric_strings() {
+        assert!(options(true).any(|(k, v)| k == NUMERIC_AS_STRING && v == "1"));
+        assert!(!options(false).any(|(k, _)| k == NUMERIC_AS_STRING));
+        assert_eq!(options(false).count() + 1, OPTIONS.len());
     }
 
     #[test]

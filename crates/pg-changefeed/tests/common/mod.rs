@@ -60,8 +60,11 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// Starts the feed and returns once its slot exists (changes committed
-    /// from then on are in the slot).
+    /// Starts the feed and returns once its slot exists and is consistent
+    /// (changes committed from then on are in the slot). A logical slot is
+    /// listed as soon as its creation starts, but it decodes only what
+    /// commits after every transaction running at that moment (in any
+    /// database) has ended; `confirmed_flush_lsn` is set then.
     pub async fn start(cfg: PgChangefeedConfig) -> Self {
         let cancel = CancellationToken::new();
         let slot = cfg.slot_name.clone();
@@ -72,7 +75,7 @@ impl Feed {
         let pg = cdc_tests::pg().await;
         while pg
             .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn IS NOT NULL",
                 &[&slot],
             )
             .await
@@ -268,6 +271,15 @@ impl Reader {
         }
     }
 
+    /// Keeps reading for `d` (to see that nothing more arrives).
+    pub async fn poll_for(&mut self, d: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            self.poll_some();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn poll_some(&mut self) {
         while let Some(m) = self.consumer.poll(Duration::from_millis(100)) {
             let m = m.expect("consume");
@@ -386,4 +398,74 @@ pub async fn unconfirmed_changes(pg: &tokio_postgres::Client, slot: &str, t: &st
     .await
     .unwrap()
     .get(0)
+}
+
+/// The row version's `xmin` as PostgreSQL prints it, from a 64-bit `pg_xid`.
+pub fn xmin_of(pg_xid: u64) -> String {
+    (pg_xid & 0xFFFF_FFFF).to_string()
+}
+
+/// The current xid epoch (`next xid >> 32`).
+pub async fn current_epoch(pg: &tokio_postgres::Client) -> u64 {
+    let next: i64 = pg
+        .query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (next as u64) >> 32
+}
+
+/// The 64-bit id of the row version of `table` (quoted) whose key matches
+/// `key_sql` (`WHERE` text): the row's `xmin` widened with the current epoch
+/// (as the changefeed does; tests do not run across an epoch boundary).
+pub async fn row_xid8(pg: &tokio_postgres::Client, qt: &str, key_sql: &str) -> u64 {
+    let xmin: String = pg
+        .query_one(&format!("SELECT xmin::text FROM {qt} WHERE {key_sql}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    (current_epoch(pg).await << 32) | xmin.parse::<u64>().unwrap()
+}
+
+/// A `database_url` for database `db` on the stack's server.
+pub fn url_for_database(db: &str) -> String {
+    let url = cdc_tests::pg_url();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b.to_owned(), format!("?{q}")),
+            None => (url.clone(), String::new()),
+        };
+        let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+        let base = match base[after_scheme..].find('/') {
+            Some(i) => base[..after_scheme + i].to_owned(),
+            None => base,
+        };
+        format!("{base}/{db}{query}")
+    } else {
+        format!("{url} dbname={db}")
+    }
+}
+
+/// `url` with extra server options (`-c name=value ...`), as a libpq URL
+/// `options` parameter would set them for the session.
+pub fn url_with_options(url: &str, options: &str) -> String {
+    let encoded: String = options
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}options={encoded}")
+    } else {
+        format!(
+            "{url} options='{}'",
+            options.replace('\\', "\\\\").replace('\'', "\\'")
+        )
+    }
 }
