@@ -206,11 +206,16 @@ impl Pipeline {
     /// The current time on the database server: every change committed
     /// before this call has an `updated` before it.
     pub async fn db_now(&self) -> DateTime<Utc> {
-        self.client
-            .query_one("SELECT clock_timestamp()", &[])
+        let micros: i64 = self
+            .client
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
+                &[],
+            )
             .await
             .unwrap()
-            .get(0)
+            .get(0);
+        DateTime::from_timestamp_micros(micros).expect("a date in range")
     }
 
     /// Waits until the archive's watermark (from its checkpoints alone) has
