@@ -137,7 +137,10 @@ impl Pipeline {
             let n: i64 = self
                 .client
                 .query_one(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                    // Listed before it is consistent: changes committed
+                    // until it has a confirmed position may be missed.
+                    "SELECT count(*) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND confirmed_flush_lsn IS NOT NULL",
                     &[&slot],
                 )
                 .await
