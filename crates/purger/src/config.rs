@@ -38,6 +38,13 @@ pub struct PurgerConfig {
     /// A batch slower than this shrinks the next one. Default: 500ms.
     #[serde(default = "default_target_latency", with = "humantime_serde")]
     pub target_batch_latency: Duration,
+    /// DELETE batches in flight at once on the purger's one connection
+    /// (pipelined: the server starts the next batch without waiting for a
+    /// round trip through the purger). Each batch is still its own
+    /// statement, transaction and result, retried on its own. 1 sends one
+    /// batch at a time. Default: 2.
+    #[serde(default = "default_pipeline_depth")]
+    pub pipeline_depth: u32,
     /// Rows deleted per second at most. Default: unlimited.
     #[serde(default)]
     pub max_rows_per_second: Option<u32>,
@@ -77,6 +84,9 @@ fn default_batch_size() -> u32 {
 fn default_min_batch_size() -> u32 {
     10
 }
+fn default_pipeline_depth() -> u32 {
+    2
+}
 fn default_target_latency() -> Duration {
     Duration::from_millis(500)
 }
@@ -95,6 +105,7 @@ impl PurgerConfig {
             batch_size: default_batch_size(),
             min_batch_size: default_min_batch_size(),
             target_batch_latency: default_target_latency(),
+            pipeline_depth: default_pipeline_depth(),
             max_rows_per_second: None,
             retry: RetryConfig::default(),
             disable_changefeed_replication: true,
@@ -127,6 +138,11 @@ impl PurgerConfig {
         if self.batch_size == 0 {
             return Err(ConfigError {
                 message: "field `purger.batch_size`: must be at least 1".into(),
+            });
+        }
+        if self.pipeline_depth == 0 || self.pipeline_depth > 8 {
+            return Err(ConfigError {
+                message: "field `purger.pipeline_depth`: must be between 1 and 8".into(),
             });
         }
         if self.max_rows_per_second == Some(0) {

@@ -82,7 +82,21 @@ pub async fn purge(
         uuid::Uuid::new_v4().simple()
     );
     let (client, dialect) = open_session(cfg).await?;
-    let table = catalog::resolve(&client, &cfg.table, &cfg.archived_column).await?;
+    let archive_table = cfg.archive_table().to_owned();
+    // The archive side starts now, while the catalog is checked: it only
+    // reads (chains, purge records, segments) and plans; nothing is deleted
+    // before every check below has passed. Dropping the guard (an error
+    // return) stops it.
+    let (chains_tx, chains_rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let mut loader = Loader(Some(tokio::spawn(read_and_load(
+        store.clone(),
+        archive_table.clone(),
+        dialect,
+        chains_tx,
+        tx,
+    ))));
+    let table = catalog::resolve(&client, dialect, &cfg.table, &cfg.archived_column).await?;
     let qualified_name = catalog::qualified(&table.schema, &table.name);
     let preflight = catalog::preflight(&client, &cfg.table).await?;
     // Cascading foreign keys first: they are about which rows are deleted
@@ -158,7 +172,6 @@ pub async fn purge(
         batches: 0,
         retries: 0,
     };
-    let archive_table = cfg.archive_table().to_owned();
     let mut summary = PurgeSummary {
         table: cfg.table.to_string(),
         archive_table: archive_table.clone(),
@@ -178,50 +191,45 @@ pub async fn purge(
         interrupted: false,
     };
 
-    // Read every chain first (small JSON objects) so the progress bar has a total.
-    let mut chains = Vec::new();
-    for p in cdc_checkpoint::partitions(store, &archive_table).await? {
-        match cdc_checkpoint::read_chain(store, &archive_table, p).await {
-            Ok(chain) => chains.push(chain),
-            Err(e @ CheckpointError::Broken { .. }) => {
-                tracing::error!(partition = p, error = %e, "refusing partition: its checkpoint chain is broken");
-                summary.refused.push(Refusal {
-                    partition: p,
-                    checkpoint: cdc_checkpoint::layout::checkpoints_dir(&archive_table, p),
-                    segment: None,
-                    reason: e.to_string(),
-                });
+    // Every chain is read first (small JSON objects) so the progress bar
+    // has a total.
+    let chains = match chains_rx.await {
+        Ok(c) => c?,
+        // The loader ended without a word: it panicked.
+        Err(_) => {
+            if let Some(h) = loader.0.take() {
+                joined(h.await);
             }
-            Err(e) => return Err(e.into()),
+            unreachable!("the loader reports its chains before it ends");
         }
-    }
-    let total: u64 = chains
-        .iter()
-        .flat_map(|c| &c.checkpoints)
-        .filter_map(|c| c.segment.as_ref())
-        .map(|s| s.rows)
-        .sum();
+    };
+    summary.refused.extend(chains.broken);
     if opts.progress {
         run.bar = cdc_common::progress::rows_bar(
-            Some(total),
+            Some(chains.rows),
             if opts.dry_run { "dry-run" } else { "purge" },
         );
     }
-
-    // Reading, verifying and decoding the next checkpoint's segment runs
-    // ahead of the deletes of the current one (one checkpoint of lookahead:
-    // bounded memory), so the database never waits for the archive.
-    tracing::debug!(partitions = chains.len(), "checkpoint chains read");
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let loader = tokio::spawn(load_ahead(
-        store.clone(),
-        chains.clone(),
-        dialect,
-        table.keys.len(),
-        tx,
-    ));
+    // Partitions stopped here by a refusal the loader could not know of.
+    let mut stopped = std::collections::HashSet::new();
+    let mut waited = Instant::now();
     while let Some(item) = rx.recv().await {
-        let Prefetched { cp, record, loaded } = item?;
+        let Prefetched {
+            cp,
+            record,
+            mut loaded,
+        } = item?;
+        if stopped.contains(&cp.partition) {
+            continue;
+        }
+        // The loader planned before the primary key was known.
+        if let Loaded::Plan { plan } = &loaded {
+            if let Err(e) = plan.check_key_columns(table.keys.len()) {
+                loaded = Loaded::Refused(format!("checkpoint {}: {e}", cp.path()));
+            }
+        }
+        tracing::debug!(checkpoint = %cp.path(), waited_ms = waited.elapsed().as_secs_f64() * 1e3,
+            "checkpoint loaded (time the deletes waited for the loader)");
         let cp = &cp;
         {
             if run.shutdown.is_cancelled() {
@@ -238,6 +246,7 @@ pub async fn purge(
                 continue;
             }
             let outcome = run.checkpoint(cp, loaded).await?;
+            waited = Instant::now();
             summary.totals.add(&outcome.counts);
             if let Some(reason) = outcome.refusal {
                 summary.refused.push(Refusal {
@@ -246,6 +255,9 @@ pub async fn purge(
                     segment: cp.segment.as_ref().map(|s| s.path.clone()),
                     reason,
                 });
+            }
+            if outcome.status == CheckpointStatus::Refused {
+                stopped.insert(cp.partition);
             }
             let interrupted = outcome.status == CheckpointStatus::Interrupted;
             summary
@@ -262,9 +274,11 @@ pub async fn purge(
     }
     drop(rx);
     // The loader ends when its channel closes; a panic in it is a bug.
-    if let Err(e) = loader.await {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
+    if let Some(h) = loader.0.take() {
+        if let Err(e) = h.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
         }
     }
     run.bar.finish_and_clear();
@@ -304,14 +318,85 @@ enum Loaded {
     Refused(String),
 }
 
+/// The archive task, stopped (aborted) when dropped: the purge returned
+/// early.
+struct Loader(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+/// What the chains hold, reported before any checkpoint is loaded.
+struct Chains {
+    /// Segment rows over every readable chain (the progress bar's total).
+    rows: u64,
+    /// Partitions whose chain is broken: refused as a whole.
+    broken: Vec<Refusal>,
+}
+
+/// Reads every partition's chain, reports them on `chains`, then loads
+/// the checkpoints in order ([`load_ahead`]).
+async fn read_and_load(
+    store: ArchiveStore,
+    archive_table: String,
+    dialect: Dialect,
+    chains_tx: tokio::sync::oneshot::Sender<Result<Chains, PurgeError>>,
+    tx: tokio::sync::mpsc::Sender<Result<Prefetched, PurgeError>>,
+) {
+    let read = async {
+        let mut chains = Vec::new();
+        let mut broken = Vec::new();
+        for p in cdc_checkpoint::partitions(&store, &archive_table).await? {
+            match cdc_checkpoint::read_chain(&store, &archive_table, p).await {
+                Ok(chain) => chains.push(chain),
+                Err(e @ CheckpointError::Broken { .. }) => {
+                    tracing::error!(partition = p, error = %e, "refusing partition: its checkpoint chain is broken");
+                    broken.push(Refusal {
+                        partition: p,
+                        checkpoint: cdc_checkpoint::layout::checkpoints_dir(&archive_table, p),
+                        segment: None,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(PurgeError::from(e)),
+            }
+        }
+        Ok((chains, broken))
+    };
+    let (chains, broken) = match read.await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = chains_tx.send(Err(e));
+            return;
+        }
+    };
+    let rows = chains
+        .iter()
+        .flat_map(|c| &c.checkpoints)
+        .filter_map(|c| c.segment.as_ref())
+        .map(|s| s.rows)
+        .sum();
+    tracing::debug!(partitions = chains.len(), "checkpoint chains read");
+    if chains_tx.send(Ok(Chains { rows, broken })).is_err() {
+        return;
+    }
+    load_ahead(store, chains, dialect, tx).await;
+}
+
 /// Sends every checkpoint of every chain, in order, with its purge record
 /// or its verified plan. Stops a partition after a refusal, and stops
 /// altogether when the receiver is gone or on an error (which it sends).
+/// Reading, verifying and decoding the next checkpoint's segment runs
+/// ahead of the deletes of the current one (one checkpoint of lookahead:
+/// bounded memory), so the database never waits for the archive.
 async fn load_ahead(
     store: ArchiveStore,
     chains: Vec<cdc_checkpoint::Chain>,
     dialect: Dialect,
-    key_columns: usize,
     tx: tokio::sync::mpsc::Sender<Result<Prefetched, PurgeError>>,
 ) {
     for chain in chains {
@@ -339,7 +424,7 @@ async fn load_ahead(
                 let loaded = if record.is_some() {
                     Loaded::NoSegment
                 } else {
-                    load(&store, &cp, dialect, key_columns).await?
+                    load(&store, &cp, dialect).await?
                 };
                 Ok::<_, PurgeError>((record, loaded))
             }
@@ -391,7 +476,6 @@ async fn load(
     store: &ArchiveStore,
     cp: &Checkpoint,
     dialect: Dialect,
-    key_columns: usize,
 ) -> Result<Loaded, PurgeError> {
     let Some(seg) = &cp.segment else {
         return Ok(Loaded::NoSegment);
@@ -411,6 +495,7 @@ async fn load(
     let (cp_path, seg_path) = (cp.path(), seg.path.clone());
     let open_tail_xid = cp.open_tail_xid;
     let planned = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         // Keys and versions only; the full decode for a layout the fast
         // reader does not know (and, as a second opinion, when it fails).
         let full = |why: &str| {
@@ -438,9 +523,13 @@ async fn load(
                 ))
             }
         };
-        match versions::plan(&rows, dialect, key_columns) {
+        let decoded_in = started.elapsed();
+        match versions::plan_keys(&rows, dialect) {
             Ok(mut plan) => {
                 plan.hold_open_transaction(open_tail_xid);
+                tracing::debug!(checkpoint = %cp_path, rows = rows.len(),
+                    decode_ms = decoded_in.as_secs_f64() * 1e3,
+                    plan_ms = (started.elapsed() - decoded_in).as_secs_f64() * 1e3, "segment decoded and planned");
                 Loaded::Plan { plan }
             }
             Err(e) => Loaded::Refused(format!("checkpoint {cp_path}: {e}")),
@@ -501,23 +590,36 @@ pub const SESSION_SETTINGS: [(&str, &str); 4] = [
 pub async fn open_session(cfg: &PurgerConfig) -> Result<(Client, Dialect), PurgeError> {
     let client = cdc_common::db::connect(&cfg.database_url, "cdc-archiver-purge").await?;
     let dialect = cdc_common::db::detect_dialect(&client).await?;
-    for (name, value) in SESSION_SETTINGS {
-        // Values are constants; names are plain identifiers.
-        let stmt = format!("SET {name} = '{value}'");
-        match client.batch_execute(&stmt).await {
-            Ok(()) => {}
-            Err(e)
-                if dialect == Dialect::Cockroach
-                    && matches!(name, "DateStyle" | "IntervalStyle")
-                    && !e.is_closed() =>
-            {
-                tracing::debug!(error = %e, "{stmt}: not supported by this CockroachDB version; its changefeed writes ISO text");
-            }
-            Err(source) => {
-                return Err(PurgeError::Db {
+    // Values are constants; names are plain identifiers.
+    let set = |(name, value): (&str, &str)| format!("SET {name} = '{value}'");
+    match dialect {
+        // One round trip; every setting exists on every supported version.
+        Dialect::Postgres => {
+            let all: Vec<String> = SESSION_SETTINGS.into_iter().map(set).collect();
+            let stmt = all.join("; ");
+            client
+                .batch_execute(&stmt)
+                .await
+                .map_err(|source| PurgeError::Db {
                     context: stmt,
                     source,
-                })
+                })?;
+        }
+        Dialect::Cockroach => {
+            for (name, value) in SESSION_SETTINGS {
+                let stmt = set((name, value));
+                match client.batch_execute(&stmt).await {
+                    Ok(()) => {}
+                    Err(e) if matches!(name, "DateStyle" | "IntervalStyle") && !e.is_closed() => {
+                        tracing::debug!(error = %e, "{stmt}: not supported by this CockroachDB version; its changefeed writes ISO text");
+                    }
+                    Err(source) => {
+                        return Err(PurgeError::Db {
+                            context: stmt,
+                            source,
+                        })
+                    }
+                }
             }
         }
     }
@@ -588,9 +690,20 @@ struct BatchResult {
     skipped_unmarked: u64,
 }
 
+impl BatchResult {
+    fn add_to(&self, c: &mut RowCounts) {
+        c.deleted += self.deleted;
+        c.would_delete += self.would_delete;
+        c.already_gone += self.already_gone;
+        c.skipped_changed += self.skipped_changed;
+        c.skipped_unmarked += self.skipped_unmarked;
+    }
+}
+
 impl Run<'_> {
     async fn checkpoint(&mut self, cp: &Checkpoint, loaded: Loaded) -> Result<Outcome, PurgeError> {
         let started_at = cdc_checkpoint::now_rfc3339();
+        let clock = Instant::now();
         let mut counts = RowCounts::default();
         match loaded {
             Loaded::Refused(reason) => {
@@ -629,23 +742,22 @@ impl Run<'_> {
                 counts.skipped_xid_too_old = plan.xid_too_old;
                 counts.superseded = plan.superseded;
                 self.bar.inc(plan.rows - plan.targets.len() as u64);
-                let mut rest: &[Target] = &plan.targets;
-                while !rest.is_empty() {
-                    if self.shutdown.is_cancelled() {
-                        return Ok(Outcome {
-                            status: CheckpointStatus::Interrupted,
-                            counts,
-                            refusal: None,
-                        });
-                    }
-                    let (done, b) = self.batch(rest).await?;
-                    rest = &rest[done..];
-                    counts.deleted += b.deleted;
-                    counts.would_delete += b.would_delete;
-                    counts.already_gone += b.already_gone;
-                    counts.skipped_changed += b.skipped_changed;
-                    counts.skipped_unmarked += b.skipped_unmarked;
-                    self.bar.inc(done as u64);
+                let depth = if self.opts.dry_run {
+                    1
+                } else {
+                    self.cfg.pipeline_depth.max(1) as usize
+                };
+                let complete = if depth > 1 {
+                    self.pipelined(&plan.targets, depth, &mut counts).await?
+                } else {
+                    self.sequential(&plan.targets, &mut counts).await?
+                };
+                if !complete {
+                    return Ok(Outcome {
+                        status: CheckpointStatus::Interrupted,
+                        counts,
+                        refusal: None,
+                    });
                 }
             }
         }
@@ -656,6 +768,7 @@ impl Run<'_> {
                 refusal: None,
             });
         }
+        let deletes_done = clock.elapsed();
         let record = PurgeRecord {
             format_version: cdc_checkpoint::FORMAT_VERSION,
             table: cp.table.clone(),
@@ -687,12 +800,171 @@ impl Run<'_> {
             skipped_changed = counts.skipped_changed, skipped_unmarked = counts.skipped_unmarked,
             skipped_no_version = counts.skipped_no_version,
             skipped_open_transaction = counts.skipped_open_transaction,
-            skipped_xid_too_old = counts.skipped_xid_too_old, superseded = counts.superseded, "checkpoint purged");
+            skipped_xid_too_old = counts.skipped_xid_too_old, superseded = counts.superseded,
+            deletes_ms = deletes_done.as_secs_f64() * 1e3,
+            record_ms = (clock.elapsed() - deletes_done).as_secs_f64() * 1e3, "checkpoint purged");
         Ok(Outcome {
             status: CheckpointStatus::Purged,
             counts,
             refusal: None,
         })
+    }
+
+    /// Deletes `targets` one batch at a time. Returns false when shutdown
+    /// stopped it before the end.
+    async fn sequential(
+        &mut self,
+        targets: &[Target],
+        counts: &mut RowCounts,
+    ) -> Result<bool, PurgeError> {
+        let mut rest = targets;
+        while !rest.is_empty() {
+            if self.shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            let (done, b) = self.batch(rest).await?;
+            rest = &rest[done..];
+            b.add_to(counts);
+            self.bar.inc(done as u64);
+        }
+        Ok(true)
+    }
+
+    /// Deletes `targets` with up to `depth` batches in flight on the one
+    /// connection (tokio-postgres pipelines them: the server starts the
+    /// next DELETE as soon as one finishes, without waiting for a round
+    /// trip through the client). Each batch is still its own statement and
+    /// implicit transaction with its own result: a batch that fails with a
+    /// retryable error is redone on its own by [`Run::batch`] (smaller,
+    /// after a backoff, reconnecting if needed) while the others' results
+    /// stand, so counts stay exact. The rate limit waits before a batch is
+    /// sent, never inside a transaction. Returns false when shutdown
+    /// stopped it before the end (batches already sent are awaited).
+    async fn pipelined(
+        &mut self,
+        targets: &[Target],
+        depth: usize,
+        counts: &mut RowCounts,
+    ) -> Result<bool, PurgeError> {
+        let mut window: std::collections::VecDeque<Sent> = std::collections::VecDeque::new();
+        let mut next = 0;
+        let mut last_done = Instant::now();
+        loop {
+            while window.len() < depth && next < targets.len() && !self.shutdown.is_cancelled() {
+                // The crash hook aborts right after its batch with nothing
+                // else in flight, as a sequential purger would.
+                if self
+                    .opts
+                    .crash_after_batches
+                    .is_some_and(|k| self.batches + window.len() as u64 >= k)
+                {
+                    break;
+                }
+                let n = (self.size.current() as usize).min(targets.len() - next);
+                let (n, shape) = next_batch(&targets[next..], n);
+                self.pace(n).await;
+                if self.shutdown.is_cancelled() {
+                    break;
+                }
+                let cols = delete_params(&targets[next..next + n], self.key_columns, shape);
+                let client = std::sync::Arc::clone(&self.session.client);
+                let stmt = self.session.delete_statement(shape).clone();
+                window.push_back(Sent {
+                    start: next,
+                    n,
+                    sent: Instant::now(),
+                    result: tokio::spawn(async move { client.execute_raw(&stmt, cols).await }),
+                });
+                next += n;
+            }
+            let Some(sent) = window.pop_front() else {
+                break;
+            };
+            let batch = &targets[sent.start..sent.start + sent.n];
+            let outcome = match joined(sent.result.await) {
+                Ok(deleted) => {
+                    let now = Instant::now();
+                    // Its own time on the server, not its wait behind the
+                    // batch ahead of it.
+                    let latency = now - sent.sent.max(last_done);
+                    last_done = now;
+                    match explain_kept(&self.session, self.key_columns, batch, deleted).await {
+                        Ok(b) => Ok((b, latency)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok((b, latency)) => {
+                    self.committed(sent.n, latency);
+                    b.add_to(counts);
+                    self.bar.inc(sent.n as u64);
+                }
+                Err(e) if e.is_retryable() => {
+                    self.retries += 1;
+                    self.size.on_retry();
+                    tracing::warn!(error = %e, rows = sent.n, next_size = self.size.current(),
+                        "pipelined batch failed, redoing it on its own");
+                    if self.session.client.is_closed() {
+                        let mut delays = self.cfg.retry.backoff().build();
+                        if let Err(e) = self.reconnect(&mut delays).await {
+                            drain(window).await;
+                            return Err(e);
+                        }
+                    }
+                    let mut rest = batch;
+                    while !rest.is_empty() {
+                        match self.batch(rest).await {
+                            Ok((done, b)) => {
+                                rest = &rest[done..];
+                                b.add_to(counts);
+                                self.bar.inc(done as u64);
+                            }
+                            Err(e) => {
+                                drain(window).await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    drain(window).await;
+                    return Err(batch_error(e, sent.n));
+                }
+            }
+        }
+        Ok(next == targets.len())
+    }
+
+    /// Waits for the rate limit (before any statement is sent).
+    async fn pace(&mut self, n: usize) {
+        let wait = match &mut self.rate {
+            Some(p) => p.delay_for(n as u32, Instant::now()),
+            None => Duration::ZERO,
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Bookkeeping after a batch committed: size, rate, count, crash hook.
+    fn committed(&mut self, n: usize, latency: Duration) {
+        self.size.on_success(latency);
+        if let Some(p) = &mut self.rate {
+            p.spend(n as u64, Instant::now());
+        }
+        self.batches += 1;
+        if !self.opts.dry_run && self.opts.crash_after_batches == Some(self.batches) {
+            tracing::error!(
+                batches = self.batches,
+                "CDC_PURGE_CRASH_AFTER_BATCHES reached: aborting"
+            );
+            std::process::abort();
+        }
     }
 
     /// Runs one batch from the front of `rest` with retries; returns how
@@ -701,37 +973,22 @@ impl Run<'_> {
         let mut delays = self.cfg.retry.backoff().build();
         loop {
             let n = (self.size.current() as usize).min(rest.len());
-            // Wait for the rate limit before opening any transaction.
-            let wait = match &mut self.rate {
-                Some(p) => p.delay_for(n as u32, Instant::now()),
-                None => Duration::ZERO,
+            let (n, shape) = if self.opts.dry_run {
+                (n, Shape::Paired)
+            } else {
+                next_batch(rest, n)
             };
-            if !wait.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = self.shutdown.cancelled() => {}
-                }
-            }
+            // Wait for the rate limit before opening any transaction.
+            self.pace(n).await;
             let started = Instant::now();
             let attempt = if self.opts.dry_run {
                 probe(&self.session, self.key_columns, &rest[..n]).await
             } else {
-                delete(&self.session, self.key_columns, &rest[..n]).await
+                delete(&self.session, self.key_columns, &rest[..n], shape).await
             };
             match attempt {
                 Ok(result) => {
-                    self.size.on_success(started.elapsed());
-                    if let Some(p) = &mut self.rate {
-                        p.spend(n as u64, Instant::now());
-                    }
-                    self.batches += 1;
-                    if !self.opts.dry_run && self.opts.crash_after_batches == Some(self.batches) {
-                        tracing::error!(
-                            batches = self.batches,
-                            "CDC_PURGE_CRASH_AFTER_BATCHES reached: aborting"
-                        );
-                        std::process::abort();
-                    }
+                    self.committed(n, started.elapsed());
                     return Ok((n, result));
                 }
                 Err(e) if e.is_retryable() => {
@@ -752,14 +1009,7 @@ impl Run<'_> {
                         self.reconnect(&mut delays).await?;
                     }
                 }
-                Err(e) => {
-                    let context = if e.as_db_error().is_some_and(|d| d.code().code() == "23503") {
-                        "a referencing row blocks the delete (foreign key ON DELETE RESTRICT/NO ACTION)".to_owned()
-                    } else {
-                        format!("deleting a batch of {n} rows")
-                    };
-                    return Err(PurgeError::Db { context, source: e });
-                }
+                Err(e) => return Err(batch_error(e, n)),
             }
         }
     }
@@ -820,6 +1070,51 @@ impl Run<'_> {
     }
 }
 
+/// Which guarded DELETE a batch uses (see [`sql::PurgeSql`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Every target has the same archived version: one version parameter.
+    Uniform,
+    /// Each key with its own archived version.
+    Paired,
+}
+
+/// The next batch from the front of `rest`, at most `n` targets: the run
+/// of targets sharing the first one's archived version, with the uniform
+/// statement, when that run is at least half of `n` (the usual case: the
+/// marker marks a batch of neighbouring rows in one transaction); otherwise
+/// all `n` with the paired statement. Either way one statement, in key
+/// order, with the full guard.
+fn next_batch(rest: &[Target], n: usize) -> (usize, Shape) {
+    let first = &rest[0].version;
+    let run = rest[..n].iter().take_while(|t| &t.version == first).count();
+    if 2 * run >= n {
+        (run, Shape::Uniform)
+    } else {
+        (n, Shape::Paired)
+    }
+}
+
+/// Owned statement parameters (pipelined batches move them into a task).
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// The DELETE's parameters for `shape`: one `text[]` per key column, then
+/// the versions (`text[]`), or the one version (`text`) of a uniform batch.
+fn delete_params(batch: &[Target], keys: usize, shape: Shape) -> Params {
+    let mut cols = params(batch, keys);
+    if shape == Shape::Uniform {
+        cols.pop();
+    }
+    let mut out: Params = cols
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn ToSql + Sync + Send>)
+        .collect();
+    if shape == Shape::Uniform {
+        out.push(Box::new(batch[0].version.clone()));
+    }
+    out
+}
+
 /// The batch as the statements' parameters: one `text[]` per key column,
 /// then the versions.
 fn params(targets: &[Target], keys: usize) -> Vec<Vec<String>> {
@@ -839,10 +1134,47 @@ fn refs(cols: &[Vec<String>]) -> Vec<&(dyn ToSql + Sync)> {
     cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
 }
 
-/// A connection with the batch statements prepared on it.
+/// A batch's statement failed for good.
+fn batch_error(e: tokio_postgres::Error, n: usize) -> PurgeError {
+    let context = if e.as_db_error().is_some_and(|d| d.code().code() == "23503") {
+        "a referencing row blocks the delete (foreign key ON DELETE RESTRICT/NO ACTION)".to_owned()
+    } else {
+        format!("deleting a batch of {n} rows")
+    };
+    PurgeError::Db { context, source: e }
+}
+
+/// A spawned statement's result; a panic in it is a bug.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    match r {
+        Ok(t) => t,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// A pipelined batch: `n` targets from `start`, sent at `sent`; its
+/// DELETE's row count.
+struct Sent {
+    start: usize,
+    n: usize,
+    sent: Instant,
+    result: tokio::task::JoinHandle<Result<u64, tokio_postgres::Error>>,
+}
+
+/// Waits for batches still in flight (each commits or fails on its own)
+/// before an error is returned, so nothing runs behind the caller's back.
+async fn drain(window: std::collections::VecDeque<Sent>) {
+    for s in window {
+        let _ = s.result.await;
+    }
+}
+
+/// A connection with the batch statements prepared on it. The client is
+/// shared with the tasks of pipelined batches.
 struct Session {
-    client: Client,
+    client: std::sync::Arc<Client>,
     delete: Statement,
+    delete_uniform: Statement,
     probe: Statement,
 }
 
@@ -860,12 +1192,24 @@ impl Session {
             }
         };
         let delete = client.prepare(&sql.delete).await.map_err(prep("DELETE"))?;
+        let delete_uniform = client
+            .prepare(&sql.delete_uniform)
+            .await
+            .map_err(prep("uniform DELETE"))?;
         let probe = client.prepare(&sql.probe).await.map_err(prep("probe"))?;
         Ok(Self {
-            client,
+            client: std::sync::Arc::new(client),
             delete,
+            delete_uniform,
             probe,
         })
+    }
+
+    fn delete_statement(&self, shape: Shape) -> &Statement {
+        match shape {
+            Shape::Uniform => &self.delete_uniform,
+            Shape::Paired => &self.delete,
+        }
     }
 }
 
@@ -880,17 +1224,30 @@ async fn delete(
     s: &Session,
     keys: usize,
     batch: &[Target],
+    shape: Shape,
 ) -> Result<BatchResult, tokio_postgres::Error> {
-    let cols = params(batch, keys);
-    let deleted = s.client.execute(&s.delete, &refs(&cols)).await?;
+    let p = delete_params(batch, keys, shape);
+    let deleted = s.client.execute_raw(s.delete_statement(shape), p).await?;
+    explain_kept(s, keys, batch, deleted).await
+}
+
+/// The batch's result once its DELETE removed `deleted` rows: when some
+/// keys were not deleted, one SELECT says why. The rows still present say
+/// why they were kept; the others of the batch that are gone but not
+/// counted as deleted were gone before.
+async fn explain_kept(
+    s: &Session,
+    keys: usize,
+    batch: &[Target],
+    deleted: u64,
+) -> Result<BatchResult, tokio_postgres::Error> {
     let mut result = BatchResult {
         deleted,
         ..BatchResult::default()
     };
     let not_deleted = batch.len() as u64 - deleted;
     if not_deleted > 0 {
-        // The rows still present say why they were kept; the others of the
-        // batch that are gone but not counted as deleted were gone before.
+        let cols = params(batch, keys);
         let mut present = 0;
         for r in s.client.query(&s.probe, &refs(&cols)).await? {
             if r.get("present") {
@@ -931,5 +1288,39 @@ fn classify(result: &mut BatchResult, present: bool, marked: bool, same_version:
         result.would_delete += 1;
     } else {
         result.skipped_changed += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(key: i64, version: &str) -> Target {
+        Target {
+            key: vec![key.to_string()],
+            version: version.into(),
+            xid: None,
+        }
+    }
+
+    #[test]
+    fn batches_take_the_uniform_statement_for_a_long_run_of_one_version() {
+        let all_one: Vec<Target> = (0..10).map(|k| t(k, "7")).collect();
+        assert_eq!(next_batch(&all_one, 8), (8, Shape::Uniform));
+        assert_eq!(next_batch(&all_one[8..], 2), (2, Shape::Uniform));
+        // A version change after half the batch: the run alone, uniform.
+        let mut two = all_one.clone();
+        for x in &mut two[5..] {
+            x.version = "9".into();
+        }
+        assert_eq!(next_batch(&two, 8), (5, Shape::Uniform));
+        assert_eq!(next_batch(&two[5..], 5), (5, Shape::Uniform));
+        // Mixed versions: the whole batch, paired.
+        let mixed: Vec<Target> = (0..10).map(|k| t(k, &(k % 3).to_string())).collect();
+        assert_eq!(next_batch(&mixed, 8), (8, Shape::Paired));
+        assert_eq!(next_batch(&mixed, 1), (1, Shape::Uniform));
+        // Parameters: keys, then the one version or every version.
+        assert_eq!(delete_params(&two[..5], 1, Shape::Uniform).len(), 2);
+        assert_eq!(delete_params(&mixed[..8], 1, Shape::Paired).len(), 2);
     }
 }

@@ -1,11 +1,22 @@
 //! The purger's SQL, generated once per table. Pure text: no I/O.
 //!
 //! Every statement takes the batch as a few `text[]` parameters (one per
-//! primary-key column, one for the archived versions) and turns them into a
-//! relation with `unnest`, so a batch of any size is one statement with a
-//! fixed parameter count and a plan the server can cache. Each key value is
-//! cast from its text to the column's own type (the name `format_type()`
-//! returned), so comparisons use the primary-key index.
+//! primary-key column, then the archived versions), so a batch of any size
+//! is one statement with a fixed parameter count and a plan the server can
+//! cache. Each key value is cast from its text to the column's own type
+//! (the name `format_type()` returned), so comparisons use the primary-key
+//! index.
+//!
+//! Two DELETE shapes, both with the version guard and `AND archived`:
+//! - paired ([`PurgeSql::delete`]): keys and versions zipped by `unnest`
+//!   and joined to the table, so every key is compared with its own
+//!   archived version;
+//! - uniform ([`PurgeSql::delete_uniform`]): for a batch whose targets all
+//!   have the same archived version (rows the marker's one UPDATE
+//!   transaction marked share one `xmin`, one MVCC timestamp), that single
+//!   version is a scalar parameter and, for a one-column key, the keys are
+//!   an `= ANY(array)` index condition: the same guard, row for row, as the
+//!   paired form, and the plan of a plain `DELETE … WHERE pk IN (…)`.
 
 use cdc_common::db::Dialect;
 use cdc_common::ident::quote_ident;
@@ -26,6 +37,10 @@ pub struct PurgeSql {
     /// The guarded `DELETE` (its row count is the rows deleted). Parameters:
     /// `$1..$k` key columns (`text[]`), `$k+1` versions (`text[]`).
     pub delete: String,
+    /// The guarded `DELETE` for a batch whose targets all have one archived
+    /// version. Parameters: `$1..$k` key columns (`text[]`), `$k+1` the
+    /// version (`text`).
+    pub delete_uniform: String,
     /// For each key given: is the row present, is it marked, does its
     /// current version equal the archived one. Same parameters as `delete`.
     /// Used to classify the rows a DELETE did not remove, and by the dry run.
@@ -42,6 +57,15 @@ pub fn version_guard(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Cockroach => "t.crdb_internal_mvcc_timestamp = d.v::DECIMAL",
         Dialect::Postgres => "t.xmin = d.v::xid",
+    }
+}
+
+/// [`version_guard`] against one version for the whole batch, parameter
+/// `$n` (text).
+pub fn uniform_version_guard(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Cockroach => format!("t.crdb_internal_mvcc_timestamp = ${n}::text::DECIMAL"),
+        Dialect::Postgres => format!("t.xmin = ${n}::text::xid"),
     }
 }
 
@@ -76,6 +100,26 @@ impl PurgeSql {
         let delete = format!(
             "DELETE FROM {table_quoted} AS t USING {batch} WHERE {join} AND {guard} AND {archived}"
         );
+        // The uniform shape: the version is `$k+1`, a scalar.
+        let one = uniform_version_guard(dialect, k + 1);
+        let delete_uniform = match keys {
+            // `= ANY(array)`: an index condition, like `pk IN (…)`. Not for
+            // a key that is itself an array (an array of arrays is not an
+            // array of its values).
+            [c] if !c.sql_type.ends_with(']') => format!(
+                "DELETE FROM {table_quoted} AS t WHERE t.{} = ANY($1::text[]::{}[]) AND {one} AND {archived}",
+                quote_ident(&c.name),
+                c.sql_type
+            ),
+            _ => {
+                let key_params: Vec<String> = (1..=k).map(|i| format!("${i}::text[]")).collect();
+                format!(
+                    "DELETE FROM {table_quoted} AS t USING unnest({}) AS d({}) WHERE {join} AND {one} AND {archived}",
+                    key_params.join(", "),
+                    names.join(", ")
+                )
+            }
+        };
         // A primary-key column is never NULL, so a NULL first key column in
         // the outer join means "no such row".
         let present = format!("t.{} IS NOT NULL", quote_ident(&keys[0].name));
@@ -86,6 +130,7 @@ impl PurgeSql {
         );
         Self {
             delete,
+            delete_uniform,
             probe,
             keys: k,
         }
@@ -137,6 +182,12 @@ mod tests {
              AND t.crdb_internal_mvcc_timestamp = d.v::DECIMAL AND t.\"archived\""
         );
         assert_eq!(sql.keys, 2);
+        assert_eq!(
+            sql.delete_uniform,
+            "DELETE FROM \"public\".\"payments\" AS t USING unnest($1::text[], $2::text[]) AS d(k0, k1) \
+             WHERE t.\"region\" = d.k0::text AND t.\"id\" = d.k1::bigint \
+             AND t.crdb_internal_mvcc_timestamp = $3::text::DECIMAL AND t.\"archived\""
+        );
         assert!(sql.probe.contains(
             "COALESCE(t.crdb_internal_mvcc_timestamp = d.v::DECIMAL, false) AS same_version"
         ));
@@ -156,6 +207,23 @@ mod tests {
             sql.delete,
             "DELETE FROM \"t\" AS t USING unnest($1::text[], $2::text[]) AS d(k0, v) \
              WHERE t.\"id\" = d.k0::integer AND t.xmin = d.v::xid AND t.\"is \"\"old\"\"\""
+        );
+        assert_eq!(
+            sql.delete_uniform,
+            "DELETE FROM \"t\" AS t WHERE t.\"id\" = ANY($1::text[]::integer[]) \
+             AND t.xmin = $2::text::xid AND t.\"is \"\"old\"\"\""
+        );
+        let arr = [KeyColumn {
+            name: "tags".into(),
+            sql_type: "integer[]".into(),
+        }];
+        let sql = PurgeSql::new(Dialect::Postgres, "\"t\"", &arr, "archived");
+        assert!(
+            sql.delete_uniform
+                .contains("USING unnest($1::text[]) AS d(k0)")
+                && sql.delete_uniform.contains("t.xmin = $2::text::xid"),
+            "{}",
+            sql.delete_uniform
         );
     }
 

@@ -71,6 +71,8 @@ pub struct Plan {
     /// Targets held back because their 64-bit xid is too far from the
     /// server's current one (see [`Plan::hold_xids_too_old`]).
     pub xid_too_old: u64,
+    /// How many values every archived key has, and the first such key.
+    pub key_shape: Option<(usize, String)>,
 }
 
 /// The low 32 bits: what `xmin` holds, and what the guard compares.
@@ -160,55 +162,194 @@ pub fn version_text(dialect: Dialect, v: &ArchivedVersion) -> Option<String> {
 /// numbers and other JSON kept verbatim (a DECIMAL's digits never pass
 /// through a float).
 pub fn key_texts(key_json: &str, expected: usize) -> Result<Vec<String>, KeyMismatch> {
-    let fail = |reason: String| KeyMismatch {
+    let values = key_values(key_json).map_err(|reason| KeyMismatch {
         key_json: key_json.to_owned(),
         expected,
         reason,
-    };
-    let values: Vec<&RawValue> =
-        serde_json::from_str(key_json).map_err(|e| fail(format!("not a JSON array: {e}")))?;
+    })?;
     if values.len() != expected {
-        return Err(fail(format!("it has {} value(s)", values.len())));
+        return Err(KeyMismatch {
+            key_json: key_json.to_owned(),
+            expected,
+            reason: format!("it has {} value(s)", values.len()),
+        });
     }
+    Ok(values)
+}
+
+/// [`key_texts`] without the column count: the values, or why the key is
+/// not a JSON array of non-null values.
+pub fn key_values(key_json: &str) -> Result<Vec<String>, String> {
+    if let Some(v) = simple_key_values(key_json) {
+        return Ok(v);
+    }
+    let values: Vec<&RawValue> =
+        serde_json::from_str(key_json).map_err(|e| format!("not a JSON array: {e}"))?;
     values
         .iter()
         .map(|v| {
             let text = v.get().trim();
             match text.as_bytes().first() {
-                Some(b'"') => serde_json::from_str::<String>(text).map_err(|e| fail(e.to_string())),
-                Some(b'n') => Err(fail("a primary-key value is null".into())),
+                Some(b'"') => serde_json::from_str::<String>(text).map_err(|e| e.to_string()),
+                Some(b'n') => Err("a primary-key value is null".into()),
                 _ => Ok(text.to_owned()),
             }
         })
         .collect()
 }
 
+/// The common keys without a JSON parser: an array of JSON numbers and of
+/// strings without escapes, e.g. `[42]`, `["eu", 1250.00]`. Exactly what
+/// the full parse would give for these; `None` (use the full parse) for
+/// anything else, valid or not.
+fn simple_key_values(json: &str) -> Option<Vec<String>> {
+    let b = json.as_bytes();
+    let ws = |i: &mut usize| {
+        while *i < b.len() && matches!(b[*i], b' ' | b'\t' | b'\n' | b'\r') {
+            *i += 1;
+        }
+    };
+    let mut i = 0;
+    ws(&mut i);
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    i += 1;
+    let mut out = Vec::with_capacity(2);
+    loop {
+        ws(&mut i);
+        let start = i;
+        match *b.get(i)? {
+            b'"' => {
+                i += 1;
+                while *b.get(i)? != b'"' {
+                    // Escapes and control characters: the full parser's job.
+                    if b[i] == b'\\' || b[i] < 0x20 {
+                        return None;
+                    }
+                    i += 1;
+                }
+                out.push(json[start + 1..i].to_owned());
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                i = json_number_end(b, i)?;
+                out.push(json[start..i].to_owned());
+            }
+            _ => return None,
+        }
+        ws(&mut i);
+        match *b.get(i)? {
+            b',' => i += 1,
+            b']' => {
+                i += 1;
+                ws(&mut i);
+                return (i == b.len()).then_some(out);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The end of the JSON number starting at `i` (RFC 8259 grammar:
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`), if it is one.
+fn json_number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |i: &mut usize| {
+        let s = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > s
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => {
+            digits(&mut i);
+        }
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return None;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return None;
+        }
+    }
+    Some(i)
+}
+
 /// Builds the plan: the latest archived version per key (by `updated`, then
 /// offset), versions as the dialect's guard text, sorted by key. Every other
 /// row of a key (an older version, a redelivered duplicate) counts as
-/// superseded.
+/// superseded. Every key must have `key_columns` values.
 pub fn plan(
     rows: &[ArchivedVersion],
     dialect: Dialect,
     key_columns: usize,
 ) -> Result<Plan, KeyMismatch> {
-    let mut latest: HashMap<&str, &ArchivedVersion> = HashMap::with_capacity(rows.len());
+    let p = plan_keys(rows, dialect)?;
+    p.check_key_columns(key_columns)?;
+    Ok(p)
+}
+
+/// [`plan`] before the table's primary key is known: every key must have
+/// the same number of values (see [`Plan::check_key_columns`]).
+pub fn plan_keys(rows: &[ArchivedVersion], dialect: Dialect) -> Result<Plan, KeyMismatch> {
+    // The latest version per key, in the order keys first appear (the
+    // segment's order, usually already key order: cheap to sort).
+    let mut slot: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+    let mut chosen: Vec<&ArchivedVersion> = Vec::with_capacity(rows.len());
     for r in rows {
-        match latest.get(r.key_json.as_str()) {
-            Some(prev) if (prev.updated, prev.offset) >= (r.updated, r.offset) => {}
-            _ => {
-                latest.insert(&r.key_json, r);
+        match slot.get(r.key_json.as_str()) {
+            Some(&i) => {
+                let prev = chosen[i];
+                if (prev.updated, prev.offset) < (r.updated, r.offset) {
+                    chosen[i] = r;
+                }
+            }
+            None => {
+                slot.insert(&r.key_json, chosen.len());
+                chosen.push(r);
             }
         }
     }
     let mut out = Plan {
         rows: rows.len() as u64,
-        superseded: (rows.len() - latest.len()) as u64,
+        superseded: (rows.len() - chosen.len()) as u64,
         ..Plan::default()
     };
-    let mut keyed = Vec::with_capacity(latest.len());
-    for r in latest.values() {
-        let key = key_texts(&r.key_json, key_columns)?;
+    let mut keyed = Vec::with_capacity(chosen.len());
+    for r in chosen {
+        let key = key_values(&r.key_json).map_err(|reason| KeyMismatch {
+            key_json: r.key_json.clone(),
+            expected: out.key_shape.as_ref().map_or(0, |s| s.0),
+            reason,
+        })?;
+        match &out.key_shape {
+            None => out.key_shape = Some((key.len(), r.key_json.clone())),
+            Some((n, first)) if *n != key.len() => {
+                return Err(KeyMismatch {
+                    key_json: r.key_json.clone(),
+                    expected: *n,
+                    reason: format!(
+                        "it has {} value(s), and key {first} of the same segment {n}",
+                        key.len()
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
         match version_text(dialect, r) {
             Some(version) => keyed.push((
                 sort_key(&key),
@@ -221,10 +362,26 @@ pub fn plan(
             None => out.no_version += 1,
         }
     }
-    // Sort keys computed once per key, not per comparison.
-    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // Sort keys computed once per key, not per comparison; a stable sort
+    // of input that is mostly in order already is close to linear.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
     out.targets = keyed.into_iter().map(|(_, t)| t).collect();
     Ok(out)
+}
+
+impl Plan {
+    /// Checks that the archived keys have `expected` values (the table's
+    /// primary-key columns).
+    pub fn check_key_columns(&self, expected: usize) -> Result<(), KeyMismatch> {
+        match &self.key_shape {
+            Some((n, example)) if *n != expected => Err(KeyMismatch {
+                key_json: example.clone(),
+                expected,
+                reason: format!("it has {n} value(s)"),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One key column's sort position: integers numerically, before any text.
@@ -373,6 +530,97 @@ mod tests {
         );
         assert_eq!(compare_keys(&k(&["b"]), &k(&["a"])), Ordering::Greater);
         assert_eq!(compare_keys(&k(&["1"]), &k(&["1"])), Ordering::Equal);
+    }
+
+    #[test]
+    fn simple_keys_parse_exactly_like_the_full_parser() {
+        use rand::{Rng, SeedableRng};
+        let full = |json: &str| -> Result<Vec<String>, String> {
+            let values: Vec<&RawValue> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            values
+                .iter()
+                .map(|v| {
+                    let text = v.get().trim();
+                    match text.as_bytes().first() {
+                        Some(b'"') => {
+                            serde_json::from_str::<String>(text).map_err(|e| e.to_string())
+                        }
+                        Some(b'n') => Err("null".into()),
+                        _ => Ok(text.to_owned()),
+                    }
+                })
+                .collect()
+        };
+        let fixed = [
+            "[1]",
+            "[-0]",
+            "[01]",
+            "[1.]",
+            "[1.5e+3]",
+            "[1E5]",
+            "[-]",
+            "[1 2]",
+            "[1,]",
+            "[,1]",
+            "[]",
+            "[\"a\"]",
+            "[\"a\\\"b\"]",
+            "[\"\\u00e9\"]",
+            "[\"é\", 2]",
+            " [ 3 , \"x\" ] ",
+            "[3] x",
+            "[true]",
+            "[null]",
+            "[[1]]",
+            "[\"a\tb\"]",
+            "[1250.00, \"eu\"]",
+            "{}",
+            "",
+            "[\"unterminated]",
+            "[12345678901234567890123]",
+            "[-1.0e-7]",
+            "[+1]",
+            "[.5]",
+            "[0x1]",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet: Vec<char> = "[]\",-+.eE0123456789 a\\\tnul".chars().collect();
+        let random: Vec<String> = (0..20_000)
+            .map(|_| {
+                let n = rng.random_range(0..12);
+                (0..n)
+                    .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                    .collect()
+            })
+            .collect();
+        for json in fixed.iter().map(|s| (*s).to_owned()).chain(random) {
+            if let Some(fast) = simple_key_values(&json) {
+                assert_eq!(Ok(fast), full(&json), "{json:?}");
+            }
+            // And the public entry point agrees with the full parser on
+            // acceptance, whichever path it takes.
+            assert_eq!(key_values(&json).is_ok(), full(&json).is_ok(), "{json:?}");
+        }
+        assert_eq!(simple_key_values("[42]"), Some(vec!["42".to_owned()]));
+        assert_eq!(
+            simple_key_values(" [\"eu\", 1250.00] "),
+            Some(vec!["eu".to_owned(), "1250.00".to_owned()])
+        );
+    }
+
+    #[test]
+    fn keys_of_one_segment_must_agree_with_the_primary_key() {
+        let rows = vec![v("[1, 2]", 1, 1, Some(5)), v("[3]", 1, 2, Some(5))];
+        let err = plan_keys(&rows, Dialect::Postgres).unwrap_err();
+        assert!(err.to_string().contains("[3]"), "{err}");
+        let rows = vec![v("[1, 2]", 1, 1, Some(5)), v("[3, 4]", 1, 2, Some(5))];
+        let p = plan_keys(&rows, Dialect::Postgres).unwrap();
+        assert!(p.check_key_columns(2).is_ok());
+        let err = p.check_key_columns(1).unwrap_err().to_string();
+        assert!(
+            err.contains("[1, 2]") && err.contains("2 value(s)"),
+            "{err}"
+        );
     }
 
     #[test]

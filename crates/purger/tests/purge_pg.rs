@@ -504,12 +504,13 @@ async fn date_and_timestamptz_keys_purge_under_hostile_connection_settings() {
     let client = cdc_tests::pg().await;
     let name = cdc_tests::unique("tskey");
     let q = quote_ident(&name);
+    // A two-column key declared in the other order than the columns.
     // Keys written with the server defaults (ISO), read back by a purger
     // whose connection asks for a DMY date order and another time zone.
     client
         .batch_execute(&format!(
             "SET TimeZone = 'UTC';
-             CREATE TABLE {q} (day DATE, at TIMESTAMPTZ, archived BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (day, at));
+             CREATE TABLE {q} (day DATE, at TIMESTAMPTZ, archived BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (at, day));
              INSERT INTO {q} SELECT DATE '2024-01-02' + g, TIMESTAMPTZ '2024-03-04 05:06:07.123456+00' + g * INTERVAL '1 hour', true
                FROM generate_series(1, 12) g;"
         ))
@@ -530,7 +531,8 @@ async fn date_and_timestamptz_keys_purge_under_hostile_connection_settings() {
             let (day, at, xmin): (String, String, String) = (r.get(0), r.get(1), r.get(2));
             cdc_segment::ArchivedRow {
                 op: cdc_changefeed::Op::Update,
-                key_json: serde_json::to_string(&[&day, &at]).unwrap(),
+                // Key order is the primary key's, not the table's.
+                key_json: serde_json::to_string(&[&at, &day]).unwrap(),
                 updated: Some(cdc_changefeed::Hlc::new(
                     1_700_000_000_000_000_000 + i as i64,
                     0,
@@ -885,4 +887,75 @@ fn purge_records_written_before_the_per_reason_fields_still_parse() {
         (0, 0, 0, 0)
     );
     assert_eq!(r.accounted_rows(), 10);
+}
+
+#[tokio::test]
+async fn a_version_that_is_not_marked_is_never_deleted_even_when_the_guard_matches() {
+    // The version guard alone cannot tell: the archive holds exactly the
+    // row's current version, but that version is not marked (a sink that
+    // archived an unmarked row, a CDC query without the filter). `AND
+    // archived` keeps it, in both statement shapes.
+    let f = Fixture::new(12).await;
+    // Rows 1-6: one transaction (one xmin: a uniform batch), in which row
+    // 3 is marked and un-marked again; rows 7-12: one transaction each
+    // (mixed versions: paired batches), row 9 never marked (its xmin is
+    // the INSERT's).
+    f.sql(
+        "BEGIN; UPDATE {t} SET archived = true WHERE id BETWEEN 1 AND 6; \
+         UPDATE {t} SET archived = false WHERE id = 3; COMMIT;",
+    )
+    .await;
+    for id in [7, 8, 10, 11, 12] {
+        f.mark(id, id).await;
+    }
+    let snap = f.snapshot().await;
+    let mut marked_view = snap.clone();
+    for id in [3, 9] {
+        marked_view.get_mut(&id).unwrap().2 = true; // only for building the event
+    }
+    // Rows 3 and 9: archived as they are now (their current xmin, not marked).
+    let rows: Vec<_> = (1..=12)
+        .map(|id| f.event(&marked_view, id, 0, id - 1, Some(Fixture::xmin(&snap, id))))
+        .collect();
+    f.write_checkpoint(0, 0, &rows).await;
+    let s = f.purge(&opts()).await.unwrap();
+    let c = s.checkpoints[0].counts;
+    assert_eq!((c.deleted, c.skipped_unmarked), (10, 2), "{}", s.render());
+    assert_eq!(
+        f.snapshot().await.keys().copied().collect::<Vec<_>>(),
+        vec![3, 9]
+    );
+    f.drop().await;
+}
+
+#[tokio::test]
+async fn archived_keys_that_do_not_fit_the_primary_key_refuse_the_checkpoint() {
+    let f = Fixture::new(6).await;
+    f.mark(1, 6).await;
+    let snap = f.snapshot().await;
+    // Two values for a one-column key (a segment of another table, or a
+    // changed primary key): refused, and the partition stops there.
+    let mut rows: Vec<_> = (1..=3)
+        .map(|id| f.event(&snap, id, 0, id - 1, Some(Fixture::xmin(&snap, id))))
+        .collect();
+    for r in &mut rows {
+        r.key_json = format!("[{}, 0]", r.key_json.trim_matches(['[', ']']));
+    }
+    let bad = f.write_checkpoint(0, 0, &rows).await;
+    f.archive(0, 3, 4, 6, true).await;
+    let s = f.purge(&opts()).await.unwrap();
+    assert!(!s.ok());
+    assert_eq!(s.refused.len(), 1, "{}", s.render());
+    assert_eq!(s.refused[0].checkpoint, bad.path());
+    assert!(
+        s.refused[0]
+            .reason
+            .contains("does not match the primary key (1 column(s))"),
+        "{}",
+        s.refused[0].reason
+    );
+    assert_eq!(s.checkpoints.len(), 1, "the partition stops at the refusal");
+    assert_eq!(f.snapshot().await.len(), 6, "nothing deleted");
+    assert!(f.purge_record(0, 0).await.is_none());
+    f.drop().await;
 }
