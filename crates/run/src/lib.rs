@@ -746,13 +746,18 @@ impl fmt::Display for RunReport {
                     )?;
                     writeln!(
                         f,
-                        "    {:<9} {:>10}   (changed after archiving {}, un-marked {}, no version archived {}, already gone {}; {} checkpoint(s) refused)",
+                        "    {:<9} {:>10}   (changed after archiving {}, un-marked {}, no version archived {}, \
+                         open transaction {}, xid too old to compare {}; already gone {}, older versions {}; \
+                         {} checkpoint(s) refused)",
                         "skipped",
-                        c.skipped_changed + c.skipped_unmarked + c.skipped_no_version + c.already_gone,
+                        c.skipped() + c.already_gone,
                         c.skipped_changed,
                         c.skipped_unmarked,
                         c.skipped_no_version,
+                        c.skipped_open_transaction,
+                        c.skipped_xid_too_old,
                         c.already_gone,
+                        c.superseded,
                         p.refused.len()
                     )?;
                 }
