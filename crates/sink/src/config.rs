@@ -83,8 +83,8 @@ pub struct SinkConfig {
     /// this far behind. Default: 10s.
     #[serde(with = "humantime_serde")]
     pub resolved_checkpoint_interval: Duration,
-    /// Bound on buffered bytes over all partitions; past it the sink pauses
-    /// consumption and flushes the largest buffers. Default: 128 MiB.
+    /// Bound on buffered bytes over all partitions; past it the sink stops
+    /// consuming and flushes the largest buffers. Default: 128 MiB.
     pub memory_budget: u64,
     /// Segments at least this large are uploaded in parts. Default: 16 MiB.
     pub multipart_threshold: u64,

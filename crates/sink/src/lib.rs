@@ -40,6 +40,11 @@ pub use partition::StopReason;
 use crate::kafka::SinkContext;
 use crate::partition::{accept, start_offset, Accept, Cut, Outcome, PartitionBuffer, Preview, Run};
 
+/// Decoder settings of a topic without `op_column`.
+const NO_OP_COLUMN: DecodeOptions = DecodeOptions {
+    bare_op_column: None,
+};
+
 /// Errors that end the sink. Per-partition problems (gaps, conflicts,
 /// quarantined messages) do not: they are handled per partition.
 #[derive(Debug, thiserror::Error)]
@@ -475,8 +480,8 @@ impl Sink {
             key: m.key(),
             value: m.payload(),
         };
-        let opts = self.decode_opts.get(&key.0).cloned().unwrap_or_default();
-        let event = match decode_with(&raw, &opts) {
+        let opts = self.decode_opts.get(&key.0).unwrap_or(&NO_OP_COLUMN);
+        let event = match decode_with(&raw, opts) {
             Ok(ev) => Ok(ev),
             Err(err) => {
                 let table = self.config.table_of(&key.0).unwrap_or(&key.0).to_owned();
@@ -507,8 +512,14 @@ impl Sink {
         self.enforce_budget().await
     }
 
-    /// Past the memory budget: pause everything, flush the largest buffers
-    /// until under half the budget, resume. Flushes never cut inside an
+    /// Past the memory budget: flush the largest buffers until under half
+    /// the budget. Consumption is paused meanwhile by construction: the
+    /// main loop does not poll while it flushes, and librdkafka's prefetch
+    /// queue is capped (`queued.max.messages.kbytes`, for all partitions
+    /// together), so memory stays bounded without `pause()`/`resume()`,
+    /// which would purge the prefetched messages and fetch them again
+    /// (from an offset inside a record batch, which the local test broker
+    /// answers from the next batch). Flushes never cut inside an
     /// incomplete PostgreSQL transaction; only if those held-back tails
     /// alone keep the sink over the budget are they cut anyway (with
     /// `open_tail_xid`, a warning and `cdc_sink_open_tail_checkpoints_total`).
@@ -517,12 +528,10 @@ impl Sink {
         if total <= self.config.memory_budget {
             return Ok(());
         }
-        let assignment = self.consumer.assignment()?;
-        self.consumer.pause(&assignment)?;
-        tracing::info!(
+        tracing::debug!(
             buffered = total,
             budget = self.config.memory_budget,
-            "memory budget reached: consumption paused"
+            "memory budget reached: flushing the largest buffers"
         );
         let mut remaining = total;
         for trigger in [Trigger::Budget, Trigger::ForceBudget] {
@@ -536,17 +545,6 @@ impl Sink {
                 remaining -= self.flush(&k, trigger).await?.min(remaining);
             }
         }
-        // Resume only what is still ours and active.
-        let mut tpl = TopicPartitionList::new();
-        for k in self
-            .parts
-            .iter()
-            .filter(|(_, s)| matches!(s, State::Active(_)))
-            .map(|(k, _)| k)
-        {
-            tpl.add_partition(&k.0, k.1);
-        }
-        self.consumer.resume(&tpl)?;
         Ok(())
     }
 
