@@ -213,13 +213,9 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         keep_archived_flag: false,
         batch_size: 50,
     };
-    let restored = cdc_retrieve::restore(&mut rc, &found, &opts)
-        .await
-        .unwrap();
+    let restored = cdc_retrieve::restore(&mut rc, &found, &opts).await.unwrap();
     assert_eq!(restored.inserted, n);
-    let again = cdc_retrieve::restore(&mut rc, &found, &opts)
-        .await
-        .unwrap();
+    let again = cdc_retrieve::restore(&mut rc, &found, &opts).await.unwrap();
     assert_eq!(
         (again.inserted, again.already_present),
         (0, n),

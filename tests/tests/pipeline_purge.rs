@@ -14,7 +14,8 @@ use common::Pipeline;
 /// A `payments`-like table: composite key, exact NUMERIC, text.
 /// REPLICA IDENTITY FULL: the changefeed then sees every column of every
 /// update, TOASTed values included.
-const PAYMENTS: &str = "CREATE TABLE {t} (id bigint NOT NULL, booking_date date NOT NULL, reference text,
+const PAYMENTS: &str =
+    "CREATE TABLE {t} (id bigint NOT NULL, booking_date date NOT NULL, reference text,
        amount numeric NOT NULL, currency text NOT NULL, archived bool NOT NULL DEFAULT false,
        PRIMARY KEY (booking_date, id));
      ALTER TABLE {t} REPLICA IDENTITY FULL;";
@@ -92,7 +93,9 @@ async fn full_pipeline_deletes_exactly_archived_versions_under_foreground_writes
     let witness = p.witness_deletes().await;
     let cutoff = "booking_date < now() - interval '90 days'";
     let eligible = p.count(cutoff).await;
-    let recent_before = p.db_text(&format!("{} WHERE NOT ({cutoff})", p.qt), COLUMNS).await;
+    let recent_before = p
+        .db_text(&format!("{} WHERE NOT ({cutoff})", p.qt), COLUMNS)
+        .await;
     assert!(eligible > 70_000 && !recent_before.is_empty());
 
     // Foreground traffic for the whole marking phase: new (recent) rows,
@@ -290,7 +293,10 @@ async fn missing_or_altered_segments_are_refused_and_their_rows_stay() {
 
     // Per partition, the keys of each segment, in chain order.
     let mut by_partition: BTreeMap<i32, Vec<(String, Vec<serde_json::Value>)>> = BTreeMap::new();
-    for part in cdc_checkpoint::partitions(&p.archive, &p.table).await.unwrap() {
+    for part in cdc_checkpoint::partitions(&p.archive, &p.table)
+        .await
+        .unwrap()
+    {
         let chain = cdc_checkpoint::read_chain(&p.archive, &p.table, part)
             .await
             .unwrap();

@@ -104,20 +104,19 @@ async fn purger_killed_mid_run_then_rerun_completes_and_reconciles() {
     // Every checkpoint has a purge record, and the records account for
     // every archived row: deleted by one run or found gone by the other.
     let (mut recorded_deleted, mut recorded_gone, mut covered) = (0u64, 0u64, 0u64);
-    for part in cdc_checkpoint::partitions(&p.archive, &p.table).await.unwrap() {
+    for part in cdc_checkpoint::partitions(&p.archive, &p.table)
+        .await
+        .unwrap()
+    {
         let chain = cdc_checkpoint::read_chain(&p.archive, &p.table, part)
             .await
             .unwrap();
         for cp in &chain.checkpoints {
-            let rec = cdc_checkpoint::read_purge_record(
-                &p.archive,
-                &p.table,
-                part,
-                cp.first_offset,
-            )
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("checkpoint {} has no purge record", cp.path()));
+            let rec =
+                cdc_checkpoint::read_purge_record(&p.archive, &p.table, part, cp.first_offset)
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("checkpoint {} has no purge record", cp.path()));
             recorded_deleted += rec.deleted;
             recorded_gone += rec.already_gone;
             covered += cp.segment.as_ref().map_or(0, |s| s.rows);

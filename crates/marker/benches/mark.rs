@@ -96,7 +96,11 @@ async fn keyset_baseline(client: &tokio_postgres::Client, name: &str) -> (u64, f
             break;
         }
         total += rows.len() as u64;
-        last = rows.iter().map(|r| r.get::<_, i64>(0)).max().unwrap_or(last);
+        last = rows
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .max()
+            .unwrap_or(last);
     }
     (total, start.elapsed().as_secs_f64())
 }
@@ -220,11 +224,7 @@ async fn main() {
             mr / kr
         );
     }
-    let (bm, km, mm) = (
-        median(base_rates),
-        median(keyset_rates),
-        median(mark_rates),
-    );
+    let (bm, km, mm) = (median(base_rates), median(keyset_rates), median(mark_rates));
     let ratio = mm / bm;
     println!(
         "median: baseline {bm:.0} rows/s, keyset baseline {km:.0} rows/s, marker {mm:.0} rows/s; \

@@ -337,10 +337,7 @@ impl Pipeline {
             .map(|c| format!("{}::text", quote_ident(c)))
             .collect();
         self.client
-            .query(
-                &format!("SELECT {} FROM {relation}", list.join(", ")),
-                &[],
-            )
+            .query(&format!("SELECT {} FROM {relation}", list.join(", ")), &[])
             .await
             .unwrap()
             .iter()
