@@ -576,12 +576,6 @@ impl PartitionBuffer {
         self.reset_mark(m.offset);
         taken
     }
-
-    /// Takes every buffered run (a forced cut if a transaction group is
-    /// open). Kept for callers that want everything.
-    pub fn take_runs(&mut self) -> Vec<Run> {
-        self.take(Cut::Force)
-    }
 }
 
 /// Heap + inline bytes of a buffered row, allocator overhead included
@@ -703,7 +697,7 @@ mod tests {
         assert_eq!(b.push(14, ev(14, delete), "archived"), Outcome::Delete);
         assert_eq!(b.push(15, Err(()), "archived"), Outcome::Quarantined);
         assert_eq!(b.pending_events(), 6);
-        let runs = b.take_runs();
+        let runs = b.take(Cut::Safe);
         assert_eq!(runs.len(), 2);
         assert_eq!((runs[0].first, runs[0].last), (10, Some(12)));
         assert_eq!(
@@ -735,7 +729,7 @@ mod tests {
             (b.expected, b.runs[0].first, b.pending_events()),
             (16, 16, 0)
         );
-        assert!(b.take_runs().is_empty());
+        assert!(b.take(Cut::Safe).is_empty());
     }
 
     /// A PostgreSQL changefeed event (wrapped envelope with `pg_xid`).
