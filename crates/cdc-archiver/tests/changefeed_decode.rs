@@ -73,7 +73,7 @@ fn decodes_every_fixture_line() {
 #[test]
 fn bare_op_column_flags() {
     let input = fixture("05-cdc-query-bare.ndjson");
-    let out = run_decode(&input, &[]);
+    let out = run_decode(&input, &["--op-column", "op"]);
     let first: serde_json::Value = serde_json::from_str(&stdout_lines(&out)[0]).unwrap();
     assert_eq!(
         (first["op"].as_str(), first["envelope"].as_str()),
@@ -81,7 +81,8 @@ fn bare_op_column_flags() {
     );
     assert!(first["after"].get("op").is_none());
 
-    let out = run_decode(&input, &["--no-op-column"]);
+    // By default no field is taken for event_op(): `op` is a column.
+    let out = run_decode(&input, &[]);
     assert!(out.status.success());
     let first: serde_json::Value = serde_json::from_str(&stdout_lines(&out)[0]).unwrap();
     assert_eq!(first["op"], "upsert");

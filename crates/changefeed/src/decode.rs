@@ -132,21 +132,17 @@ impl DecodeOptions {
     }
 }
 
-/// The `event_op()` column name of the fixtures' CDC query
-/// (`event_op() AS op`), which [`decode`] assumes.
-const FIXTURE_OP_COLUMN: &str = "op";
-
-/// Decodes one record as the fixtures' CDC query is written: like
-/// [`decode_with`] with `bare_op_column = Some("op")`, so a bare row's top-level `op` field is taken
-/// as `event_op()`, never as a column. A consumer of a real feed must use
-/// [`decode_with`] with the operator's setting instead (the sink does: its
-/// per-topic `op_column`, default none); for wrapped envelopes the two
-/// are the same.
+/// Decodes one record with [`DecodeOptions::default`]: no operation
+/// column, so a bare (CDC query) row's top-level fields are all table
+/// columns. A consumer of a CDC query that selects `event_op() AS <name>`
+/// uses [`decode_with`] and [`DecodeOptions::with_op_column`] (the sink
+/// does, with its per-topic `op_column`); for wrapped envelopes the two are
+/// the same.
 // `Event` is larger than the error, so boxing the error would not make
 // the `Result` smaller; the error fields are part of the public contract.
 #[allow(clippy::result_large_err)]
 pub fn decode(record: &RawRecord<'_>) -> Result<Event, DecodeError> {
-    decode_inner(record, Some(FIXTURE_OP_COLUMN)).map_err(|k| DecodeError::new(k, record))
+    decode_inner(record, None).map_err(|k| DecodeError::new(k, record))
 }
 
 /// Decodes one record.

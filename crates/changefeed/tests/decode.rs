@@ -18,8 +18,14 @@ fn rec<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> RawRecord<'a> {
     }
 }
 
+/// The decoder as for the fixtures' CDC query (`event_op() AS op`).
+fn opts() -> DecodeOptions {
+    DecodeOptions::with_op_column("op")
+}
+
 fn ok(key: Option<&[u8]>, value: &str) -> Event {
-    decode(&rec(key, Some(value.as_bytes()))).unwrap_or_else(|e| panic!("{value}: {e}"))
+    decode_with(&rec(key, Some(value.as_bytes())), &opts())
+        .unwrap_or_else(|e| panic!("{value}: {e}"))
 }
 
 fn row(key: Option<&[u8]>, value: &str) -> RowEvent {
@@ -30,7 +36,7 @@ fn row(key: Option<&[u8]>, value: &str) -> RowEvent {
 }
 
 fn err(key: Option<&[u8]>, value: Option<&[u8]>) -> DecodeError {
-    match decode(&rec(key, value)) {
+    match decode_with(&rec(key, value), &opts()) {
         Ok(ev) => panic!("decoded {ev:?}"),
         Err(e) => e,
     }
@@ -352,4 +358,17 @@ fn serialises_for_the_cli() {
         serde_json::to_string(&ev).unwrap(),
         r#"{"type":"resolved","topic":"payments","partition":2,"offset":41,"resolved":"7.0000000000"}"#
     );
+}
+
+/// Without an operation column (the default), a table column named `op`
+/// is a column like any other, whatever its value.
+#[test]
+fn by_default_a_column_named_op_is_a_column() {
+    let v = br#"{"__crdb__": {"updated": "5.0000000001"}, "a": 1, "op": "delete"}"#;
+    let Event::Row(r) = decode(&rec(Some(KEY), Some(v))).unwrap() else {
+        panic!("not a row");
+    };
+    assert_eq!(r.op, Op::Upsert);
+    let after = r.after.expect("a row, not a delete");
+    assert_eq!(after.get("op"), Some(&Value::String("delete".into())));
 }

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use cdc_changefeed::line::parse_line;
-use cdc_changefeed::{decode, Envelope, Event, Hlc, Op, Resolved, Row, RowEvent, Value};
+use cdc_changefeed::{
+    decode_with, DecodeOptions, Envelope, Event, Hlc, Op, Resolved, Row, RowEvent, Value,
+};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cockroachdb-changefeed")
@@ -18,7 +20,9 @@ fn load(name: &str) -> Vec<Event> {
         .map(|(i, l)| {
             let rec = parse_line(l, i as u64 + 1).expect("fixture line");
             assert_eq!(rec.offset, i as i64 + 1);
-            decode(&rec.as_raw()).unwrap_or_else(|e| panic!("{name} line {}: {e}", i + 1))
+            // The fixtures' CDC query selects `event_op() AS op`.
+            decode_with(&rec.as_raw(), &DecodeOptions::with_op_column("op"))
+                .unwrap_or_else(|e| panic!("{name} line {}: {e}", i + 1))
         })
         .collect()
 }

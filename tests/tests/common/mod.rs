@@ -100,6 +100,7 @@ impl Pipeline {
                topics = [{{ name = "{topic}", table = "{table}" }}]
                flush_rows = {flush_rows}
                flush_age = "300ms"
+               resolved_checkpoint_interval = "300ms"
                [storage]
                url = "{url}""#,
             brokers = cdc_tests::kafka_brokers(),

@@ -28,12 +28,11 @@ pub enum ChangefeedCommand {
 
 #[derive(Debug, Args)]
 pub struct DecodeArgs {
-    /// Bare-envelope (CDC query) column that holds event_op().
-    #[arg(long, default_value = "op")]
-    pub op_column: String,
-    /// Ignore any operation column: every bare row is an upsert.
-    #[arg(long, conflicts_with = "op_column")]
-    pub no_op_column: bool,
+    /// Bare-envelope (CDC query) column that holds `event_op()`, as the
+    /// query names it (`SELECT …, event_op() AS op`). Without it every
+    /// top-level field of a bare row is a table column and the row an upsert.
+    #[arg(long, value_name = "COLUMN")]
+    pub op_column: Option<String>,
 }
 
 pub async fn run(_global: &GlobalArgs, args: ChangefeedArgs) -> anyhow::Result<ExitCode> {
@@ -46,7 +45,7 @@ pub async fn run(_global: &GlobalArgs, args: ChangefeedArgs) -> anyhow::Result<E
 
 fn decode_stdin(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
     let opts = DecodeOptions {
-        bare_op_column: (!args.no_op_column).then(|| args.op_column.clone()),
+        bare_op_column: args.op_column.clone(),
     };
     let stdin = std::io::stdin().lock();
     let mut out = BufWriter::new(std::io::stdout().lock());
