@@ -4,9 +4,7 @@
 
 mod common;
 
-use cdc_changefeed::{decode, Event, Value};
-// `decode` reads a bare row's `op` as `event_op()`, as the fixtures' query
-// is written; the sink gets the same with `op_column = "op"`.
+use cdc_changefeed::{Event, Value};
 use cdc_checkpoint::Counts;
 use cdc_common::storage::ArchiveStore;
 use common::*;
@@ -60,7 +58,7 @@ async fn archive_fixture(
         };
         let mut last_resolved = None;
         for r in &in_partition {
-            match decode(&r.as_raw()) {
+            match decode_as_fixtures(r) {
                 Ok(Event::Resolved(res)) => {
                     want_counts.resolved += 1;
                     last_resolved = Some(

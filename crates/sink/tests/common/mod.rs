@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cdc_changefeed::line::{parse_line, OwnedRecord};
-use cdc_changefeed::{decode, Event, Value};
+use cdc_changefeed::{decode_with, DecodeOptions, Event, Value};
 use cdc_checkpoint::Chain;
 use cdc_common::storage::{ArchiveStore, StorageConfig};
 use cdc_segment::ArchivedRow;
@@ -201,13 +201,22 @@ pub async fn read_archive(
     out
 }
 
+/// Decodes `r` as a sink with `op_column = "op"` does: the fixtures' CDC
+/// query selects `event_op() AS op` (wrapped envelopes are unaffected).
+#[allow(clippy::result_large_err)]
+pub fn decode_as_fixtures(
+    r: &OwnedRecord,
+) -> Result<cdc_changefeed::Event, cdc_changefeed::DecodeError> {
+    decode_with(&r.as_raw(), &DecodeOptions::with_op_column("op"))
+}
+
 /// What the archive must hold for `records`: rows marked `archived = true`
 /// that are not deletes, in offset order per partition.
 pub fn expected_rows(records: &[OwnedRecord], partition: i32) -> Vec<ArchivedRow> {
     records
         .iter()
         .filter(|r| r.partition == partition)
-        .filter_map(|r| match decode(&r.as_raw()) {
+        .filter_map(|r| match decode_as_fixtures(r) {
             Ok(Event::Row(ev)) if ev.op != cdc_changefeed::Op::Delete => {
                 let after = ev.after?;
                 (after.get("archived") == Some(&Value::Bool(true))).then_some(ArchivedRow {
