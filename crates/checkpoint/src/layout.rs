@@ -19,6 +19,18 @@ pub fn segment_path(table: &str, partition: i32, first: i64, last: i64, nonce: &
     format!("{table}/segments/p{partition}/{first:020}-{last:020}.{nonce}.avro")
 }
 
+/// `<table>/deletes/p<partition>/<first:020>-<last:020>.<nonce>.avro`: the
+/// delete events of the checkpoint covering `first..=last` (named the way
+/// segments are, and for the same reason).
+pub fn deletes_path(table: &str, partition: i32, first: i64, last: i64, nonce: &str) -> String {
+    format!("{table}/deletes/p{partition}/{first:020}-{last:020}.{nonce}.avro")
+}
+
+/// `<table>/deletes/`
+pub fn deletes_root(table: &str) -> String {
+    format!("{table}/deletes/")
+}
+
 /// `<table>/checkpoints/p<partition>/`
 pub fn checkpoints_dir(table: &str, partition: i32) -> String {
     format!("{table}/checkpoints/p{partition}/")
@@ -112,6 +124,12 @@ mod tests {
             "payments/segments/p3/00000000000000000000-00000000000000001234.ab12cd34.avro"
         );
         assert_eq!(parse_segment_name(&s), Some((0, 1234)));
+        let d = deletes_path("payments", 3, 0, 1234, "ab12cd34");
+        assert_eq!(
+            d,
+            "payments/deletes/p3/00000000000000000000-00000000000000001234.ab12cd34.avro"
+        );
+        assert_eq!(parse_segment_name(&d), Some((0, 1234)));
         assert_eq!(
             parse_segment_name("00000000000000000007-00000000000000000009.avro"),
             Some((7, 9))

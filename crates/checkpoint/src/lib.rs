@@ -167,6 +167,34 @@ impl SegmentRef {
     }
 }
 
+/// The delete file a checkpoint vouches for: the delete events of its
+/// offset range (see `cdc_segment::encode_deletes`), kept apart from the
+/// segment so that no reader of row versions can take one for a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletesRef {
+    /// Path relative to the archive root (`<table>/deletes/p<partition>/…`).
+    pub path: String,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Lowercase hex sha256 of the object.
+    pub sha256: String,
+    /// Delete records in the file; equals the checkpoint's `counts.deletes`.
+    pub records: u64,
+}
+
+impl DeletesRef {
+    /// Describes `bytes` uploaded at `path`.
+    pub fn describe(path: String, bytes: &[u8], records: u64) -> Self {
+        Self {
+            path,
+            size: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+            records,
+        }
+    }
+}
+
 /// Lowercase hex sha256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -195,6 +223,11 @@ pub struct Checkpoint {
     pub last_offset: i64,
     /// The segment, `None` when the range held no archivable row.
     pub segment: Option<SegmentRef>,
+    /// The range's delete events (`None` when it held none, and in
+    /// checkpoints written before delete files existed, which only count
+    /// them). Never row versions: the purger does not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes: Option<DeletesRef>,
     /// What the range contained.
     pub counts: Counts,
     /// Smallest `updated` of the archived rows.
@@ -564,24 +597,43 @@ pub async fn verify_segment(
     store: &ArchiveStore,
     segment: &SegmentRef,
 ) -> Result<Bytes, CheckpointError> {
-    let path = store.path(&segment.path);
+    verify_object(store, &segment.path, segment.size, &segment.sha256).await
+}
+
+/// Fetches a checkpoint's delete file and checks its size and sha256
+/// (errors as for segments: [`CheckpointError::SegmentMissing`],
+/// [`CheckpointError::SegmentCorrupt`]).
+pub async fn verify_deletes(
+    store: &ArchiveStore,
+    deletes: &DeletesRef,
+) -> Result<Bytes, CheckpointError> {
+    verify_object(store, &deletes.path, deletes.size, &deletes.sha256).await
+}
+
+async fn verify_object(
+    store: &ArchiveStore,
+    relative: &str,
+    size: u64,
+    sha256: &str,
+) -> Result<Bytes, CheckpointError> {
+    let path = store.path(relative);
     let bytes = get_bytes(store, &path)
         .await?
         .ok_or_else(|| CheckpointError::SegmentMissing {
-            path: segment.path.clone(),
+            path: relative.to_owned(),
         })?;
     let sha = sha256_hex(&bytes);
-    if bytes.len() as u64 != segment.size || sha != segment.sha256 {
+    if bytes.len() as u64 != size || sha != sha256 {
         return Err(CheckpointError::SegmentCorrupt {
-            path: segment.path.clone(),
-            expected: format!("size={} sha256={}", segment.size, segment.sha256),
+            path: relative.to_owned(),
+            expected: format!("size={size} sha256={sha256}"),
             actual: format!("size={} sha256={sha}", bytes.len()),
         });
     }
     Ok(bytes)
 }
 
-/// A segment object that no checkpoint names: never trusted.
+/// A segment (or delete file) object that no checkpoint names: never trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
     /// Path relative to the archive root.
@@ -599,7 +651,8 @@ pub struct Orphan {
     pub covered: bool,
 }
 
-/// The partition of a segment path `<table>/segments/p<partition>/<name>`.
+/// The partition of a segment path `<table>/segments/p<partition>/<name>`
+/// (or delete file path `<table>/deletes/p<partition>/<name>`).
 fn segment_partition(relative: &str) -> Option<i32> {
     let mut parts = relative.rsplit('/');
     parts.next()?;
@@ -623,11 +676,13 @@ async fn named_segments(
             .try_collect()
             .await?;
         let checkpoints: Vec<Checkpoint> = checkpoints.into_iter().flatten().collect();
-        named.extend(
-            checkpoints
-                .iter()
-                .filter_map(|c| c.segment.as_ref().map(|s| s.path.clone())),
-        );
+        named.extend(checkpoints.iter().flat_map(|c| {
+            c.segment
+                .as_ref()
+                .map(|s| s.path.clone())
+                .into_iter()
+                .chain(c.deletes.as_ref().map(|d| d.path.clone()))
+        }));
         let end = match verify_chain(table, p, &checkpoints) {
             Ok(()) => checkpoints.last().map(|c| c.last_offset),
             Err(_) => None,
@@ -637,13 +692,15 @@ async fn named_segments(
     Ok((named, ends))
 }
 
-/// Segments under `<table>/segments/` that no checkpoint names (left by a
-/// crash between upload and checkpoint, or by a zombie writer), each with
-/// whether its offsets are already covered by the chain ([`Orphan::covered`]).
+/// Segments under `<table>/segments/` and delete files under
+/// `<table>/deletes/` that no checkpoint names (left by a crash between
+/// upload and checkpoint, or by a zombie writer), each with whether its
+/// offsets are already covered by the chain ([`Orphan::covered`]).
 pub async fn orphans(store: &ArchiveStore, table: &str) -> Result<Vec<Orphan>, CheckpointError> {
     let (named, ends) = named_segments(store, table).await?;
-    let mut out: Vec<Orphan> = list(store, &layout::segments_root(table))
-        .await?
+    let mut objects = list(store, &layout::segments_root(table)).await?;
+    objects.extend(list(store, &layout::deletes_root(table)).await?);
+    let mut out: Vec<Orphan> = objects
         .into_iter()
         .filter_map(|m| {
             let path = store.relative(&m.location);

@@ -25,6 +25,7 @@ fn checkpoint(
         first_offset: first,
         last_offset: last,
         segment: None,
+        deletes: None,
         counts: Counts {
             events: (last - first + 1) as u64,
             resolved: 1,
@@ -155,6 +156,62 @@ async fn segments_and_orphans(store: &ArchiveStore) {
         .is_empty());
     // The trusted segment is still there.
     verify_segment(store, &seg).await.unwrap();
+}
+
+/// A checkpoint's delete file: verified like a segment, listed as an
+/// orphan when no checkpoint names it, and absent from the JSON of a
+/// checkpoint without deletes (which reads as before).
+async fn delete_files(store: &ArchiveStore) {
+    let table = cdc_tests::unique("dels");
+    let body = b"delete file bytes".to_vec();
+    let path = layout::deletes_path(&table, 0, 0, 9, "n1");
+    put(store, &path, body.clone()).await;
+    let zombie = layout::deletes_path(&table, 0, 0, 9, "n0");
+    put(store, &zombie, b"zombie".to_vec()).await;
+    let beyond = layout::deletes_path(&table, 0, 10, 19, "stalled");
+    put(store, &beyond, b"stalled".to_vec()).await;
+    let dref = DeletesRef::describe(path.clone(), &body, 2);
+    let mut c = checkpoint(&table, 0, 0, 9, None, "w1");
+    c.counts.deletes = 2;
+    c.counts.resolved = 0;
+    c.deletes = Some(dref.clone());
+    create(store, &c).await.unwrap();
+    let back = read_chain(store, &table, 0).await.unwrap();
+    assert_eq!(back.checkpoints, vec![c.clone()]);
+    assert_eq!(
+        verify_deletes(store, &dref).await.unwrap().as_ref(),
+        body.as_slice()
+    );
+    let mut bad = dref.clone();
+    bad.size += 1;
+    assert!(matches!(
+        verify_deletes(store, &bad).await,
+        Err(CheckpointError::SegmentCorrupt { .. })
+    ));
+    let listed: Vec<(String, bool)> = orphans(store, &table)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.path, o.covered))
+        .collect();
+    let mut want = vec![(zombie.clone(), true), (beyond.clone(), false)];
+    want.sort();
+    assert_eq!(listed, want);
+    let deleted = clean_orphans(store, &table, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        deleted.iter().map(|o| o.path.as_str()).collect::<Vec<_>>(),
+        vec![zombie.as_str()]
+    );
+    verify_deletes(store, &dref).await.unwrap();
+
+    // Without deletes the field is not written: such checkpoints are
+    // byte-for-byte what earlier versions wrote, and read back the same.
+    let plain = checkpoint(&table, 1, 0, 0, None, "w1");
+    let json = String::from_utf8(plain.to_json()).unwrap();
+    let top: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(top.get("deletes").is_none(), "{json}");
+    let parsed: Checkpoint = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed, plain);
 }
 
 /// The orphan cleaner never deletes a segment beyond its partition's chain
@@ -324,6 +381,7 @@ async fn local_file_system() {
     let (store, _dir) = cdc_tests::local_archive();
     chain_ops(&store).await;
     segments_and_orphans(&store).await;
+    delete_files(&store).await;
     orphans_beyond_the_chain_end_are_kept(&store).await;
     long_chain_reads_in_order(&store).await;
     purge_records(&store).await;
@@ -334,6 +392,7 @@ async fn s3_compatible_server() {
     let store = cdc_tests::s3_archive(&cdc_tests::unique("ckpt"));
     chain_ops(&store).await;
     segments_and_orphans(&store).await;
+    delete_files(&store).await;
     orphans_beyond_the_chain_end_are_kept(&store).await;
     long_chain_reads_in_order(&store).await;
     purge_records(&store).await;

@@ -9,6 +9,11 @@
 //! name, and [`decode_segment`] gives back the same [`ArchivedRow`]s that
 //! [`encode_segment`] was given. See `/work/notes/archive-format.md` (the
 //! archive format contract) for the record layout.
+//!
+//! A segment holds row versions only. Delete events go to a separate
+//! delete file ([`encode_deletes`], see the `deletes` module), which
+//! [`decode_segment`] refuses, so no reader of segments can take a delete
+//! for a row version.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -16,6 +21,12 @@ use apache_avro::types::Value as Avro;
 use apache_avro::{Codec, Reader, Schema, Writer, ZstandardSettings};
 use cdc_changefeed::{Hlc, Op, Value};
 use serde::{Deserialize, Serialize};
+
+mod deletes;
+pub use deletes::{
+    decode_deletes, encode_deletes, row_json, DeletedRow, Deletes, DELETES_FORMAT_VERSION,
+    DELETE_FIELDS,
+};
 
 /// Value of the `cdc.format_version` metadata entry.
 pub const FORMAT_VERSION: &str = "1";
@@ -266,11 +277,7 @@ pub fn encode_segment(meta: &SegmentMeta, rows: &[ArchivedRow]) -> Result<Vec<u8
         })
         .collect();
     let schema = Schema::parse_str(&schema_json(&columns))?;
-    let mut writer = Writer::with_codec(
-        &schema,
-        Vec::new(),
-        Codec::Zstandard(ZstandardSettings::new(3)),
-    );
+    let mut writer = Writer::with_codec(&schema, Vec::new(), codec());
     let metadata = [
         ("cdc.format_version", FORMAT_VERSION.to_owned()),
         ("cdc.table", meta.table.clone()),
@@ -313,13 +320,13 @@ pub fn encode_segment(meta: &SegmentMeta, rows: &[ArchivedRow]) -> Result<Vec<u8
 }
 
 /// Uncompressed bytes per container block.
-const BLOCK_BYTES: usize = 256 * 1024;
+pub(crate) const BLOCK_BYTES: usize = 256 * 1024;
 
-fn codec() -> Codec {
+pub(crate) fn codec() -> Codec {
     Codec::Zstandard(ZstandardSettings::new(3))
 }
 
-fn write_block(
+pub(crate) fn write_block(
     out: &mut Vec<u8>,
     block: &mut Vec<u8>,
     count: i64,
@@ -336,7 +343,7 @@ fn write_block(
 }
 
 /// Avro `long`/`int`: zig-zag varint.
-fn put_long(out: &mut Vec<u8>, n: i64) {
+pub(crate) fn put_long(out: &mut Vec<u8>, n: i64) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -345,12 +352,12 @@ fn put_long(out: &mut Vec<u8>, n: i64) {
     out.push(z as u8);
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_long(out, s.len() as i64);
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+pub(crate) fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => put_long(out, 0),
         Some(s) => {
@@ -399,18 +406,18 @@ fn encode_row(r: &ArchivedRow, encodings: &[Encoding], out: &mut Vec<u8>) {
     }
 }
 
-fn format(msg: impl Into<String>) -> SegmentError {
+pub(crate) fn format(msg: impl Into<String>) -> SegmentError {
     SegmentError::Format(msg.into())
 }
 
-fn unwrap_union(v: Avro) -> Avro {
+pub(crate) fn unwrap_union(v: Avro) -> Avro {
     match v {
         Avro::Union(_, inner) => *inner,
         other => other,
     }
 }
 
-fn opt_str(v: Avro, what: &str) -> Result<Option<String>, SegmentError> {
+pub(crate) fn opt_str(v: Avro, what: &str) -> Result<Option<String>, SegmentError> {
     match unwrap_union(v) {
         Avro::Null => Ok(None),
         Avro::String(s) => Ok(Some(s)),
@@ -420,7 +427,7 @@ fn opt_str(v: Avro, what: &str) -> Result<Option<String>, SegmentError> {
     }
 }
 
-fn opt_hlc(v: Avro, what: &str) -> Result<Option<Hlc>, SegmentError> {
+pub(crate) fn opt_hlc(v: Avro, what: &str) -> Result<Option<Hlc>, SegmentError> {
     opt_str(v, what)?
         .map(|s| s.parse::<Hlc>().map_err(|e| format(format!("{what}: {e}"))))
         .transpose()
@@ -442,6 +449,27 @@ fn decode_value(v: Avro, encoding: Encoding, column: &str) -> Result<Value, Segm
     }
 }
 
+/// The `cdc.*` metadata shared by segments and delete files.
+pub(crate) fn read_meta(md: &BTreeMap<String, String>) -> Result<SegmentMeta, SegmentError> {
+    let get = |k: &str| {
+        md.get(k)
+            .ok_or_else(|| format(format!("missing metadata {k}")))
+    };
+    let num = |k: &str| -> Result<i64, SegmentError> {
+        get(k)?
+            .parse()
+            .map_err(|_| format(format!("metadata {k} is not a number")))
+    };
+    Ok(SegmentMeta {
+        table: get("cdc.table")?.clone(),
+        topic: get("cdc.topic")?.clone(),
+        partition: i32::try_from(num("cdc.partition")?)
+            .map_err(|_| format("cdc.partition out of range"))?,
+        first_offset: num("cdc.first_offset")?,
+        last_offset: num("cdc.last_offset")?,
+    })
+}
+
 /// Reads a segment back. Values come back as the [`Value`] variant they
 /// were written from, with the same text.
 pub fn decode_segment(bytes: &[u8]) -> Result<Segment, SegmentError> {
@@ -451,6 +479,11 @@ pub fn decode_segment(bytes: &[u8]) -> Result<Segment, SegmentError> {
         .iter()
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
         .collect();
+    if md.contains_key("cdc.deletes_format_version") {
+        return Err(format(
+            "a delete file (cdc.deletes_format_version), not a segment of row versions",
+        ));
+    }
     let get = |k: &str| {
         md.get(k)
             .ok_or_else(|| format(format!("missing metadata {k}")))
@@ -461,19 +494,7 @@ pub fn decode_segment(bytes: &[u8]) -> Result<Segment, SegmentError> {
             get("cdc.format_version")?
         )));
     }
-    let num = |k: &str| -> Result<i64, SegmentError> {
-        get(k)?
-            .parse()
-            .map_err(|_| format(format!("metadata {k} is not a number")))
-    };
-    let meta = SegmentMeta {
-        table: get("cdc.table")?.clone(),
-        topic: get("cdc.topic")?.clone(),
-        partition: i32::try_from(num("cdc.partition")?)
-            .map_err(|_| format("cdc.partition out of range"))?,
-        first_offset: num("cdc.first_offset")?,
-        last_offset: num("cdc.last_offset")?,
-    };
+    let meta = read_meta(&md)?;
     let columns: Vec<Column> = serde_json::from_str(get("cdc.columns")?)
         .map_err(|e| format(format!("cdc.columns: {e}")))?;
     let mut rows = Vec::new();

@@ -167,3 +167,89 @@ proptest! {
         prop_assert_eq!(seg.rows, rows);
     }
 }
+
+fn deleted(offset: i64, before: Option<Vec<(&str, Value)>>) -> DeletedRow {
+    DeletedRow {
+        key_json: format!("[{offset}, \"k\\\"é\"]"),
+        updated: Some(Hlc::new(1_749_715_298_530_184_270, 0)),
+        mvcc_timestamp: (offset % 2 == 0).then(|| Hlc::new(1_749_715_298_530_184_270, 1)),
+        pg_xid: (offset % 3 == 0).then_some((2u64 << 32) | 7),
+        topic: "t.payments".into(),
+        partition: 2,
+        offset,
+        before: before.map(|cols| cols.into_iter().map(|(c, v)| (c.to_owned(), v)).collect()),
+    }
+}
+
+#[test]
+fn deletes_round_trip_with_exact_before_values() {
+    let deletes = vec![
+        deleted(
+            12,
+            Some(vec![
+                ("amount", num("1250.00")),
+                ("archived", Value::Bool(true)),
+                ("big", num("123456789012345678901234567")),
+                ("doc", Value::Json(r#"{"a": [1, 2.50]}"#.into())),
+                ("note", Value::String("hé \"q\"\n".into())),
+                ("weird name", Value::Null),
+                // Message order, not alphabetical, survives.
+                ("a_last", num("-0.0")),
+            ]),
+        ),
+        deleted(13, None),
+        deleted(15, Some(vec![("id", num("15"))])),
+    ];
+    let bytes = encode_deletes(&meta(), &deletes).unwrap();
+    let back = decode_deletes(&bytes).unwrap();
+    assert_eq!(back.meta, meta());
+    assert_eq!(back.deletes, deletes);
+    assert!(matches!(
+        encode_deletes(&meta(), &[]),
+        Err(SegmentError::Empty)
+    ));
+}
+
+/// Any Avro reader sees `_op = "delete"`, the meta fields under their
+/// segment names and `_before` as exact JSON text.
+#[test]
+fn any_avro_reader_sees_delete_records() {
+    let deletes = vec![deleted(12, Some(vec![("amount", num("99.95"))]))];
+    let bytes = encode_deletes(&meta(), &deletes).unwrap();
+    let reader = Reader::new(&bytes[..]).unwrap();
+    let schema = serde_json::to_value(reader.writer_schema()).unwrap();
+    let names: Vec<&str> = schema["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, DELETE_FIELDS);
+    assert_eq!(&names[..8], META_FIELDS);
+    let records: Vec<Avro> = reader.map(Result::unwrap).collect();
+    let Avro::Record(f) = &records[0] else {
+        panic!("not a record")
+    };
+    assert_eq!(f[0], ("_op".to_owned(), Avro::String("delete".into())));
+    assert_eq!(f[7], ("_offset".to_owned(), Avro::Long(12)));
+    assert_eq!(
+        f[8],
+        (
+            "_before".to_owned(),
+            Avro::Union(1, Box::new(Avro::String(r#"{"amount": 99.95}"#.into())))
+        )
+    );
+}
+
+/// A delete file is never read as a segment (its records would look like
+/// row versions to a reader of keys and versions), nor a segment as one.
+#[test]
+fn delete_files_and_segments_refuse_each_other() {
+    let d = encode_deletes(&meta(), &[deleted(12, None)]).unwrap();
+    match decode_segment(&d) {
+        Err(SegmentError::Format(m)) => assert!(m.contains("delete file"), "{m}"),
+        other => panic!("a delete file decoded as a segment: {other:?}"),
+    }
+    let s = encode_segment(&meta(), &[row(10, vec![("a", num("1"))])]).unwrap();
+    assert!(matches!(decode_deletes(&s), Err(SegmentError::Format(_))));
+}

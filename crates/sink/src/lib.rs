@@ -24,10 +24,10 @@ use std::time::Duration;
 use backon::Retryable as _;
 use cdc_changefeed::{decode_with, DecodeOptions, Hlc, RawRecord};
 use cdc_checkpoint::key_filter::KeyFilter;
-use cdc_checkpoint::{Checkpoint, CheckpointError, SegmentRef};
+use cdc_checkpoint::{Checkpoint, CheckpointError, DeletesRef, SegmentRef};
 use cdc_common::retry::Retryable;
 use cdc_common::storage::ArchiveStore;
-use cdc_segment::{encode_segment, SegmentMeta};
+use cdc_segment::{encode_deletes, encode_segment, SegmentMeta};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -91,6 +91,8 @@ pub struct SinkSummary {
     pub segments: u64,
     /// Rows archived.
     pub rows: u64,
+    /// Delete events recorded in delete files.
+    pub deletes: u64,
     /// Messages quarantined.
     pub quarantined: u64,
     /// Partitions stopped: `(topic, partition, reason, message)`.
@@ -504,7 +506,7 @@ impl Sink {
             return Ok(());
         };
         let outcome = buffer.push(offset, event, &self.config.archived_column);
-        if outcome == Outcome::Archived
+        if matches!(outcome, Outcome::Archived | Outcome::Delete)
             && (buffer.rows >= self.config.flush_rows || buffer.bytes >= self.config.flush_bytes)
         {
             self.flush(&key, Trigger::Threshold).await?;
@@ -632,6 +634,7 @@ impl Sink {
             return Ok(0);
         };
         if preview.rows == 0
+            && preview.deletes == 0
             && trigger != Trigger::Shutdown
             && !segmentless_due(buffer, &preview, &self.config)
         {
@@ -722,18 +725,32 @@ impl Sink {
     ) -> Result<(), SinkError> {
         let last = run.last.expect("sealed");
         let rows = run.rows.len() as u64;
+        let deletes_n = run.deletes.len() as u64;
         let open_tail_xid = run.open_tail_xid;
         let mut key_filter = None;
+        let meta = SegmentMeta {
+            table: table.to_owned(),
+            topic: topic.to_owned(),
+            partition,
+            first_offset: run.first,
+            last_offset: last,
+        };
+        // Delete events: their own file, never mixed with row versions.
+        let deletes = if run.deletes.is_empty() {
+            None
+        } else {
+            let (m, list) = (meta.clone(), run.deletes);
+            let body = tokio::task::spawn_blocking(move || encode_deletes(&m, &list)).await??;
+            let nonce = &uuid::Uuid::new_v4().simple().to_string()[..12];
+            let path =
+                cdc_checkpoint::layout::deletes_path(table, partition, run.first, last, nonce);
+            let d = DeletesRef::describe(path.clone(), &body, deletes_n);
+            upload::put_segment(&self.store, &self.config, &path, body, &mut self.crash).await?;
+            Some(d)
+        };
         let segment = if run.rows.is_empty() {
             None
         } else {
-            let meta = SegmentMeta {
-                table: table.to_owned(),
-                topic: topic.to_owned(),
-                partition,
-                first_offset: run.first,
-                last_offset: last,
-            };
             let columns: Vec<String> = run.rows[0].columns.iter().map(|(c, _)| c.clone()).collect();
             // The key filter lets a look-up by key skip this segment.
             let (body, filter) = tokio::task::spawn_blocking(move || {
@@ -762,6 +779,7 @@ impl Sink {
             first_offset: run.first,
             last_offset: last,
             segment,
+            deletes,
             counts: run.counts,
             min_updated: run.min_updated,
             max_updated: run.max_updated,
@@ -776,11 +794,13 @@ impl Sink {
             .when(Retryable::is_retryable)
             .await?;
         self.crash.hit("after_checkpoint");
-        tracing::info!(%table, partition, first = run.first, last, rows, events = run.counts.events,
+        tracing::info!(%table, partition, first = run.first, last, rows, deletes = deletes_n, events = run.counts.events,
             segment = ?checkpoint.segment.as_ref().map(|s| &s.path), "checkpoint written");
         metrics::counter!("cdc_sink_checkpoints_total", "table" => table.to_owned()).increment(1);
         metrics::counter!("cdc_sink_rows_archived_total", "table" => table.to_owned())
             .increment(rows);
+        metrics::counter!("cdc_sink_deletes_recorded_total", "table" => table.to_owned())
+            .increment(deletes_n);
         if let Some(xid) = open_tail_xid {
             tracing::warn!(%table, partition, first = run.first, last, xid,
                 "checkpoint ends inside PostgreSQL transaction {xid} (open_tail_xid)");
@@ -791,6 +811,7 @@ impl Sink {
         }
         self.summary.checkpoints += 1;
         self.summary.rows += rows;
+        self.summary.deletes += deletes_n;
         self.summary.segments += u64::from(checkpoint.segment.is_some());
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use cdc_changefeed::{Event, Hlc, Op, RowEvent};
 use cdc_checkpoint::Counts;
-use cdc_segment::{same_columns, ArchivedRow};
+use cdc_segment::{same_columns, ArchivedRow, DeletedRow};
 
 use crate::config::StartPolicy;
 
@@ -106,6 +106,8 @@ pub struct Run {
     pub last: Option<i64>,
     /// Archived rows.
     pub rows: Vec<ArchivedRow>,
+    /// Delete events, kept in the checkpoint's delete file.
+    pub deletes: Vec<DeletedRow>,
     /// What the range held.
     pub counts: Counts,
     /// Smallest `updated` of the rows.
@@ -134,7 +136,7 @@ impl Run {
 pub enum Outcome {
     /// Kept as a row.
     Archived,
-    /// A delete (not archived).
+    /// A delete: kept in the delete file, never as a row.
     Delete,
     /// Row not marked archived.
     NotArchived,
@@ -168,6 +170,8 @@ struct Mark {
     run_index: usize,
     /// Rows that run held then.
     row_index: usize,
+    /// Delete records that run held then.
+    delete_index: usize,
     /// Its counts then.
     counts: Counts,
     /// Its min/max `updated` then.
@@ -175,9 +179,10 @@ struct Mark {
     max_updated: Option<Hlc>,
     /// The partition's resolved timestamp then.
     resolved: Option<Hlc>,
-    /// Buffer bytes and rows then.
+    /// Buffer bytes, rows and delete records then.
     bytes: u64,
     rows: usize,
+    deletes: usize,
     /// When the xid run's first event arrived.
     arrived: Instant,
 }
@@ -206,6 +211,8 @@ pub struct Preview {
     pub end: i64,
     /// Archived rows in the range.
     pub rows: usize,
+    /// Delete records in the range (they get a delete file).
+    pub deletes: usize,
     /// Events in the range that are neither rows nor resolved messages
     /// (deletes, rows not marked archived, quarantined messages).
     pub other_events: u64,
@@ -236,6 +243,8 @@ pub struct PartitionBuffer {
     pub bytes: u64,
     /// Rows buffered.
     pub rows: usize,
+    /// Delete records buffered.
+    pub deletes: usize,
     /// When the oldest unflushed event arrived.
     pub oldest: Option<Instant>,
     /// PostgreSQL: the trailing transaction group not yet known complete.
@@ -291,6 +300,7 @@ impl PartitionBuffer {
             runs: vec![Run::empty(start)],
             bytes: 0,
             rows: 0,
+            deletes: 0,
             oldest: None,
             open_group: None,
             xid_run: None,
@@ -321,12 +331,14 @@ impl PartitionBuffer {
             offset,
             run_index,
             row_index: run.rows.len(),
+            delete_index: run.deletes.len(),
             counts: run.counts,
             min_updated: run.min_updated,
             max_updated: run.max_updated,
             resolved: self.resolved,
             bytes: self.bytes,
             rows: self.rows,
+            deletes: self.deletes,
             arrived: now,
         }
     }
@@ -372,9 +384,13 @@ impl PartitionBuffer {
                     }
                 }
                 let updated = ev.updated;
-                match archivable(ev, archived_column) {
-                    Err(o) => o,
-                    Ok(row) => {
+                match classify(ev, archived_column) {
+                    Kept::NotArchived => Outcome::NotArchived,
+                    Kept::Delete(d) => {
+                        self.push_delete(d);
+                        Outcome::Delete
+                    }
+                    Kept::Row(row) => {
                         self.push_row(offset, row);
                         if let (Some(x), None) = (xid, self.open_group) {
                             self.open_group = Some(OpenGroup { xid: x, updated });
@@ -394,6 +410,12 @@ impl PartitionBuffer {
             Outcome::Quarantined => c.quarantined += 1,
         }
         outcome
+    }
+
+    fn push_delete(&mut self, d: DeletedRow) {
+        self.bytes += delete_bytes(&d);
+        self.deletes += 1;
+        self.open().deletes.push(d);
     }
 
     fn push_row(&mut self, offset: i64, row: ArchivedRow) {
@@ -474,6 +496,7 @@ impl PartitionBuffer {
                 (counts.events > 0).then(|| Preview {
                     end: self.expected - 1,
                     rows: self.rows,
+                    deletes: self.deletes,
                     other_events: counts.deletes + counts.not_archived + counts.quarantined,
                     resolved: self.resolved,
                     bytes: self.bytes,
@@ -487,6 +510,7 @@ impl PartitionBuffer {
                 (counts.events > 0).then(|| Preview {
                     end: m.offset - 1,
                     rows: m.rows,
+                    deletes: m.deletes,
                     other_events: counts.deletes + counts.not_archived + counts.quarantined,
                     resolved: m.resolved,
                     bytes: m.bytes,
@@ -520,6 +544,7 @@ impl PartitionBuffer {
         }
         self.bytes = 0;
         self.rows = 0;
+        self.deletes = 0;
         self.oldest = None;
         self.reset_mark(self.expected);
         runs
@@ -532,11 +557,13 @@ impl PartitionBuffer {
             m.offset = m.offset.max(first);
             m.run_index = 0;
             m.row_index = 0;
+            m.delete_index = 0;
             m.counts = Counts::default();
             m.min_updated = None;
             m.max_updated = None;
             m.bytes = 0;
             m.rows = 0;
+            m.deletes = 0;
         }
     }
 
@@ -548,10 +575,12 @@ impl PartitionBuffer {
         let mut taken = std::mem::take(&mut self.runs);
         let run = &mut rest[0];
         let tail_rows = run.rows.split_off(m.row_index);
+        let tail_deletes = run.deletes.split_off(m.delete_index);
         let head = Run {
             first: run.first,
             last: Some(m.offset - 1),
             rows: std::mem::replace(&mut run.rows, tail_rows),
+            deletes: std::mem::replace(&mut run.deletes, tail_deletes),
             counts: m.counts,
             min_updated: m.min_updated,
             max_updated: m.max_updated,
@@ -572,18 +601,17 @@ impl PartitionBuffer {
         self.runs = rest;
         self.bytes -= m.bytes;
         self.rows -= m.rows;
+        self.deletes -= m.deletes;
         self.oldest = Some(m.arrived);
         self.reset_mark(m.offset);
         taken
     }
 }
 
-/// Heap + inline bytes of a buffered row, allocator overhead included
-/// (about 4x the message size for typical rows): what the memory budget counts.
-pub fn row_bytes(row: &ArchivedRow) -> u64 {
-    const PER_ALLOC: usize = 32;
-    let columns: usize = row
-        .columns
+const PER_ALLOC: usize = 32;
+
+fn columns_bytes(columns: &[(String, cdc_changefeed::Value)]) -> usize {
+    columns
         .iter()
         .map(|(name, v)| {
             let value = match v {
@@ -594,29 +622,73 @@ pub fn row_bytes(row: &ArchivedRow) -> u64 {
             };
             std::mem::size_of::<(String, cdc_changefeed::Value)>() + name.len() + PER_ALLOC + value
         })
-        .sum();
+        .sum()
+}
+
+/// Heap + inline bytes of a buffered row, allocator overhead included
+/// (about 4x the message size for typical rows): what the memory budget counts.
+pub fn row_bytes(row: &ArchivedRow) -> u64 {
     let bytes = std::mem::size_of::<ArchivedRow>()
         + row.key_json.len()
         + row.topic.len()
         + 3 * PER_ALLOC
-        + columns;
+        + columns_bytes(&row.columns);
     // Measured resident memory runs ~1.5x the sum of allocations (allocator
     // arenas, decode temporaries): the budget is about the process's memory.
     (bytes + bytes / 2) as u64
 }
 
-/// The row to archive, or why not.
-fn archivable(ev: RowEvent, archived_column: &str) -> Result<ArchivedRow, Outcome> {
-    if ev.op == Op::Delete {
-        return Err(Outcome::Delete);
+/// [`row_bytes`] for a buffered delete record.
+pub fn delete_bytes(d: &DeletedRow) -> u64 {
+    let bytes = std::mem::size_of::<DeletedRow>()
+        + d.key_json.len()
+        + d.topic.len()
+        + 3 * PER_ALLOC
+        + d.before.as_deref().map_or(0, columns_bytes);
+    (bytes + bytes / 2) as u64
+}
+
+/// What becomes of a row event.
+enum Kept {
+    /// A row version to archive.
+    Row(ArchivedRow),
+    /// A delete, for the delete file.
+    Delete(DeletedRow),
+    /// A row not marked archived: only counted.
+    NotArchived,
+}
+
+/// The delete record of a delete event: key, versions and offset always;
+/// the `before` row only when it was itself marked archived (an archived
+/// version being deleted, typically by the purger). A row the operator
+/// never chose to archive is not copied into the archive by its deletion.
+fn deleted_row(ev: RowEvent, archived_column: &str) -> DeletedRow {
+    let archived = cdc_changefeed::Value::Bool(true);
+    DeletedRow {
+        key_json: ev.key_json,
+        updated: ev.updated,
+        mvcc_timestamp: ev.mvcc_timestamp,
+        pg_xid: ev.pg_xid,
+        topic: ev.topic,
+        partition: ev.partition,
+        offset: ev.offset,
+        before: ev
+            .before
+            .filter(|b| b.get(archived_column) == Some(&archived))
+            .map(|b| b.0),
     }
-    let Some(after) = ev.after else {
-        return Err(Outcome::Delete);
+}
+
+/// The row to archive, the delete to record, or neither.
+fn classify(mut ev: RowEvent, archived_column: &str) -> Kept {
+    let after = match ev.after.take() {
+        Some(after) if ev.op != Op::Delete => after,
+        _ => return Kept::Delete(deleted_row(ev, archived_column)),
     };
     if after.get(archived_column) != Some(&cdc_changefeed::Value::Bool(true)) {
-        return Err(Outcome::NotArchived);
+        return Kept::NotArchived;
     }
-    Ok(ArchivedRow {
+    Kept::Row(ArchivedRow {
         op: ev.op,
         key_json: ev.key_json,
         updated: ev.updated,
@@ -723,6 +795,17 @@ mod tests {
             }
         );
         assert_eq!(runs[1].rows[0].columns.len(), 3);
+        // The delete is recorded (key and offset; the message had no `before`).
+        assert!(runs[0].deletes.is_empty());
+        assert_eq!(runs[1].deletes.len(), 1);
+        assert_eq!(
+            (
+                runs[1].deletes[0].offset,
+                runs[1].deletes[0].key_json.as_str(),
+                &runs[1].deletes[0].before
+            ),
+            (14, "[1]", &None)
+        );
         assert_eq!(runs[1].max_updated, Some("7.0000000000".parse().unwrap()));
         // The next run starts right after.
         assert_eq!(
@@ -817,7 +900,86 @@ mod tests {
     }
 
     fn p_bytes_of(b: &PartitionBuffer) -> u64 {
-        b.runs.iter().flat_map(|r| &r.rows).map(row_bytes).sum()
+        b.runs
+            .iter()
+            .flat_map(|r| &r.rows)
+            .map(row_bytes)
+            .sum::<u64>()
+            + b.runs
+                .iter()
+                .flat_map(|r| &r.deletes)
+                .map(delete_bytes)
+                .sum::<u64>()
+    }
+
+    /// A PostgreSQL changefeed delete whose `before` row has `archived`.
+    fn pg_delete(
+        offset: i64,
+        key: i64,
+        xid: u64,
+        updated: i64,
+        archived: bool,
+    ) -> Result<Event, ()> {
+        let value = format!(
+            r#"{{"after": null, "before": {{"archived": {archived}, "id": {key}, "v": 1.50}}, "pg_lsn": "0/1", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#
+        );
+        decode(&RawRecord {
+            topic: "t",
+            partition: 0,
+            offset,
+            key: Some(format!("[{key}]").as_bytes()),
+            value: Some(value.as_bytes()),
+        })
+        .map_err(|_| ())
+    }
+
+    /// Delete events become delete records (never rows), keep their
+    /// `before` only when it was marked archived, and stay with their
+    /// transaction when a cut holds it back.
+    #[test]
+    fn deletes_are_recorded_and_cut_with_their_transaction() {
+        let mut b = buffer(0);
+        b.push(0, pg(0, 1, 10, 100, true), "archived");
+        // Transaction 11: delete key 1 (archived), archive key 3, delete
+        // key 2 (never marked).
+        assert_eq!(
+            b.push(1, pg_delete(1, 1, 11, 101, true), "archived"),
+            Outcome::Delete
+        );
+        b.push(2, pg(2, 3, 11, 101, true), "archived");
+        b.push(3, pg_delete(3, 2, 11, 101, false), "archived");
+        assert_eq!((b.rows, b.deletes), (2, 2));
+        // 11 is not proven complete: the cut ends before its first event.
+        let p = b.preview(Cut::Safe).unwrap();
+        assert_eq!((p.end, p.rows, p.deletes), (0, 1, 0));
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(0, 0)]);
+        assert!(runs[0].deletes.is_empty());
+        assert_eq!((b.rows, b.deletes, b.bytes), (1, 2, p_bytes_of(&b)));
+        b.push(4, resolved_at(101), "archived");
+        let p = b.preview(Cut::Safe).unwrap();
+        assert_eq!((p.end, p.rows, p.deletes, p.other_events), (4, 1, 2, 2));
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(1, 4)]);
+        let run = &runs[0];
+        assert_eq!((run.counts.deletes, run.counts.rows_archived), (2, 1));
+        assert_eq!(offsets(run), vec![2]);
+        let d: Vec<(i64, &str, Option<u64>)> = run
+            .deletes
+            .iter()
+            .map(|d| (d.offset, d.key_json.as_str(), d.pg_xid))
+            .collect();
+        assert_eq!(d, vec![(1, "[1]", Some(11)), (3, "[2]", Some(11))]);
+        assert_eq!(
+            run.deletes[0].before,
+            Some(vec![
+                ("archived".to_owned(), cdc_changefeed::Value::Bool(true)),
+                ("id".to_owned(), cdc_changefeed::Value::Number("1".into())),
+                ("v".to_owned(), cdc_changefeed::Value::Number("1.50".into())),
+            ])
+        );
+        assert_eq!(run.deletes[1].before, None, "never marked: not copied");
+        assert_eq!((b.rows, b.deletes, b.bytes), (0, 0, 0));
     }
 
     /// The PostgreSQL changefeed re-sends a transaction after a restart

@@ -51,6 +51,19 @@ async fn archive_fixture(
         // Rows: field by field, in offset order.
         let want = expected_rows(&records, p);
         assert_eq!(rows, &want, "{name} p{p}");
+        // Deletes: in the delete files, never among the rows.
+        assert!(rows.iter().all(|r| r.op != cdc_changefeed::Op::Delete));
+        let deletes = read_deletes(store, chain).await;
+        assert_eq!(deletes, expected_deletes(&records, p), "{name} p{p}");
+        if name.starts_with("01") && p == 2 {
+            // The purger's DELETE of an archived row, with `diff`: its
+            // `before` is kept, exact decimal text included.
+            let before = deletes[0].before.as_ref().expect("before kept");
+            assert!(
+                before.contains(&("amount".to_owned(), Value::Number("1250.00".into()))),
+                "{before:?}"
+            );
+        }
         // Counts add up to what the partition held.
         let mut want_counts = Counts {
             events: in_partition.len() as u64,

@@ -95,6 +95,7 @@ async fn lag_and_watermark_age_move_on_the_tick_and_events_count_on_arrival() {
             writer_id: "by-hand".into(),
             created_at: cdc_checkpoint::now_rfc3339(),
             key_filter: None,
+            deletes: None,
             open_tail_xid: None,
         },
     )

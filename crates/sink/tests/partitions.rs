@@ -127,6 +127,7 @@ fn fake_checkpoint(table: &str, partition: i32, first: i64, last: i64) -> Checkp
         writer_id: "by-hand".into(),
         created_at: cdc_checkpoint::now_rfc3339(),
         key_filter: None,
+        deletes: None,
         open_tail_xid: None,
     }
 }

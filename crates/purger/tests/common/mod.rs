@@ -347,6 +347,7 @@ pub async fn write_checkpoint_to(
         writer_id: "purger-test".into(),
         created_at: cdc_checkpoint::now_rfc3339(),
         key_filter: None,
+        deletes: None,
         open_tail_xid,
     };
     cdc_checkpoint::create(store, &cp).await.unwrap();

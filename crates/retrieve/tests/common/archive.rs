@@ -135,6 +135,7 @@ impl Archive {
             writer_id: "retrieve-test".into(),
             created_at: cdc_checkpoint::now_rfc3339(),
             key_filter: Some(filter.encode()),
+            deletes: None,
             open_tail_xid: None,
         };
         cdc_checkpoint::create(&self.store, &cp)

@@ -10,7 +10,7 @@ use cdc_changefeed::line::{parse_line, OwnedRecord};
 use cdc_changefeed::{decode_with, DecodeOptions, Event, Value};
 use cdc_checkpoint::Chain;
 use cdc_common::storage::{ArchiveStore, StorageConfig};
-use cdc_segment::ArchivedRow;
+use cdc_segment::{ArchivedRow, DeletedRow};
 use cdc_sink::{SinkConfig, SinkSummary, TopicConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -199,6 +199,62 @@ pub async fn read_archive(
         out.push((chain, rows));
     }
     out
+}
+
+/// Every delete record of a chain, in chain order, each delete file
+/// verified against its checkpoint (size, sha256, record count, range).
+pub async fn read_deletes(store: &ArchiveStore, chain: &Chain) -> Vec<DeletedRow> {
+    let mut out = Vec::new();
+    for c in &chain.checkpoints {
+        let Some(d) = &c.deletes else {
+            assert_eq!(c.counts.deletes, 0, "deletes counted but not recorded");
+            continue;
+        };
+        assert!(d.path.contains("/deletes/"), "{}", d.path);
+        let bytes = cdc_checkpoint::verify_deletes(store, d)
+            .await
+            .expect("delete file verifies");
+        let decoded = cdc_segment::decode_deletes(&bytes).expect("delete file decodes");
+        assert_eq!(
+            (decoded.meta.first_offset, decoded.meta.last_offset),
+            (c.first_offset, c.last_offset)
+        );
+        assert_eq!(decoded.deletes.len() as u64, d.records);
+        assert_eq!(d.records, c.counts.deletes, "counts reconcile");
+        assert!(decoded
+            .deletes
+            .iter()
+            .all(|r| (c.first_offset..=c.last_offset).contains(&r.offset)));
+        out.extend(decoded.deletes);
+    }
+    out
+}
+
+/// What the delete files must hold for `records`: every delete event, in
+/// offset order, with its `before` row when that was marked archived.
+pub fn expected_deletes(records: &[OwnedRecord], partition: i32) -> Vec<DeletedRow> {
+    records
+        .iter()
+        .filter(|r| r.partition == partition)
+        .filter_map(|r| match decode_as_fixtures(r) {
+            Ok(Event::Row(ev)) if ev.op == cdc_changefeed::Op::Delete || ev.after.is_none() => {
+                Some(DeletedRow {
+                    key_json: ev.key_json,
+                    updated: ev.updated,
+                    mvcc_timestamp: ev.mvcc_timestamp,
+                    pg_xid: ev.pg_xid,
+                    topic: ev.topic,
+                    partition: ev.partition,
+                    offset: ev.offset,
+                    before: ev
+                        .before
+                        .filter(|b| b.get("archived") == Some(&Value::Bool(true)))
+                        .map(|b| b.0),
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Decodes `r` as a sink with `op_column = "op"` does: the fixtures' CDC
