@@ -95,6 +95,10 @@ pub struct SinkSummary {
     pub deletes: u64,
     /// Messages quarantined.
     pub quarantined: u64,
+    /// Checkpoint creates refused because another sink had extended the
+    /// chain first (this sink was a zombie for that partition): the
+    /// buffered work was abandoned each time.
+    pub conflicts: u64,
     /// Partitions stopped: `(topic, partition, reason, message)`.
     pub stopped: Vec<(String, i32, StopReason, String)>,
 }
@@ -681,6 +685,7 @@ impl Sink {
                         "another sink extended this chain first: abandoning buffered work and reloading");
                     metrics::counter!("cdc_sink_conflicts_total", "table" => table.clone())
                         .increment(1);
+                    self.summary.conflicts += 1;
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, partition);
                     let _ = self.consumer.pause(&tpl);

@@ -273,7 +273,14 @@ async fn two_sinks_share_partitions_through_a_rebalance() {
 }
 
 // An expired-offset gap (chain end + 1 < low watermark) cannot be staged
-// on the local stack: its broker (tansu) does not implement DeleteRecords
-// (the request fails with a transport error). The decision is tested as
-// pure logic in `partition::tests::resume_positions`; the sink applies it
-// on every assignment (see `Sink::load`).
+// on the local stack: nothing raises the low watermark of its broker.
+// tansu 0.6.0 with `--storage-engine memory://` (the stack's) is its
+// DynoStore engine, whose `delete_records` is `todo!()`
+// (tansu-storage-0.6.0/src/dynostore.rs:616): an rdkafka
+// `AdminClient::delete_records` panics that connection's task, the client
+// gets `BrokerTransportFailure`, and the watermarks stay (0, high) (probed
+// against a private broker instance, not the shared one). The engine has
+// no retention either (`DynoStore::maintain` only maintains the optional
+// lake), so `retention.ms` deletes nothing. The decision is tested as pure
+// logic in `partition::tests::resume_positions`; the sink applies it on
+// every assignment (see `Sink::load`) and on `OffsetOutOfRange`.
