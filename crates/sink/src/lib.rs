@@ -9,7 +9,9 @@
 //! offsets below it, and stops a partition (loudly, with the metric
 //! `cdc_sink_partition_stopped{reason}`) rather than skip offsets it cannot
 //! account for. A sink that lost its partition cannot extend the chain:
-//! its conditional create fails and it abandons its buffered work.
+//! its conditional create fails and it abandons its buffered work. Delete
+//! events are recorded in the checkpoint's delete file, never as rows of
+//! its segment, so no reader of row versions can take one for a version.
 
 pub mod config;
 pub mod crash;
