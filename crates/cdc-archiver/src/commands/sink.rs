@@ -81,7 +81,9 @@ pub async fn run(global: &GlobalArgs, args: SinkArgs) -> anyhow::Result<ExitCode
         checkpoints = summary.checkpoints,
         segments = summary.segments,
         rows = summary.rows,
+        deletes = summary.deletes,
         quarantined = summary.quarantined,
+        conflicts = summary.conflicts,
         "sink stopped"
     );
     if summary.stopped.is_empty() {
