@@ -530,30 +530,39 @@ impl Sink {
     /// answers from the next batch). Flushes never cut inside an
     /// incomplete PostgreSQL transaction; only if those held-back tails
     /// alone keep the sink over the budget are they cut anyway (with
-    /// `open_tail_xid`, a warning and `cdc_sink_open_tail_checkpoints_total`).
+    /// `open_tail_xid`, a warning and `cdc_sink_open_tail_checkpoints_total`),
+    /// as few as possible: the largest first, and only until the sink is
+    /// back under the budget (not half of it), because the purger keeps,
+    /// for good, that transaction's rows of every such checkpoint.
     async fn enforce_budget(&mut self) -> Result<(), SinkError> {
-        let total: u64 = self.buffers().map(|b| b.bytes).sum();
-        if total <= self.config.memory_budget {
+        let budget = self.config.memory_budget;
+        let total = self.buffered_bytes();
+        if total <= budget {
             return Ok(());
         }
         tracing::debug!(
             buffered = total,
-            budget = self.config.memory_budget,
+            budget,
             "memory budget reached: flushing the largest buffers"
         );
-        let mut remaining = total;
-        for trigger in [Trigger::Budget, Trigger::ForceBudget] {
-            if trigger == Trigger::ForceBudget && remaining <= self.config.memory_budget {
+        for k in self.largest_buffers() {
+            if self.buffered_bytes() <= budget / 2 {
                 break;
             }
-            for k in self.largest_buffers() {
-                if remaining <= self.config.memory_budget / 2 {
-                    break;
-                }
-                remaining -= self.flush(&k, trigger).await?.min(remaining);
+            self.flush(&k, Trigger::Budget).await?;
+        }
+        for k in self.largest_buffers() {
+            if self.buffered_bytes() <= budget {
+                break;
             }
+            self.flush(&k, Trigger::ForceBudget).await?;
         }
         Ok(())
+    }
+
+    /// Estimated bytes buffered over all partitions.
+    fn buffered_bytes(&self) -> u64 {
+        self.buffers().map(|b| b.bytes).sum()
     }
 
     /// Active partitions, largest buffer first.
@@ -601,7 +610,7 @@ impl Sink {
     }
 
     async fn flush_aged(&mut self) -> Result<(), SinkError> {
-        let total: u64 = self.buffers().map(|b| b.bytes).sum();
+        let total = self.buffered_bytes();
         metrics::gauge!("cdc_sink_buffered_bytes").set(total as f64);
         let age = self.config.flush_age;
         let interval = self.config.resolved_checkpoint_interval;

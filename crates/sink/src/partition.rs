@@ -149,19 +149,20 @@ pub enum Outcome {
 /// How far a flush may cut a partition's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
-    /// Only up to where the chain may end: never inside the trailing group
-    /// of events of one PostgreSQL transaction (`pg_xid`) that is not known
+    /// Only up to where the chain may end: never inside the group of
+    /// events of one PostgreSQL transaction (`pg_xid`) that is not known
     /// to be complete (see [`PartitionBuffer::safe_end`]).
     Safe,
-    /// Everything buffered, even inside such a group: the checkpoint then
-    /// records the transaction in `open_tail_xid`. Only when the held-back
-    /// events alone exceed the memory budget.
+    /// Everything buffered, even inside such a group: every checkpoint cut
+    /// from the group's first event on records the transaction in
+    /// `open_tail_xid`. Only when the held-back events alone exceed the
+    /// memory budget.
     Force,
 }
 
-/// The state of the buffer just before the first event of the current
-/// contiguous `pg_xid` run: where a safe cut falls while that run's
-/// transaction is not known to be complete.
+/// The state of the buffer just before the first event of a contiguous
+/// `pg_xid` run: where a safe cut falls while that run's transaction is
+/// not known to be complete.
 #[derive(Debug, Clone, Copy)]
 struct Mark {
     /// First offset of the xid run (the cut ends at `offset - 1`).
@@ -174,9 +175,6 @@ struct Mark {
     delete_index: usize,
     /// Its counts then.
     counts: Counts,
-    /// Its min/max `updated` then.
-    min_updated: Option<Hlc>,
-    max_updated: Option<Hlc>,
     /// The partition's resolved timestamp then.
     resolved: Option<Hlc>,
     /// Buffer bytes, rows and delete records then.
@@ -187,21 +185,51 @@ struct Mark {
     arrived: Instant,
 }
 
-/// The current contiguous run of events that carry the same `pg_xid`.
+/// The current contiguous run of events that carry the same `pg_xid`
+/// (events without `pg_xid` neither end nor extend it).
 #[derive(Debug, Clone)]
 struct XidRun {
     xid: u64,
+    /// Largest commit LSN (`pg_lsn`) of its events, if any carried one.
+    lsn: Option<u64>,
+    /// Largest `updated` of its events.
+    updated: Option<Hlc>,
+    /// Whether it holds an archivable row.
+    archivable: bool,
     mark: Mark,
 }
 
-/// The trailing group of events of one PostgreSQL transaction that holds
-/// archivable rows and is not known to be complete yet.
+/// The group of events of one PostgreSQL transaction that holds
+/// archivable rows and is not known to be complete yet. Every event from
+/// its first one on is held back (see [`PartitionBuffer::safe_end`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenGroup {
     /// The transaction id (`pg_xid`, the rows' `xmin`).
     pub xid: u64,
     /// Largest `updated` of its events.
     pub updated: Option<Hlc>,
+    /// Largest commit LSN (`pg_lsn`, as a number) of its events, if known.
+    pub lsn: Option<u64>,
+}
+
+/// A PostgreSQL LSN in PostgreSQL's text form (`X/Y`: the high and the low
+/// 32 bits, each in hexadecimal, as `pg_lsn` prints them and the PostgreSQL
+/// changefeed sends its `pg_lsn`) as one number, ordered as the WAL is;
+/// `None` if the text is not one.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let half = |s: &str| {
+        if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(s, 16).ok().map(u64::from)
+    };
+    let (high, low) = text.split_once('/')?;
+    Some(half(high)? << 32 | half(low)?)
+}
+
+/// Whether a commit position is known to come after another one.
+fn later(lsn: Option<u64>, than: Option<u64>) -> bool {
+    matches!((lsn, than), (Some(a), Some(b)) if a > b)
 }
 
 /// What a cut would take, without taking it.
@@ -247,8 +275,10 @@ pub struct PartitionBuffer {
     pub deletes: usize,
     /// When the oldest unflushed event arrived.
     pub oldest: Option<Instant>,
-    /// PostgreSQL: the trailing transaction group not yet known complete.
+    /// PostgreSQL: the transaction group not yet known complete, if any.
     pub open_group: Option<OpenGroup>,
+    /// Where the open group starts (its xid run's first event).
+    group_mark: Option<Mark>,
     xid_run: Option<XidRun>,
     /// The resolved timestamp of the chain's last checkpoint.
     pub checkpointed_resolved: Option<Hlc>,
@@ -303,6 +333,7 @@ impl PartitionBuffer {
             deletes: 0,
             oldest: None,
             open_group: None,
+            group_mark: None,
             xid_run: None,
             checkpointed_resolved: resolved,
             last_checkpoint: None,
@@ -333,8 +364,6 @@ impl PartitionBuffer {
             row_index: run.rows.len(),
             delete_index: run.deletes.len(),
             counts: run.counts,
-            min_updated: run.min_updated,
-            max_updated: run.max_updated,
             resolved: self.resolved,
             bytes: self.bytes,
             rows: self.rows,
@@ -360,30 +389,49 @@ impl PartitionBuffer {
                 self.resolved = Some(self.resolved.map_or(r.resolved, |x| x.max(r.resolved)));
                 // Resolved T: no event with `updated <= T` that was not
                 // sent already will follow, so a group at or below T is complete.
-                if self
-                    .open_group
-                    .is_some_and(|g| g.updated.is_some_and(|u| r.resolved >= u))
-                {
-                    self.open_group = None;
+                let covers = |u: Option<Hlc>| u.is_some_and(|u| r.resolved >= u);
+                if self.open_group.is_some_and(|g| covers(g.updated)) {
+                    self.close_group(|run| covers(run.updated));
                 }
                 Outcome::Resolved
             }
             Ok(Event::Row(ev)) => {
                 let xid = ev.pg_xid;
+                let lsn = ev.pg_lsn.as_deref().and_then(parse_lsn);
+                // An event committed after the group's transaction (a
+                // greater commit LSN) proves the group complete: the
+                // changefeed publishes in commit order and re-sends from
+                // the slot (which never passes a transaction not wholly
+                // acknowledged), so a later commit follows a whole copy of
+                // every earlier one. Another `pg_xid` alone proves nothing:
+                // a re-sent EARLIER transaction has one too. An event
+                // without `pg_xid` (an incomplete row) is judged the same
+                // way; one without `pg_lsn` proves nothing.
+                if self.open_group.is_some_and(|g| later(lsn, g.lsn)) {
+                    self.close_group(|run| later(lsn, run.lsn));
+                }
                 if let Some(x) = xid {
-                    if self.xid_run.as_ref().is_none_or(|r| r.xid != x) {
-                        let mark = self.mark_here(offset, Instant::now());
-                        self.xid_run = Some(XidRun { xid: x, mark });
+                    match &mut self.xid_run {
+                        Some(r) if r.xid == x => {
+                            r.lsn = r.lsn.max(lsn);
+                            r.updated = r.updated.max(ev.updated);
+                        }
+                        _ => {
+                            let mark = self.mark_here(offset, Instant::now());
+                            self.xid_run = Some(XidRun {
+                                xid: x,
+                                lsn,
+                                updated: ev.updated,
+                                archivable: false,
+                                mark,
+                            });
+                        }
                     }
-                    match &mut self.open_group {
-                        // A later event of another transaction: the group is
-                        // complete (transactions are contiguous per partition).
-                        Some(g) if g.xid != x => self.open_group = None,
-                        Some(g) => g.updated = g.updated.max(ev.updated),
-                        None => {}
+                    if let Some(g) = self.open_group.as_mut().filter(|g| g.xid == x) {
+                        g.updated = g.updated.max(ev.updated);
+                        g.lsn = g.lsn.max(lsn);
                     }
                 }
-                let updated = ev.updated;
                 match classify(ev, archived_column) {
                     Kept::NotArchived => Outcome::NotArchived,
                     Kept::Delete(d) => {
@@ -392,8 +440,13 @@ impl PartitionBuffer {
                     }
                     Kept::Row(row) => {
                         self.push_row(offset, row);
-                        if let (Some(x), None) = (xid, self.open_group) {
-                            self.open_group = Some(OpenGroup { xid: x, updated });
+                        if xid.is_some() {
+                            if let Some(r) = &mut self.xid_run {
+                                r.archivable = true;
+                            }
+                            if self.open_group.is_none() {
+                                self.open_group_at_xid_run();
+                            }
                         }
                         Outcome::Archived
                     }
@@ -426,13 +479,13 @@ impl PartitionBuffer {
             .is_some_and(|f| !same_columns(&f.columns, &row.columns));
         if needs_new_run {
             // A column set change starts a new segment: the current run
-            // ends just before this event. If that is inside the events of
-            // an open transaction group, the run's checkpoint must say so.
+            // ends just before this event. If a transaction group is still
+            // open here (this event did not prove it complete: it is the
+            // group's, an incomplete row without `pg_xid`, or a re-sent
+            // earlier transaction's), the run ends inside the group's
+            // transaction and its checkpoint must say so.
             let resolved = self.resolved;
-            let inside = self
-                .open_group
-                .filter(|g| row.pg_xid == Some(g.xid))
-                .map(|g| g.xid);
+            let inside = self.open_group.map(|g| g.xid);
             let run = self.open();
             run.last = Some(offset - 1);
             run.resolved = resolved;
@@ -452,16 +505,50 @@ impl PartitionBuffer {
     /// The mark of the open group, if one holds events back.
     fn held_mark(&self) -> Option<&Mark> {
         self.open_group?;
-        self.xid_run.as_ref().map(|r| &r.mark)
+        self.group_mark.as_ref()
+    }
+
+    /// Holds back the transaction of the current xid run, from its first
+    /// event.
+    fn open_group_at_xid_run(&mut self) {
+        if let Some(r) = &self.xid_run {
+            self.open_group = Some(OpenGroup {
+                xid: r.xid,
+                updated: r.updated,
+                lsn: r.lsn,
+            });
+            self.group_mark = Some(r.mark);
+        }
+    }
+
+    /// The open group was proven complete. The current xid run's
+    /// transaction, if another one with archivable rows (a re-sent earlier
+    /// transaction whose rows arrived while the group was held), is held
+    /// in turn unless `proven` (the same proof) covers it too.
+    fn close_group(&mut self, proven: impl Fn(&XidRun) -> bool) {
+        let Some(g) = self.open_group.take() else {
+            return;
+        };
+        self.group_mark = None;
+        if self
+            .xid_run
+            .as_ref()
+            .is_some_and(|r| r.xid != g.xid && r.archivable && !proven(r))
+        {
+            self.open_group_at_xid_run();
+        }
     }
 
     /// The last offset a checkpoint may end at now: `expected - 1`, or,
-    /// while the trailing group of one PostgreSQL transaction is not known
-    /// to be complete, the offset just before the group's first event. The
-    /// proof of completeness is a later event with another `pg_xid`, or a
-    /// resolved timestamp `>=` the group's `updated`. (A later event with
-    /// the same `pg_xid` and a greater `updated` is NOT proof: it is the
-    /// PostgreSQL changefeed re-sending the transaction after a restart.)
+    /// while a group of one PostgreSQL transaction is not known to be
+    /// complete, the offset just before the group's first event. The proof
+    /// of completeness is an event whose commit LSN (`pg_lsn`) is greater
+    /// than every one the group's events carried, or a resolved timestamp
+    /// `>=` the group's `updated`. Not proof: an event of another `pg_xid`
+    /// with a commit LSN not greater (a re-sent earlier transaction, after a
+    /// restart of the changefeed), or without one; an event with the same
+    /// `pg_xid` and a greater `updated` (the changefeed re-sending the
+    /// transaction itself after a restart).
     pub fn safe_end(&self) -> i64 {
         match self.held_mark() {
             Some(m) => m.offset.max(self.first()) - 1,
@@ -528,8 +615,14 @@ impl PartitionBuffer {
                 return self.take_until_mark(m);
             }
         }
+        // A forced cut ends inside the open group: so does every run
+        // boundary from the group's first event on (a column change inside
+        // it), whatever sealed that run.
         let forced_inside = match cut {
-            Cut::Force => self.open_group.map(|g| g.xid),
+            Cut::Force => self
+                .open_group
+                .zip(self.group_mark)
+                .map(|(g, m)| (g.xid, m.offset)),
             Cut::Safe => None,
         };
         let resolved = self.resolved;
@@ -539,32 +632,28 @@ impl PartitionBuffer {
         open.resolved = resolved;
         let mut runs = std::mem::replace(&mut self.runs, vec![Run::empty(self.expected)]);
         runs.retain(|r| r.counts.events > 0);
-        if let (Some(x), Some(last)) = (forced_inside, runs.last_mut()) {
-            last.open_tail_xid = Some(x);
+        if let Some((x, from)) = forced_inside {
+            for r in &mut runs {
+                if r.last.is_some_and(|l| l >= from) && r.open_tail_xid.is_none() {
+                    r.open_tail_xid = Some(x);
+                }
+            }
         }
         self.bytes = 0;
         self.rows = 0;
         self.deletes = 0;
         self.oldest = None;
-        self.reset_mark(self.expected);
+        let first = self.expected;
+        for m in self.marks_mut() {
+            reset_to_start(m, first);
+        }
         runs
     }
 
-    /// After a cut the mark (if any) points at the new buffer start.
-    fn reset_mark(&mut self, first: i64) {
-        if let Some(r) = &mut self.xid_run {
-            let m = &mut r.mark;
-            m.offset = m.offset.max(first);
-            m.run_index = 0;
-            m.row_index = 0;
-            m.delete_index = 0;
-            m.counts = Counts::default();
-            m.min_updated = None;
-            m.max_updated = None;
-            m.bytes = 0;
-            m.rows = 0;
-            m.deletes = 0;
-        }
+    fn marks_mut(&mut self) -> impl Iterator<Item = &mut Mark> {
+        self.group_mark
+            .iter_mut()
+            .chain(self.xid_run.iter_mut().map(|r| &mut r.mark))
     }
 
     fn take_until_mark(&mut self, m: Mark) -> Vec<Run> {
@@ -576,14 +665,15 @@ impl PartitionBuffer {
         let run = &mut rest[0];
         let tail_rows = run.rows.split_off(m.row_index);
         let tail_deletes = run.deletes.split_off(m.delete_index);
+        let head_rows = std::mem::replace(&mut run.rows, tail_rows);
         let head = Run {
             first: run.first,
             last: Some(m.offset - 1),
-            rows: std::mem::replace(&mut run.rows, tail_rows),
+            min_updated: head_rows.iter().filter_map(|r| r.updated).min(),
+            max_updated: head_rows.iter().filter_map(|r| r.updated).max(),
+            rows: head_rows,
             deletes: std::mem::replace(&mut run.deletes, tail_deletes),
             counts: m.counts,
-            min_updated: m.min_updated,
-            max_updated: m.max_updated,
             resolved: m.resolved,
             open_tail_xid: None,
         };
@@ -595,7 +685,8 @@ impl PartitionBuffer {
             taken.push(head);
         }
         // A sealed remainder left empty (a column change at the cut) goes.
-        if rest.len() > 1 && rest[0].counts.events == 0 {
+        let dropped = rest.len() > 1 && rest[0].counts.events == 0;
+        if dropped {
             rest.remove(0);
         }
         self.runs = rest;
@@ -603,9 +694,49 @@ impl PartitionBuffer {
         self.rows -= m.rows;
         self.deletes -= m.deletes;
         self.oldest = Some(m.arrived);
-        self.reset_mark(m.offset);
+        // Marks at the cut now point at the buffer start; a later one (the
+        // xid run of a re-sent transaction inside the held group) moves
+        // with what it indexes.
+        let removed_runs = m.run_index + usize::from(dropped);
+        for mark in self.marks_mut() {
+            if mark.offset > m.offset {
+                rebase(mark, &m, removed_runs);
+            } else {
+                reset_to_start(mark, m.offset);
+            }
+        }
         taken
     }
+}
+
+/// A mark after a cut of everything buffered before `first`.
+fn reset_to_start(m: &mut Mark, first: i64) {
+    m.offset = m.offset.max(first);
+    m.run_index = 0;
+    m.row_index = 0;
+    m.delete_index = 0;
+    m.counts = Counts::default();
+    m.bytes = 0;
+    m.rows = 0;
+    m.deletes = 0;
+}
+
+/// A mark later than the mark `cut` at which the buffer was just cut
+/// (`removed_runs` runs left the buffer's front).
+fn rebase(m: &mut Mark, cut: &Mark, removed_runs: usize) {
+    if m.run_index == cut.run_index {
+        // Same run: the events between the two marks are still in it, so
+        // it was not dropped; it now starts at the cut.
+        m.run_index = 0;
+        m.row_index -= cut.row_index;
+        m.delete_index -= cut.delete_index;
+        m.counts = counts_sub(m.counts, cut.counts);
+    } else {
+        m.run_index -= removed_runs;
+    }
+    m.bytes -= cut.bytes;
+    m.rows -= cut.rows;
+    m.deletes -= cut.deletes;
 }
 
 const PER_ALLOC: usize = 32;
@@ -815,10 +946,28 @@ mod tests {
         assert!(b.take(Cut::Safe).is_empty());
     }
 
+    /// The commit LSN the tests give transaction `xid`: transactions
+    /// commit in xid order unless a test says otherwise.
+    fn lsn_of(xid: u64) -> String {
+        format!("0/{:X}", 0x0100_0000 + xid * 0x40)
+    }
+
     /// A PostgreSQL changefeed event (wrapped envelope with `pg_xid`).
     fn pg(offset: i64, key: i64, xid: u64, updated: i64, archived: bool) -> Result<Event, ()> {
+        pg_at(offset, key, xid, &lsn_of(xid), updated, archived)
+    }
+
+    /// [`pg`] with an explicit commit LSN.
+    fn pg_at(
+        offset: i64,
+        key: i64,
+        xid: u64,
+        lsn: &str,
+        updated: i64,
+        archived: bool,
+    ) -> Result<Event, ()> {
         let value = format!(
-            r#"{{"after": {{"archived": {archived}, "id": {key}, "v": {offset}}}, "before": null, "pg_lsn": "0/1", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#
+            r#"{{"after": {{"archived": {archived}, "id": {key}, "v": {offset}}}, "before": null, "pg_lsn": "{lsn}", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#
         );
         decode(&RawRecord {
             topic: "t",
@@ -921,7 +1070,8 @@ mod tests {
         archived: bool,
     ) -> Result<Event, ()> {
         let value = format!(
-            r#"{{"after": null, "before": {{"archived": {archived}, "id": {key}, "v": 1.50}}, "pg_lsn": "0/1", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#
+            r#"{{"after": null, "before": {{"archived": {archived}, "id": {key}, "v": 1.50}}, "pg_lsn": "{}", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#,
+            lsn_of(xid)
         );
         decode(&RawRecord {
             topic: "t",
@@ -1052,7 +1202,8 @@ mod tests {
         let mut b = buffer(0);
         let wide = |offset: i64, xid: u64| {
             let v = format!(
-                r#"{{"after": {{"archived": true, "extra": 1, "id": 1}}, "pg_xid": "{xid}", "updated": "100.0000000000"}}"#
+                r#"{{"after": {{"archived": true, "extra": 1, "id": 1}}, "pg_lsn": "{}", "pg_xid": "{xid}", "updated": "100.0000000000"}}"#,
+                lsn_of(xid)
             );
             ev(offset, &v)
         };
@@ -1154,5 +1305,382 @@ mod tests {
             }
             assert!(checkpoints.iter().all(|c| c.open_tail_xid.is_none()));
         }
+    }
+
+    fn open_tails(runs: &[Run]) -> Vec<Option<u64>> {
+        runs.iter().map(|r| r.open_tail_xid).collect()
+    }
+
+    /// An incomplete row as the PostgreSQL changefeed sends it: no
+    /// `pg_xid`, a column missing (`v`), its transaction's commit LSN.
+    fn incomplete(offset: i64, key: i64, lsn: Option<&str>, updated: i64) -> Result<Event, ()> {
+        let lsn = lsn.map_or(String::new(), |l| format!(r#""pg_lsn": "{l}", "#));
+        let value = format!(
+            r#"{{"after": {{"archived": true, "id": {key}}}, "before": null, {lsn}"updated": "{updated}.0000000000"}}"#
+        );
+        decode(&RawRecord {
+            topic: "t",
+            partition: 0,
+            offset,
+            key: Some(format!("[{key}]").as_bytes()),
+            value: Some(value.as_bytes()),
+        })
+        .map_err(|_| ())
+    }
+
+    #[test]
+    fn parses_postgresql_lsns() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("0/1A2B3C8"), Some(0x1A2B3C8));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("ff/0000000a"), Some(0xFF_0000_000A));
+        assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), Some(u64::MAX));
+        // Ordered as the WAL: the high half first.
+        assert!(parse_lsn("1/0") > parse_lsn("0/FFFFFFFF"));
+        for bad in [
+            "",
+            "0",
+            "/1",
+            "1/",
+            "1/2/3",
+            "g/1",
+            "+1/2",
+            "1/-2",
+            "123456789/0",
+            " 0/1",
+        ] {
+            assert_eq!(parse_lsn(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Review finding: an incomplete row (no `pg_xid`, a column missing)
+    /// inside transaction 10 changes the column set, so a run is sealed
+    /// inside 10. Its checkpoint must name 10: the purger would otherwise
+    /// delete key 1 by version A (`xmin = 10`) while its current version
+    /// B, written by 10 too, is only in the next checkpoint, incomplete.
+    #[test]
+    fn an_incomplete_row_inside_a_transaction_marks_the_split() {
+        let (l10, l11) = (lsn_of(10), lsn_of(11));
+        let mut b = buffer(0);
+        b.push(0, pg(0, 9, 9, 90, true), "archived");
+        // Transaction 10: key 1 updated twice, version B incomplete.
+        b.push(1, pg(1, 1, 10, 100, true), "archived");
+        b.push(2, incomplete(2, 1, Some(&l10), 100), "archived");
+        assert_eq!(b.open_group.map(|g| g.xid), Some(10), "B proves nothing");
+        assert_eq!(b.runs.len(), 2);
+        assert_eq!(b.runs[0].open_tail_xid, Some(10));
+        b.push(3, pg(3, 5, 11, 101, true), "archived");
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(0, 1), (2, 2)]);
+        assert_eq!(open_tails(&runs), vec![Some(10), None]);
+        assert_eq!(offsets(&runs[1]), vec![2]);
+
+        // Without a commit LSN, it is inside the group as well.
+        let mut b = buffer(0);
+        b.push(0, pg(0, 1, 10, 100, true), "archived");
+        b.push(1, incomplete(1, 1, None, 100), "archived");
+        b.push(2, pg(2, 5, 11, 101, true), "archived");
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(0, 0), (1, 1)]);
+        assert_eq!(open_tails(&runs), vec![Some(10), None]);
+
+        // One committed later (a greater LSN) is a clean boundary: it
+        // proves 10 complete.
+        let mut b = buffer(0);
+        b.push(0, pg(0, 1, 10, 100, true), "archived");
+        b.push(1, incomplete(1, 1, Some(&l11), 101), "archived");
+        assert_eq!(b.open_group, None);
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(0, 0), (1, 1)]);
+        assert_eq!(open_tails(&runs), vec![None, None]);
+    }
+
+    /// A forced cut (memory budget) inside a transaction marks every run it
+    /// cuts from the transaction's first event on, not only the last one.
+    #[test]
+    fn a_forced_cut_marks_every_run_inside_the_transaction() {
+        let l10 = lsn_of(10);
+        let mut b = buffer(0);
+        b.push(0, pg(0, 9, 9, 90, true), "archived");
+        b.push(1, pg(1, 1, 10, 100, true), "archived");
+        b.push(2, incomplete(2, 1, Some(&l10), 100), "archived");
+        b.push(3, pg(3, 2, 10, 100, true), "archived");
+        let runs = b.take(Cut::Force);
+        assert_eq!(ranges(&runs), vec![(0, 1), (2, 2), (3, 3)]);
+        assert_eq!(open_tails(&runs), vec![Some(10); 3]);
+        // 10 goes on, still held; its end is cut cleanly once proven.
+        b.push(4, pg(4, 3, 10, 100, true), "archived");
+        assert!(b.take(Cut::Safe).is_empty());
+        b.push(5, pg(5, 4, 11, 101, true), "archived");
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(4, 4)]);
+        assert_eq!(open_tails(&runs), vec![None]);
+        // Runs that end before the transaction's first event are not marked.
+        let mut b = buffer(0);
+        b.push(0, pg(0, 9, 9, 90, true), "archived");
+        b.push(1, incomplete(1, 8, Some(&lsn_of(9)), 90), "archived");
+        b.push(2, pg(2, 1, 10, 100, true), "archived");
+        let runs = b.take(Cut::Force);
+        assert_eq!(ranges(&runs), vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(open_tails(&runs), vec![Some(9), None, Some(10)]);
+    }
+
+    /// Review finding: the changefeed published part of transaction 11,
+    /// stopped, and re-sends from its slot: transaction 10 (committed
+    /// earlier, another xid, a new `updated`) comes again before 11 does.
+    /// That is no proof that 11 is complete; only a later commit is.
+    #[test]
+    fn a_resent_earlier_transaction_is_no_proof() {
+        let mut b = buffer(0);
+        b.push(0, pg(0, 5, 10, 100, true), "archived");
+        // 11 writes key 1 twice; only version A was published.
+        b.push(1, pg(1, 1, 11, 101, true), "archived");
+        // Restart: from the slot, with new (greater) `updated`.
+        b.push(2, pg(2, 5, 10, 200, true), "archived");
+        assert_eq!(b.open_group.map(|g| g.xid), Some(11));
+        assert_eq!(b.safe_end(), 0);
+        assert_eq!(ranges(&b.take(Cut::Safe)), vec![(0, 0)]);
+        b.push(3, pg(3, 1, 11, 201, true), "archived");
+        b.push(4, pg(4, 1, 11, 201, true), "archived");
+        assert!(b.take(Cut::Safe).is_empty());
+        assert_eq!(b.held_back_events(), 4);
+        // A later commit proves 11 (and the re-sent 10) complete.
+        b.push(5, pg(5, 7, 12, 202, true), "archived");
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(1, 4)]);
+        assert_eq!(offsets(&runs[0]), vec![1, 2, 3, 4]);
+        assert_eq!(open_tails(&runs), vec![None]);
+        assert_eq!((b.first(), b.rows, b.bytes), (5, 1, p_bytes_of(&b)));
+    }
+
+    /// What proves a group complete: a greater commit LSN, or a resolved
+    /// timestamp at or above the group's largest `updated`; nothing else.
+    #[test]
+    fn only_a_later_commit_or_resolved_is_proof() {
+        let mut b = buffer(0);
+        b.push(0, pg(0, 1, 11, 101, true), "archived");
+        // Another xid with the same commit LSN, an earlier one, none.
+        b.push(1, pg_at(1, 2, 12, &lsn_of(11), 102, true), "archived");
+        b.push(2, pg_at(2, 2, 13, &lsn_of(10), 103, true), "archived");
+        let no_lsn = r#"{"after": {"archived": true, "id": 3, "v": 3}, "pg_xid": "14", "updated": "104.0000000000"}"#;
+        b.push(3, ev(3, no_lsn), "archived");
+        // The same xid re-sent with a greater `updated`.
+        b.push(4, pg(4, 1, 11, 300, true), "archived");
+        assert_eq!(
+            b.open_group.map(|g| (g.xid, g.updated)),
+            Some((11, Some("300.0000000000".parse().unwrap())))
+        );
+        // Resolved below the group's largest `updated`.
+        b.push(5, resolved_at(299), "archived");
+        assert_eq!(b.safe_end(), -1);
+        b.push(6, pg(6, 3, 15, 301, true), "archived");
+        assert_eq!((b.safe_end(), b.open_group.map(|g| g.xid)), (5, Some(15)));
+        assert_eq!(ranges(&b.take(Cut::Safe)), vec![(0, 5)]);
+        // A group whose events carry no commit LSN: only resolved proves it.
+        let mut b = buffer(0);
+        let row = |xid: u64, updated: i64| {
+            format!(
+                r#"{{"after": {{"archived": true, "id": 1}}, "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#
+            )
+        };
+        b.push(0, ev(0, &row(20, 100)), "archived");
+        b.push(1, pg(1, 2, 21, 101, true), "archived");
+        assert_eq!(b.safe_end(), -1);
+        b.push(2, resolved_at(100), "archived");
+        assert_eq!((b.safe_end(), b.open_group.map(|g| g.xid)), (0, Some(21)));
+    }
+
+    /// A group proven by a resolved timestamp that does not cover the
+    /// re-sent earlier transaction whose rows came in while the group was
+    /// held: that transaction is held in turn, from its first re-sent event
+    /// (whose mark followed the cuts made meanwhile).
+    #[test]
+    fn a_resent_transaction_is_held_when_the_group_is_proven_first() {
+        let mut b = buffer(0);
+        b.push(0, pg(0, 9, 9, 90, true), "archived");
+        b.push(1, pg(1, 1, 11, 101, true), "archived");
+        b.push(2, pg(2, 5, 10, 200, true), "archived");
+        assert_eq!(ranges(&b.take(Cut::Safe)), vec![(0, 0)]);
+        b.push(3, pg(3, 6, 10, 200, true), "archived");
+        b.push(4, resolved_at(150), "archived");
+        assert_eq!(b.open_group.map(|g| g.xid), Some(10));
+        assert_eq!(b.safe_end(), 1);
+        let p = b.preview(Cut::Safe).unwrap();
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(1, 1)]);
+        assert_eq!(offsets(&runs[0]), vec![1]);
+        assert_eq!(
+            (p.end, p.rows, p.bytes),
+            (1, 1, row_bytes(&runs[0].rows[0]))
+        );
+        assert_eq!(runs[0].counts.events, 1);
+        assert_eq!((b.first(), b.rows, b.pending_events()), (2, 2, 3));
+        assert_eq!(b.bytes, p_bytes_of(&b));
+        b.push(5, resolved_at(200), "archived");
+        let runs = b.take(Cut::Safe);
+        assert_eq!(ranges(&runs), vec![(2, 5)]);
+        assert_eq!(offsets(&runs[0]), vec![2, 3]);
+        assert_eq!((b.rows, b.bytes, b.pending_events()), (0, 0, 0));
+    }
+
+    /// Random PostgreSQL streams with changefeed restarts, modelled on
+    /// pg-changefeed: rounds of whole transactions in commit order (xids in
+    /// any order), a resolved after some rounds; a crash cuts a round
+    /// short, inside a transaction, and the restart re-sends the round from
+    /// its start (the slot) with new `updated`. Random safe flushes and
+    /// forced cuts. For every checkpoint and every key whose latest
+    /// version in it was written by transaction x (other than its
+    /// `open_tail_xid`), x's final version of that key is in that
+    /// checkpoint or an earlier one: the purger's `xmin = x AND archived`
+    /// guard never deletes a version the archive does not hold.
+    #[test]
+    fn random_streams_with_restarts_never_expose_an_unarchived_version() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let event = |offset: usize,
+                     key: i64,
+                     xid: u64,
+                     t: usize,
+                     updated: i64,
+                     archived: bool,
+                     v: usize| {
+            let value = format!(
+                r#"{{"after": {{"archived": {archived}, "id": {key}, "v": {v}}}, "before": null, "pg_lsn": "0/{:X}", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#,
+                0x1000 + t * 0x100
+            );
+            decode(&RawRecord {
+                topic: "t",
+                partition: 0,
+                offset: offset as i64,
+                key: Some(format!("[{key}]").as_bytes()),
+                value: Some(value.as_bytes()),
+            })
+            .map_err(|_| ())
+        };
+        let (mut restarts, mut older_latest) = (0, 0);
+        for _ in 0..400 {
+            let n = 3 + rand(10) as usize;
+            let mut xids: Vec<u64> = (0..n as u64).map(|i| 500 + i).collect();
+            for i in (1..n).rev() {
+                xids.swap(i, rand(i as u64 + 1) as usize);
+            }
+            let txs: Vec<Vec<(i64, bool)>> = (0..n)
+                .map(|_| {
+                    (0..1 + rand(4))
+                        .map(|_| (rand(3) as i64, rand(4) != 0))
+                        .collect()
+                })
+                .collect();
+            let round = 1 + rand(3) as usize;
+            let mut stream = Vec::new();
+            let (mut clock, mut slot, mut crashes) = (1000i64, 0usize, 0);
+            while slot < n {
+                let end = (slot + round).min(n);
+                let crash_at = (crashes < 3 && rand(3) == 0).then(|| {
+                    let t = slot + rand((end - slot) as u64) as usize;
+                    (t, rand(txs[t].len() as u64) as usize)
+                });
+                let mut crashed = false;
+                'round: for t in slot..end {
+                    clock += 1;
+                    for (v, &(key, archived)) in txs[t].iter().enumerate() {
+                        if crash_at == Some((t, v)) {
+                            crashed = true;
+                            break 'round;
+                        }
+                        stream.push(event(stream.len(), key, xids[t], t, clock, archived, v));
+                    }
+                }
+                if crashed {
+                    crashes += 1;
+                    restarts += 1;
+                    clock += 100;
+                    continue;
+                }
+                if rand(2) == 0 {
+                    stream.push(resolved_at(clock));
+                }
+                slot = end;
+            }
+            let total = stream.len();
+            let mut b = buffer(0);
+            let mut checkpoints: Vec<Run> = Vec::new();
+            let mut forced = false;
+            for (offset, e) in stream.into_iter().enumerate() {
+                b.push(offset as i64, e, "archived");
+                match rand(12) {
+                    0..=3 => checkpoints.extend(b.take(Cut::Safe)),
+                    4 => {
+                        forced |= b.open_group.is_some();
+                        checkpoints.extend(b.take(Cut::Force));
+                    }
+                    _ => {}
+                }
+                assert_eq!(b.bytes, p_bytes_of(&b));
+                assert_eq!(b.rows, b.runs.iter().map(|r| r.rows.len()).sum::<usize>());
+            }
+            checkpoints.extend(b.take(Cut::Safe));
+            let mut next = 0;
+            for c in &checkpoints {
+                assert_eq!(c.first, next);
+                next = c.last.unwrap() + 1;
+            }
+            assert_eq!(b.first(), next);
+            let events: u64 = checkpoints.iter().map(|c| c.counts.events).sum();
+            assert_eq!(events + b.pending_events(), total as u64);
+            let v_of = |r: &ArchivedRow| match &r.columns[2] {
+                (name, cdc_changefeed::Value::Number(v)) if name == "v" => {
+                    v.parse::<usize>().unwrap()
+                }
+                other => panic!("{other:?}"),
+            };
+            for (i, c) in checkpoints.iter().enumerate() {
+                let mut latest: std::collections::HashMap<&str, &ArchivedRow> = Default::default();
+                for r in &c.rows {
+                    latest.insert(r.key_json.as_str(), r);
+                }
+                for r in latest.values() {
+                    let x = r.pg_xid.unwrap();
+                    if c.open_tail_xid == Some(x) {
+                        continue;
+                    }
+                    let t = xids.iter().position(|&y| y == x).unwrap();
+                    let key: i64 = r.key_json.trim_matches(['[', ']']).parse().unwrap();
+                    let (v, &(_, archived)) = txs[t]
+                        .iter()
+                        .enumerate()
+                        .rfind(|(_, e)| e.0 == key)
+                        .unwrap();
+                    if !archived {
+                        continue;
+                    }
+                    older_latest += usize::from(v_of(r) != v);
+                    assert!(
+                        checkpoints[..=i]
+                            .iter()
+                            .flat_map(|c| &c.rows)
+                            .any(|a| a.pg_xid == Some(x)
+                                && a.key_json == r.key_json
+                                && v_of(a) == v),
+                        "checkpoint {i} ({:?}) lets the purger delete key {key} by xid {x}, \
+                         whose final version {v} is not archived up to it",
+                        (c.first, c.last)
+                    );
+                }
+            }
+            if !forced {
+                assert!(checkpoints.iter().all(|c| c.open_tail_xid.is_none()));
+            }
+        }
+        assert!(restarts > 100, "{restarts}");
+        // Checkpoints whose latest version of a key is not its transaction's
+        // final one (a partial copy of a re-sent transaction, whose whole
+        // copy an earlier checkpoint holds) were met, and were safe.
+        assert!(older_latest > 0, "{older_latest}");
     }
 }
