@@ -454,10 +454,11 @@ async fn chain_contents(
     (rows, deletes)
 }
 
-/// A PostgreSQL changefeed row event (as pg-changefeed writes it).
+/// A PostgreSQL changefeed row event (as pg-changefeed writes it). Each
+/// transaction commits at its own, increasing LSN (`0/<xid in hex>`).
 fn pg_row(key: i64, xid: u64, updated: i64, archived: bool, version: i64) -> String {
     format!(
-        r#"{{"after": {{"archived": {archived}, "id": {key}, "version": {version}}}, "before": null, "pg_lsn": "0/1", "pg_xid": "{xid}", "updated": "{}.0000000000"}}"#,
+        r#"{{"after": {{"archived": {archived}, "id": {key}, "version": {version}}}, "before": null, "pg_lsn": "0/{xid:X}", "pg_xid": "{xid}", "updated": "{}.0000000000"}}"#,
         BASE + updated
     )
 }
@@ -524,7 +525,7 @@ async fn sigterm_checkpoints_everything_buffered_and_commits() {
             1,
             k(1),
             format!(
-                r#"{{"after": null, "before": {{"archived": true, "id": 1, "version": 1}}, "pg_lsn": "0/2", "pg_xid": "501", "updated": "{}.0000000000"}}"#,
+                r#"{{"after": null, "before": {{"archived": true, "id": 1, "version": 1}}, "pg_lsn": "0/1F5", "pg_xid": "501", "updated": "{}.0000000000"}}"#,
                 BASE + 2
             ),
         ),
