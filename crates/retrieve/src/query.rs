@@ -216,7 +216,8 @@ pub struct Query {
     pub table: String,
     /// What to look for.
     pub selector: Selector,
-    /// Every archived version of each key instead of the latest only.
+    /// Every archived version of each key instead of the latest only
+    /// ([`crate::retrieve_deletes`] lists every delete either way).
     pub all_versions: bool,
     /// Stop after this many rows. Default: none.
     pub limit: Option<usize>,
@@ -232,6 +233,65 @@ pub struct Found {
     pub segment: String,
     /// First offset of the checkpoint that names the segment.
     pub checkpoint_first_offset: i64,
+}
+
+/// What selectors, de-duplication and ordering look at in an archived
+/// event: a row version of a segment, or a delete of a delete file.
+pub(crate) trait Event {
+    /// The key as the changefeed wrote it (a JSON array, any spacing).
+    fn key_json(&self) -> &str;
+    /// The event's `updated`.
+    fn updated(&self) -> Option<Hlc>;
+    /// CockroachDB's MVCC timestamp.
+    fn mvcc_timestamp(&self) -> Option<Hlc>;
+    /// The PostgreSQL changefeed's transaction id.
+    fn pg_xid(&self) -> Option<u64>;
+    /// Kafka partition and offset.
+    fn position(&self) -> (i32, i64);
+    /// The value of a column, `None` when the event has no such column.
+    fn column(&self, name: &str) -> Option<&Value>;
+}
+
+/// One archived event found, and where.
+pub(crate) trait Hit {
+    fn event(&self) -> &dyn Event;
+}
+
+/// The [`Event`] accessors of a type with the archive's meta fields
+/// (`key_json`, `updated`, `mvcc_timestamp`, `pg_xid`, `partition`,
+/// `offset`): row versions and deletes name them alike.
+macro_rules! event_meta_fields {
+    () => {
+        fn key_json(&self) -> &str {
+            &self.key_json
+        }
+        fn updated(&self) -> Option<cdc_changefeed::Hlc> {
+            self.updated
+        }
+        fn mvcc_timestamp(&self) -> Option<cdc_changefeed::Hlc> {
+            self.mvcc_timestamp
+        }
+        fn pg_xid(&self) -> Option<u64> {
+            self.pg_xid
+        }
+        fn position(&self) -> (i32, i64) {
+            (self.partition, self.offset)
+        }
+    };
+}
+pub(crate) use event_meta_fields;
+
+impl Event for ArchivedRow {
+    event_meta_fields!();
+    fn column(&self, name: &str) -> Option<&Value> {
+        self.columns.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+impl Hit for Found {
+    fn event(&self) -> &dyn Event {
+        &self.row
+    }
 }
 
 /// What a look-up cost.
@@ -269,6 +329,15 @@ pub enum RetrieveError {
         #[source]
         source: cdc_segment::SegmentError,
     },
+    /// A delete file passed its checksum but is not a readable delete
+    /// file, or not the one of the checkpoint that names it.
+    #[error("delete file {path} cannot be read: {reason}")]
+    DeleteFile {
+        /// The delete file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The query itself is malformed.
     #[error("{0}")]
     BadQuery(String),
@@ -278,7 +347,9 @@ impl Retryable for RetrieveError {
     fn is_retryable(&self) -> bool {
         match self {
             RetrieveError::Checkpoint(e) => e.is_retryable(),
-            RetrieveError::Segment { .. } | RetrieveError::BadQuery(_) => false,
+            RetrieveError::Segment { .. }
+            | RetrieveError::DeleteFile { .. }
+            | RetrieveError::BadQuery(_) => false,
         }
     }
 }
@@ -295,7 +366,7 @@ pub fn parse_key_arg(text: &str) -> Result<Vec<Value>, RetrieveError> {
 
 /// A [`Selector`] prepared for matching: key texts made canonical once.
 #[derive(Clone)]
-enum Matcher {
+pub(crate) enum Matcher {
     Key(String),
     Prefix(Vec<String>),
     Updated { from: Option<Hlc>, to: Option<Hlc> },
@@ -303,8 +374,17 @@ enum Matcher {
     All(Vec<Matcher>),
 }
 
+/// Parts of a [`Matcher`] that [`Matcher::eval`] takes as matched.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ignoring {
+    /// Any `updated` lower bound.
+    pub from: bool,
+    /// Every column predicate.
+    pub columns: bool,
+}
+
 impl Matcher {
-    fn new(selector: &Selector) -> Self {
+    pub(crate) fn new(selector: &Selector) -> Self {
         match selector {
             Selector::Key(k) => Matcher::Key(canonical_key(k)),
             Selector::KeyPrefix(p) => Matcher::Prefix(p.iter().map(Value::to_json_text).collect()),
@@ -367,20 +447,32 @@ impl Matcher {
     }
 
     fn row_matches(&self, row: &ArchivedRow) -> bool {
+        self.eval(row, Ignoring::default())
+    }
+
+    /// Whether `event` matches, taking the parts in `ignoring` as matched.
+    pub(crate) fn eval(&self, event: &dyn Event, ignoring: Ignoring) -> bool {
         match self {
-            Matcher::Key(k) => canonical_of(&row.key_json) == *k,
-            Matcher::Prefix(prefix) => parse_key(&row.key_json).is_some_and(|k| {
+            Matcher::Key(k) => canonical_of(event.key_json()) == *k,
+            Matcher::Prefix(prefix) => parse_key(event.key_json()).is_some_and(|k| {
                 k.len() >= prefix.len() && k.iter().zip(prefix).all(|(a, b)| a.to_json_text() == *b)
             }),
-            Matcher::Updated { from, to } => row
-                .updated
-                .is_some_and(|u| from.is_none_or(|f| u >= f) && to.is_none_or(|t| u < t)),
-            Matcher::Column(p) => row
-                .columns
-                .iter()
-                .find(|(name, _)| *name == p.column)
-                .is_some_and(|(_, v)| p.matches(v)),
-            Matcher::All(parts) => parts.iter().all(|m| m.row_matches(row)),
+            Matcher::Updated { from, to } => event.updated().is_some_and(|u| {
+                (ignoring.from || from.is_none_or(|f| u >= f)) && to.is_none_or(|t| u < t)
+            }),
+            Matcher::Column(p) => {
+                ignoring.columns || event.column(&p.column).is_some_and(|v| p.matches(v))
+            }
+            Matcher::All(parts) => parts.iter().all(|m| m.eval(event, ignoring)),
+        }
+    }
+
+    /// Whether a column predicate is part of it.
+    pub(crate) fn has_columns(&self) -> bool {
+        match self {
+            Matcher::Column(_) => true,
+            Matcher::All(parts) => parts.iter().any(Matcher::has_columns),
+            _ => false,
         }
     }
 }
@@ -398,11 +490,11 @@ enum Version {
     Updated(Option<Hlc>),
 }
 
-fn version_of(row: &ArchivedRow) -> Version {
-    match (row.mvcc_timestamp, row.pg_xid) {
+fn version_of(event: &dyn Event) -> Version {
+    match (event.mvcc_timestamp(), event.pg_xid()) {
         (Some(m), _) => Version::Mvcc(m),
         (None, Some(x)) => Version::Xid(x),
-        (None, None) => Version::Updated(row.updated),
+        (None, None) => Version::Updated(event.updated()),
     }
 }
 
@@ -411,13 +503,13 @@ fn version_of(row: &ArchivedRow) -> Version {
 /// delivery the first copy, except for a PostgreSQL transaction that wrote
 /// the row more than once, whose last event (the highest offset) is the
 /// state the transaction left.
-fn better_copy(new: &ArchivedRow, old: &ArchivedRow) -> bool {
-    let position = (new.partition, new.offset).cmp(&(old.partition, old.offset));
+fn better_copy(new: &dyn Event, old: &dyn Event) -> bool {
+    let position = new.position().cmp(&old.position());
     let within_delivery = match version_of(new) {
         Version::Xid(_) => position == Ordering::Greater,
         _ => position == Ordering::Less,
     };
-    match new.updated.cmp(&old.updated) {
+    match new.updated().cmp(&old.updated()) {
         Ordering::Less => true,
         Ordering::Greater => false,
         Ordering::Equal => within_delivery,
@@ -427,27 +519,31 @@ fn better_copy(new: &ArchivedRow, old: &ArchivedRow) -> bool {
 /// The order of the versions of one key, oldest first: the MVCC timestamp
 /// where there is one, else the `updated` of the version's first delivery,
 /// then where it was read.
-fn version_rank(row: &ArchivedRow) -> (Option<Hlc>, Option<Hlc>, i32, i64) {
+fn version_rank(event: &dyn Event) -> (Option<Hlc>, Option<Hlc>, (i32, i64)) {
     (
-        row.mvcc_timestamp.or(row.updated),
-        row.updated,
-        row.partition,
-        row.offset,
+        event.mvcc_timestamp().or(event.updated()),
+        event.updated(),
+        event.position(),
     )
 }
 
-/// Keeps one copy of each row version: `(canonical key, version)`, where
-/// the version is the MVCC timestamp, else the PostgreSQL transaction id,
-/// else `updated`. Returns the distinct versions and how many copies were
-/// dropped.
-pub(crate) fn dedupe(found: impl IntoIterator<Item = Found>) -> (Vec<Found>, usize) {
-    let mut by_version: HashMap<(String, Version), Found> = HashMap::new();
+/// The identity of one version: canonical key and [`Version`].
+fn identity(event: &dyn Event) -> (String, Version) {
+    (canonical_of(event.key_json()), version_of(event))
+}
+
+/// Keeps one copy of each row version (or delete): `(canonical key,
+/// version)`, where the version is the MVCC timestamp, else the PostgreSQL
+/// transaction id, else `updated`. Returns the distinct versions and how
+/// many copies were dropped.
+pub(crate) fn dedupe<T: Hit>(found: impl IntoIterator<Item = T>) -> (Vec<T>, usize) {
+    let mut by_version: HashMap<(String, Version), T> = HashMap::new();
     let mut dropped = 0;
     for f in found {
-        match by_version.entry((canonical_of(&f.row.key_json), version_of(&f.row))) {
+        match by_version.entry(identity(f.event())) {
             Entry::Occupied(mut e) => {
                 dropped += 1;
-                if better_copy(&f.row, &e.get().row) {
+                if better_copy(f.event(), e.get().event()) {
                     e.insert(f);
                 }
             }
@@ -468,7 +564,7 @@ pub(crate) fn latest_per_key(versions: impl IntoIterator<Item = Found>) -> (Vec<
         match latest.entry(canonical_of(&f.row.key_json)) {
             Entry::Occupied(mut e) => {
                 older += 1;
-                if version_rank(&f.row) > version_rank(&e.get().row) {
+                if version_rank(f.event()) > version_rank(e.get().event()) {
                     e.insert(f);
                 }
             }
@@ -481,19 +577,23 @@ pub(crate) fn latest_per_key(versions: impl IntoIterator<Item = Found>) -> (Vec<
 }
 
 /// Sorts by key (canonical text), then version, oldest first.
-pub(crate) fn sort_by_key_and_version(found: &mut [Found]) {
-    found.sort_by_cached_key(|f| (canonical_of(&f.row.key_json), version_rank(&f.row)));
+pub(crate) fn sort_by_key_and_version<T: Hit>(found: &mut [T]) {
+    found.sort_by_cached_key(|f| (canonical_of(f.event().key_json()), version_rank(f.event())));
 }
 
 /// Runs `query` against the archive.
 ///
-/// Redelivered copies of one row version (same canonical key and version,
-/// see [`Version`]) are returned once, as their first delivery. Without
+/// Redelivered copies of one row version (same canonical key and version:
+/// MVCC timestamp, else transaction id, else `updated`) are returned once,
+/// as their first delivery. Without
 /// `all_versions`, only the latest matching version of each key is
 /// returned. A version matches an `updated` range when its *first*
 /// archived delivery lies in it: a copy that the PostgreSQL changefeed
 /// re-sent after a restart carries a later `updated`, and is not a new
 /// version of the row in that later range.
+///
+/// Only segments are read, never a delete file: the answer holds row
+/// versions only (deletes: [`crate::retrieve_deletes`]).
 pub async fn retrieve(
     store: &ArchiveStore,
     query: &Query,
@@ -554,13 +654,11 @@ pub async fn retrieve(
         let (more, _) = scan(store, second, relaxed, None, &mut stats).await?;
         earlier.extend(more);
     }
-    let first_delivered_earlier: HashSet<(String, Version)> = earlier
-        .iter()
-        .map(|f| (canonical_of(&f.row.key_json), version_of(&f.row)))
-        .collect();
-    let hits = hits.into_iter().filter(|f| {
-        !first_delivered_earlier.contains(&(canonical_of(&f.row.key_json), version_of(&f.row)))
-    });
+    let first_delivered_earlier: HashSet<(String, Version)> =
+        earlier.iter().map(|f| identity(&f.row)).collect();
+    let hits = hits
+        .into_iter()
+        .filter(|f| !first_delivered_earlier.contains(&identity(&f.row)));
 
     let (mut found, dropped) = dedupe(hits);
     stats.duplicates_dropped = dropped;

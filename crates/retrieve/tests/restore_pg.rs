@@ -10,7 +10,7 @@ mod payments;
 use cdc_changefeed::Value;
 use cdc_common::ident::{quote_ident, TableName};
 use cdc_common::retry::RetryConfig;
-use cdc_retrieve::{Found, Query, RestoreError, RestoreOptions, Selector};
+use cdc_retrieve::{Found, RestoreError, RestoreOptions, Selector};
 use payments::*;
 
 /// Rows added after a schema change: they carry a `channel` column.
@@ -28,17 +28,8 @@ async fn archived_versions() -> (archive::Archive, Vec<Found>) {
         })
         .collect();
     archive.flush(0, rows, None).await;
-    let (found, _) = cdc_retrieve::retrieve(
-        &archive.store,
-        &Query {
-            table: archive.table.clone(),
-            selector: Selector::KeyPrefix(vec![]),
-            all_versions: true,
-            limit: None,
-        },
-    )
-    .await
-    .unwrap();
+    let all = query(&archive, Selector::KeyPrefix(vec![]), true);
+    let (found, _) = cdc_retrieve::retrieve(&archive.store, &all).await.unwrap();
     (archive, found)
 }
 

@@ -4,12 +4,14 @@
 
 #[path = "common/archive.rs"]
 mod archive;
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/payments.rs"]
 mod payments;
 
 use cdc_changefeed::{Hlc, Value};
 use cdc_checkpoint::CheckpointError;
-use cdc_retrieve::{Found, Predicate, Query, RetrieveError, RetrieveStats, Selector};
+use cdc_retrieve::{Found, Predicate, RetrieveError, RetrieveStats, Selector};
 use payments::*;
 
 async fn get(
@@ -17,21 +19,9 @@ async fn get(
     selector: Selector,
     all_versions: bool,
 ) -> (Vec<Found>, RetrieveStats) {
-    cdc_retrieve::retrieve(
-        &archive.store,
-        &Query {
-            table: archive.table.clone(),
-            selector,
-            all_versions,
-            limit: None,
-        },
-    )
-    .await
-    .unwrap()
-}
-
-fn key(text: &str) -> Vec<Value> {
-    cdc_retrieve::parse_key_arg(text).unwrap()
+    cdc_retrieve::retrieve(&archive.store, &query(archive, selector, all_versions))
+        .await
+        .unwrap()
 }
 
 fn col<'a>(f: &'a Found, name: &str) -> &'a Value {
@@ -257,12 +247,7 @@ async fn a_damaged_segment_is_an_error_not_an_empty_answer() {
     std::fs::write(archive.file_of(&cps[17]), b"not the archived bytes").unwrap();
     let err = cdc_retrieve::retrieve(
         &archive.store,
-        &Query {
-            table: archive.table.clone(),
-            selector: Selector::Key(key(K)),
-            all_versions: false,
-            limit: None,
-        },
+        &query(&archive, Selector::Key(key(K)), false),
     )
     .await
     .unwrap_err();
@@ -278,40 +263,10 @@ async fn a_damaged_segment_is_an_error_not_an_empty_answer() {
     assert_eq!(ids(&found), [5]);
 }
 
-/// The binary, built for this test (a no-op when it is up to date).
-fn binary() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "cdc-archiver",
-            "--bin",
-            "cdc-archiver",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "cargo build -p cdc-archiver failed");
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), Into::into);
-    target.join("debug/cdc-archiver")
-}
-
 #[tokio::test]
 async fn the_binary_exits_0_on_a_match_4_on_none_and_1_on_damage() {
     let (archive, cps) = build("payments").await;
-    let bin = binary();
-    let retrieve = |args: &[&str]| {
-        std::process::Command::new(&bin)
-            .args(["--log-level", "warn", "retrieve", "--table", "payments"])
-            .arg("--archive-url")
-            .arg(format!("file://{}", archive.dir.path().display()))
-            .args(args)
-            .output()
-            .expect("running cdc-archiver")
-    };
+    let retrieve = |args: &[&str]| cli::retrieve(&archive, args);
     let hit = retrieve(&["--key", K, "--with-meta"]);
     let stdout = String::from_utf8_lossy(&hit.stdout);
     assert_eq!(hit.status.code(), Some(0), "{hit:?}");

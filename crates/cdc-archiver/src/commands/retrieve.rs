@@ -1,5 +1,13 @@
 //! `cdc-archiver retrieve` and `cdc-archiver restore`: compliance look-ups
 //! in the archive, and putting archived rows back into a table.
+//!
+//! `retrieve --deletes` answers another question than `retrieve`: not
+//! "which row versions are archived" but "which deletes did the source
+//! make", from the delete files only. It prints delete records (every one
+//! says `_op = "delete"`) and never a row; without it, no delete is ever
+//! printed. There is deliberately no mode that interleaves the two: a
+//! mixed stream would put records of two shapes into one CSV and let a
+//! script (or a restore) take a deleted row's `before` for an archived row.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,7 +16,7 @@ use anyhow::{bail, Context};
 use cdc_changefeed::Hlc;
 use cdc_common::ident::TableName;
 use cdc_common::storage::{ArchiveStore, StorageConfig};
-use cdc_retrieve::{Found, Predicate, Query, RetrieveStats, Selector};
+use cdc_retrieve::{DeleteStats, Found, FoundDelete, Predicate, Query, RetrieveStats, Selector};
 use clap::Args;
 
 use crate::cli::GlobalArgs;
@@ -42,7 +50,8 @@ pub struct SelectArgs {
     #[arg(long = "where", group = "selector")]
     pub predicate: Option<String>,
     /// Every archived version of each key, not just the latest (retrieve
-    /// only: restore always writes the latest version).
+    /// only: restore always writes the latest version; with --deletes every
+    /// delete is listed anyway).
     #[arg(long)]
     pub all_versions: bool,
     /// At most this many rows.
@@ -63,9 +72,15 @@ pub struct RetrieveArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "json")]
     pub format: Format,
-    /// Include archive metadata (segment, topic/partition/offset, updated).
+    /// Include archive metadata (segment, topic/partition/offset, updated;
+    /// with --deletes: delete file, topic/partition/offset).
     #[arg(long)]
     pub with_meta: bool,
+    /// Print the delete events recorded at the source (key, `updated`,
+    /// deleting version, the deleted row when it was archived) instead of
+    /// rows; the selectors apply to the deletes, --where to the deleted row.
+    #[arg(long)]
+    pub deletes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -148,17 +163,21 @@ fn query(select: &SelectArgs) -> anyhow::Result<Query> {
     })
 }
 
-async fn find(
-    global: &GlobalArgs,
-    select: &SelectArgs,
-) -> anyhow::Result<(Vec<Found>, RetrieveStats)> {
+fn open(global: &GlobalArgs, select: &SelectArgs) -> anyhow::Result<(ArchiveStore, Query)> {
     let mut storage: StorageConfig =
         cdc_common::config::load_section(global.config.as_deref(), "storage", &[])?;
     if let Some(url) = &select.archive_url {
         storage.url.clone_from(url);
     }
     let store = ArchiveStore::open(&storage).context("opening the archive")?;
-    let q = query(select)?;
+    Ok((store, query(select)?))
+}
+
+async fn find(
+    global: &GlobalArgs,
+    select: &SelectArgs,
+) -> anyhow::Result<(Vec<Found>, RetrieveStats)> {
+    let (store, q) = open(global, select)?;
     let started = std::time::Instant::now();
     let (found, stats) = cdc_retrieve::retrieve(&store, &q)
         .await
@@ -176,17 +195,57 @@ async fn find(
     Ok((found, stats))
 }
 
-pub async fn retrieve(global: &GlobalArgs, args: RetrieveArgs) -> anyhow::Result<ExitCode> {
-    let (found, _) = find(global, &args.select).await?;
+async fn find_deletes(
+    global: &GlobalArgs,
+    select: &SelectArgs,
+) -> anyhow::Result<(Vec<FoundDelete>, DeleteStats)> {
+    let (store, q) = open(global, select)?;
+    let started = std::time::Instant::now();
+    let (found, stats) = cdc_retrieve::retrieve_deletes(&store, &q)
+        .await
+        .with_context(|| format!("retrieving deletes from {}", store.url))?;
+    eprintln!(
+        "{} delete(s) in {:.3}s; read {} of {} delete file(s) named by {} checkpoint(s) ({} deletes scanned, {} redelivered duplicate(s) dropped)",
+        stats.deletes_returned,
+        started.elapsed().as_secs_f64(),
+        stats.delete_files_read,
+        stats.delete_files_total,
+        stats.checkpoints,
+        stats.deletes_scanned,
+        stats.duplicates_dropped
+    );
+    if stats.without_before > 0 {
+        eprintln!(
+            "note: {} more delete(s) match the other selectors but the archive kept no deleted row for them, so --where cannot be checked: they are not listed (run without --where to see them)",
+            stats.without_before
+        );
+    }
+    if stats.deletes_unrecorded > 0 {
+        eprintln!(
+            "warning: {} checkpoint(s) written before delete files existed count {} delete(s) they did not record: those cannot be listed",
+            stats.checkpoints_unrecorded, stats.deletes_unrecorded
+        );
+    }
+    Ok((found, stats))
+}
+
+/// Prints `found` in `format` on stdout; exit code 0 when something
+/// matched, 4 when nothing did.
+fn print<T>(
+    found: &[T],
+    format: Format,
+    json_line: impl Fn(&T) -> String,
+    csv: impl FnOnce(&mut dyn Write, &[T]) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match args.format {
+    match format {
         Format::Json => {
-            for f in &found {
-                writeln!(out, "{}", cdc_retrieve::to_json_line(f, args.with_meta))?;
+            for f in found {
+                writeln!(out, "{}", json_line(f))?;
             }
         }
-        Format::Csv => cdc_retrieve::write_csv(&mut out, &found, args.with_meta)?,
+        Format::Csv => csv(&mut out, found)?,
     }
     out.flush()?;
     Ok(if found.is_empty() {
@@ -194,6 +253,29 @@ pub async fn retrieve(global: &GlobalArgs, args: RetrieveArgs) -> anyhow::Result
     } else {
         ExitCode::SUCCESS
     })
+}
+
+pub async fn retrieve(global: &GlobalArgs, args: RetrieveArgs) -> anyhow::Result<ExitCode> {
+    let meta = args.with_meta;
+    if args.deletes {
+        let (found, _) = find_deletes(global, &args.select).await?;
+        return print(
+            &found,
+            args.format,
+            |f| cdc_retrieve::delete_to_json_line(f, meta),
+            |w, f| Ok(cdc_retrieve::write_deletes_csv(w, f, meta)?),
+        );
+    }
+    let (found, _) = find(global, &args.select).await?;
+    if found.is_empty() {
+        eprintln!("(rows only: deletes recorded at the source are listed with --deletes)");
+    }
+    print(
+        &found,
+        args.format,
+        |f| cdc_retrieve::to_json_line(f, meta),
+        |w, f| Ok(cdc_retrieve::write_csv(w, f, meta)?),
+    )
 }
 
 pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<ExitCode> {
