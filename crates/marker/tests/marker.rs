@@ -747,3 +747,45 @@ async fn foreign_key_checks_of_child_inserts_neither_block_nor_are_skipped() {
         .unwrap();
     fx.drop().await;
 }
+
+/// `char(3)` keys (short ones blank-padded, so `'a'` sorts and compares
+/// with `'a  '`) in a `PRIMARY KEY (code) INCLUDE (payload)`: the walk
+/// uses only the key column (information_schema lists key columns only),
+/// carries each key from batch to batch in its binary form (never cast
+/// from text, so never cut to `character(1)`), and marks every eligible
+/// row exactly once.
+#[tokio::test]
+async fn char_keys_with_include_columns_are_walked_exactly() {
+    let fx = Fixture::new("mark_chark", 0).await;
+    let t = quote_ident(&fx.table);
+    let pkey: String = fx
+        .client
+        .query_one(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'p'",
+            &[&t],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Keys 'a', 'aa', 'aaa', 'b', 'bb', ...: prefixes of each other, the
+    // shorter ones padded. `id` stays unique for the flip counter.
+    fx.client
+        .batch_execute(&format!(
+            "ALTER TABLE {t} DROP CONSTRAINT {pk}, ADD COLUMN code char(3);
+             INSERT INTO {t} (id, created_at, code)
+               SELECT row_number() OVER (), '{EPOCH}'::timestamptz + interval '1 second', repeat(l, n)
+               FROM unnest(string_to_array('abcdefghij', NULL)) l, generate_series(1, 3) n;
+             ALTER TABLE {t} ALTER COLUMN code SET NOT NULL, ADD PRIMARY KEY (code) INCLUDE (payload);",
+            pk = quote_ident(&pkey)
+        ))
+        .await
+        .unwrap();
+    let mut cfg = fx.cfg(5);
+    cfg.batch_size = 4;
+    cfg.min_batch_size = 2;
+    let s = run(&cfg).await.unwrap();
+    assert_eq!(s.rows_marked, 30, "{s:?}");
+    assert_eq!(fx.count("archived").await, 30);
+    assert_eq!(fx.flips().await, (30, 0), "every row flipped exactly once");
+    fx.drop().await;
+}

@@ -43,13 +43,16 @@ impl TableInfo {
     }
 }
 
+/// The table and its primary-key columns in key order: only the index's
+/// key columns (the first `indnkeyatts` of `indkey`; the INCLUDE columns of
+/// `PRIMARY KEY (…) INCLUDE (…)` follow them but are not part of the key).
 const TABLE_SQL: &str = "\
 SELECT c.oid, c.relkind::text, c.relreplident::text,
        ARRAY(SELECT a.attname::text
                FROM pg_index i
                CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indrelid = c.oid AND i.indisprimary
+              WHERE i.indrelid = c.oid AND i.indisprimary AND k.ord <= i.indnkeyatts
               ORDER BY k.ord)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";

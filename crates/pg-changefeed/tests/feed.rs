@@ -301,6 +301,49 @@ async fn table_without_primary_key_is_refused() {
     assert_eq!(n, 0, "no slot is created for a refused configuration");
 }
 
+/// `PRIMARY KEY (id) INCLUDE (payload)`: the key is `[id]`, the INCLUDE
+/// column is only stored in the index (and the purger, which reads the
+/// key's columns the same way, would refuse keys of the wrong length).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_columns_of_the_primary_key_are_not_in_the_key() {
+    let OneTable {
+        pg,
+        t,
+        qt,
+        slot,
+        cleanup: _cleanup,
+    } = one_table(
+        "pgcf_incl",
+        "id int8, payload int8, archived bool NOT NULL DEFAULT false, PRIMARY KEY (id) INCLUDE (payload)",
+        Some(2),
+    )
+    .await;
+    let feed = Feed::start(config(&slot, vec![table(&t)])).await;
+    pg.batch_execute(&format!(
+        "INSERT INTO {qt} (id, payload) VALUES (1, 10), (2, 20)"
+    ))
+    .await
+    .unwrap();
+    let mut r = Reader::new(&t, 2);
+    r.until(LIMIT, "2 row events", |t| t.rows().len() >= 2)
+        .await;
+    let mut keys: Vec<(String, i32)> = r
+        .topic
+        .rows()
+        .iter()
+        .map(|e| (e.key_json.clone(), e.partition))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("[1]".to_owned(), partition_for_key(b"[1]", 2)),
+            ("[2]".to_owned(), partition_for_key(b"[2]", 2)),
+        ]
+    );
+    feed.stop().await;
+}
+
 /// Waits for `rows` row events, then for a resolved in every partition
 /// that covers the latest `updated` among them.
 async fn rows_then_resolved(r: &mut Reader, rows: usize, rows_what: &str, resolved_what: &str) {

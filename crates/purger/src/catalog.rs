@@ -55,6 +55,27 @@ const FLOAT8: u32 = 701;
 const MONEY: u32 = 790;
 const INTERVAL: u32 = 1186;
 
+const BIT: u32 = 1560;
+const BIT_ARRAY: u32 = 1561;
+const BPCHAR_ARRAY: u32 = 1014;
+
+/// Why a primary-key column's type (by OID) cannot be named on CockroachDB
+/// without changing the archived value, if it cannot. CockroachDB's
+/// `format_type(oid, -1)` names `bit(n)` plain `bit` and arrays by their
+/// element's bare name (`character[]`), which its parser reads as `BIT(1)`
+/// and `CHAR(1)[]`: a cast to them would cut the archived text. PostgreSQL
+/// names them `"bit"` and `bpchar[]` (no length), which read exactly.
+pub fn cockroach_lossy_key_type(oid: u32) -> Option<&'static str> {
+    match oid {
+        BIT | BIT_ARRAY | BPCHAR_ARRAY => Some(
+            "CockroachDB names this type without its length (`bit`, `character[]`), and that name \
+             reads back as BIT(1) / CHAR(1)[]: casting the archived key text to it would cut the \
+             value, so the DELETE could match another row",
+        ),
+        _ => None,
+    }
+}
+
 /// Why a primary-key column's type (by OID) is refused, if it is.
 pub fn unreliable_key_type(oid: u32) -> Option<&'static str> {
     match oid {
@@ -109,20 +130,38 @@ pub async fn resolve(
     // (portable, CockroachDB's key order) take milliseconds on a busy
     // catalog. pg_attribute and pg_type (of the table found above, by OID)
     // give the type either way.
+    //
+    // Only the index's key columns: `indkey` also lists the INCLUDE
+    // columns of `PRIMARY KEY (…) INCLUDE (…)` after them, which are not
+    // part of the key (and not in the changefeed's key arrays);
+    // `indnkeyatts` counts the key columns.
+    //
+    // The type is named without its modifier, `format_type(oid, -1)`, and
+    // the archived text is cast to that: the cast must never change the
+    // value. With the column's modifier (`format_type(oid, atttypmod)`) a
+    // cast would truncate or round text that does not fit (`::character(3)`,
+    // `::character varying(3)` and `::bit(3)` cut silently, `::numeric(5,2)`
+    // and `::timestamp(0)` round), and `format_type(oid, NULL)` is worse:
+    // it names bpchar `character`, which the parser reads as `character(1)`
+    // (and bit as `bit`, i.e. `bit(1)`), so `'abc'::character` is `'a'`.
+    // Without a modifier the text is read exactly (`bpchar`, `"bit"`,
+    // `character varying`, `numeric`, `timestamp without time zone`, and
+    // `bpchar[]` for arrays), and the comparison with the column is the
+    // type's own equality (for bpchar: trailing blanks insignificant).
     let rows = match dialect {
         Dialect::Postgres => client.query(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL)::text, a.atttypid::INT8, \
+            "SELECT a.attname::text, format_type(a.atttypid, -1)::text, a.atttypid::INT8, \
                     ty.typbasetype::INT8, ty.typelem::INT8 \
              FROM pg_catalog.pg_index i \
              CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
              JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
-             WHERE i.indrelid = $1::INT8::oid AND i.indisprimary \
+             WHERE i.indrelid = $1::INT8::oid AND i.indisprimary AND k.ord <= i.indnkeyatts \
              ORDER BY k.ord",
             &[&oid],
         ).await,
         Dialect::Cockroach => client.query(
-            "SELECT k.column_name::text, format_type(a.atttypid, NULL)::text, a.atttypid::INT8, \
+            "SELECT k.column_name::text, format_type(a.atttypid, -1)::text, a.atttypid::INT8, \
                     ty.typbasetype::INT8, ty.typelem::INT8 \
              FROM information_schema.table_constraints c \
              JOIN information_schema.key_column_usage k \
@@ -141,8 +180,14 @@ pub async fn resolve(
         let column: String = r.get(0);
         let sql_type: String = r.get(1);
         // The type itself, the base type of a domain, the element of an array.
+        let cockroach = |oid: u32| match dialect {
+            Dialect::Cockroach => cockroach_lossy_key_type(oid),
+            Dialect::Postgres => None,
+        };
         for oid in [r.get::<_, i64>(2), r.get(3), r.get(4)] {
-            if let Some(reason) = u32::try_from(oid).ok().and_then(unreliable_key_type) {
+            let oid = u32::try_from(oid).ok();
+            if let Some(reason) = oid.and_then(|o| unreliable_key_type(o).or_else(|| cockroach(o)))
+            {
                 return Err(PurgeError::UnsupportedKeyType {
                     table: t,
                     column,
@@ -347,10 +392,12 @@ pub async fn preflight(client: &Client, table: &TableName) -> Result<Preflight, 
         };
         // int2vector prints as space-separated numbers on both servers.
         // Only indexes a lookup can use for every child row: valid (not a
-        // failed or in-progress concurrent build) and not partial.
+        // failed or in-progress concurrent build) and not partial. Only
+        // their key columns (the first `indnkeyatts`): INCLUDE (STORING)
+        // columns follow them in `indkey` but are not searchable.
         let indexes: Vec<Vec<i16>> = client
             .query(
-                "SELECT indkey::text FROM pg_catalog.pg_index \
+                "SELECT indkey::text, indnkeyatts::INT8 FROM pg_catalog.pg_index \
                  WHERE indrelid = $1::INT8::oid AND indisvalid AND indpred IS NULL",
                 &[&child_oid],
             )
@@ -358,9 +405,11 @@ pub async fn preflight(client: &Client, table: &TableName) -> Result<Preflight, 
             .map_err(db("reading the referencing table's indexes"))?
             .iter()
             .map(|row| {
+                let key_columns = usize::try_from(row.get::<_, i64>(1)).unwrap_or(0);
                 row.get::<_, String>(0)
                     .split_whitespace()
                     .filter_map(|n| n.parse().ok())
+                    .take(key_columns)
                     .collect()
             })
             .collect();
@@ -455,9 +504,17 @@ mod tests {
         for oid in [FLOAT4, FLOAT8, MONEY, INTERVAL] {
             assert!(unreliable_key_type(oid).is_some(), "{oid}");
         }
-        // int8, numeric, text, timestamptz, uuid, date: fine.
-        for oid in [20, 1700, 25, 1184, 2950, 1082] {
+        // int8, numeric, text, timestamptz, uuid, date, bpchar, bit: fine.
+        for oid in [20, 1700, 25, 1184, 2950, 1082, 1042, BIT] {
             assert!(unreliable_key_type(oid).is_none(), "{oid}");
+        }
+        // On CockroachDB bit(n) and arrays of char(n) / bit(n) cannot be
+        // named without a length that cuts them; bpchar itself can.
+        for oid in [BIT, BIT_ARRAY, BPCHAR_ARRAY] {
+            assert!(cockroach_lossy_key_type(oid).is_some(), "{oid}");
+        }
+        for oid in [1042, 1043, 1700, 25, 20] {
+            assert!(cockroach_lossy_key_type(oid).is_none(), "{oid}");
         }
     }
 

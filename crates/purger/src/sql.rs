@@ -4,8 +4,9 @@
 //! primary-key column, then the archived versions), so a batch of any size
 //! is one statement with a fixed parameter count and a plan the server can
 //! cache. Each key value is cast from its text to the column's own type
-//! (the name `format_type()` returned), so comparisons use the primary-key
-//! index.
+//! without its modifier (the name `format_type(oid, -1)` returned: `bpchar`
+//! for `char(3)`, `numeric` for `numeric(12,2)`), so the cast never cuts or
+//! rounds the archived text and comparisons use the primary-key index.
 //!
 //! Two DELETE shapes, both with the version guard and `AND archived`:
 //! - paired ([`PurgeSql::delete`]): keys and versions zipped by `unnest`
@@ -21,8 +22,9 @@
 use cdc_common::db::Dialect;
 use cdc_common::ident::quote_ident;
 
-/// One primary-key column: its name and its SQL type (as `format_type`
-/// prints it, which quotes and qualifies names where needed).
+/// One primary-key column: its name and its SQL type (as
+/// `format_type(oid, -1)` prints it: no modifier, so a cast to it never
+/// changes the value; names quoted and qualified where needed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyColumn {
     /// Column name, unquoted.
