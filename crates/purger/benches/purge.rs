@@ -198,9 +198,11 @@ async fn main() {
                 else {
                     panic!("the purger's reader knows this layout");
                 };
+                cdc_purger::decode::check_checkpoint(&v, &cp).unwrap();
                 let plan =
-                    cdc_purger::versions::plan(&v, cdc_common::db::Dialect::Postgres, 1).unwrap();
-                assert_eq!(plan.targets.len(), v.len());
+                    cdc_purger::versions::plan(&v.rows, cdc_common::db::Dialect::Postgres, 1)
+                        .unwrap();
+                assert_eq!(plan.targets.len(), v.rows.len());
             }
             fast_secs = t.elapsed().as_secs_f64();
         }

@@ -1,7 +1,7 @@
 //! Reads only what the purger needs from a segment: each record's key,
-//! `updated`, version (`_mvcc_timestamp`, `_pg_xid`) and offset. The column
-//! values are skipped, not decoded (no value is built, no JSON parsed), which
-//! makes reading a segment several times cheaper than the full
+//! `updated`, version (`_mvcc_timestamp`, `_pg_xid`) and offset, plus the
+//! segment's `cdc.*` metadata. No value is built for a column, which makes
+//! reading a segment several times cheaper than the full
 //! [`cdc_segment::decode_segment`], whose work is for readers of the data.
 //!
 //! It reads the Avro object container format directly (header, metadata,
@@ -13,20 +13,131 @@
 //! caller falls back to the full decode, so this reader never has to guess.
 //! A segment that claims the layout but does not follow it is an error,
 //! never a partial result.
+//!
+//! Guarantee: a segment this reader accepts is one the full decode (and so
+//! `retrieve`/`restore`) reads too. It checks what the full decode checks,
+//! without building values: the schema parses as Avro; the `cdc.table`,
+//! `cdc.topic`, `cdc.partition`, `cdc.first_offset`, `cdc.last_offset`
+//! and `cdc.columns` metadata are present and well-formed; `cdc.columns`
+//! names exactly the schema's column fields with encodings their types
+//! can hold; every `_op` is known, every string is UTF-8, every boolean is
+//! 0 or 1, every JSON-encoded column value is valid JSON (parsed, not
+//! built), `_partition` is the segment's partition. Whether the metadata
+//! matches the checkpoint is [`check_checkpoint`]'s job, for either reader.
 
 use apache_avro::{Codec, DeflateSettings, ZstandardSettings};
 use cdc_changefeed::Hlc;
+use cdc_checkpoint::Checkpoint;
+use cdc_segment::{Column, Encoding, SegmentMeta};
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
 
 use crate::versions::ArchivedVersion;
 
+/// What the purger reads from a segment, by either reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentVersions {
+    /// The segment's `cdc.*` metadata: table, topic, partition, offsets.
+    pub meta: SegmentMeta,
+    /// SQL column names (`cdc.columns`), in record order.
+    pub columns: Vec<String>,
+    /// Every record's key and version, in file order.
+    pub rows: Vec<ArchivedVersion>,
+}
+
 /// The outcome of [`versions`].
 #[derive(Debug)]
 pub enum Fast {
-    /// Every record's key and version, in file order.
-    Versions(Vec<ArchivedVersion>),
+    /// The segment's metadata and every record's key and version.
+    Versions(SegmentVersions),
     /// Not the layout this reader knows: use the full decode.
     Unsupported(String),
+}
+
+/// The full decode ([`cdc_segment::decode_segment`]), reduced to what the
+/// purger needs; also refuses a record of another partition than the
+/// segment's, as the key/version reader does.
+pub fn full(bytes: &[u8]) -> Result<SegmentVersions, String> {
+    let seg = cdc_segment::decode_segment(bytes).map_err(|e| e.to_string())?;
+    if let Some(r) = seg.rows.iter().find(|r| r.partition != seg.meta.partition) {
+        return Err(format!(
+            "record at offset {} is from partition {}, the segment is of partition {}",
+            r.offset, r.partition, seg.meta.partition
+        ));
+    }
+    Ok(SegmentVersions {
+        columns: seg.columns.iter().map(|c| c.name.clone()).collect(),
+        rows: seg.rows.iter().map(ArchivedVersion::from).collect(),
+        meta: seg.meta,
+    })
+}
+
+/// Whether the segment is the one `cp` describes: the same table,
+/// partition and offset range in its metadata, the row count and column
+/// names the checkpoint recorded, and every record's offset in the range.
+/// A segment that disagrees (another table's or partition's, an older
+/// upload of another range, a rewritten file whose checksum was recorded
+/// anyway) is not proof of anything for this checkpoint.
+pub fn check_checkpoint(seg: &SegmentVersions, cp: &Checkpoint) -> Result<(), String> {
+    let m = &seg.meta;
+    let mut wrong = Vec::new();
+    if m.table != cp.table {
+        wrong.push(format!(
+            "cdc.table {:?} (checkpoint: {:?})",
+            m.table, cp.table
+        ));
+    }
+    if m.partition != cp.partition {
+        wrong.push(format!(
+            "cdc.partition {} (checkpoint: {})",
+            m.partition, cp.partition
+        ));
+    }
+    if m.first_offset != cp.first_offset {
+        wrong.push(format!(
+            "cdc.first_offset {} (checkpoint: {})",
+            m.first_offset, cp.first_offset
+        ));
+    }
+    if m.last_offset != cp.last_offset {
+        wrong.push(format!(
+            "cdc.last_offset {} (checkpoint: {})",
+            m.last_offset, cp.last_offset
+        ));
+    }
+    if let Some(s) = &cp.segment {
+        if seg.rows.len() as u64 != s.rows {
+            wrong.push(format!(
+                "{} records (checkpoint: {})",
+                seg.rows.len(),
+                s.rows
+            ));
+        }
+        if seg.columns != s.columns {
+            wrong.push(format!(
+                "cdc.columns {:?} (checkpoint: {:?})",
+                seg.columns, s.columns
+            ));
+        }
+    }
+    if let Some(r) = seg
+        .rows
+        .iter()
+        .find(|r| r.offset < cp.first_offset || r.offset > cp.last_offset)
+    {
+        wrong.push(format!(
+            "a record at offset {}, outside the checkpoint's range {}..={}",
+            r.offset, cp.first_offset, cp.last_offset
+        ));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the segment is not the one the checkpoint describes: {}",
+            wrong.join(", ")
+        ))
+    }
 }
 
 /// Why the bytes are not a readable segment.
@@ -107,11 +218,6 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(self.bytes()?).map_err(|_| bad("string is not UTF-8"))
     }
 
-    fn skip_str(&mut self) -> Result<(), DecodeError> {
-        let n = self.len()?;
-        self.take(n).map(|_| ())
-    }
-
     /// A `["null", T]` union's branch: false for null.
     fn present(&mut self) -> Result<bool, DecodeError> {
         match self.long()? {
@@ -137,8 +243,9 @@ fn meta_types() -> [(&'static str, Json); 8] {
     ]
 }
 
-/// The column layout, if the schema is exactly cdc-archiver's.
-fn layout(schema: &str) -> Result<Vec<Field>, String> {
+/// The column layout, if the schema is exactly cdc-archiver's: each column
+/// field's name and type.
+fn layout(schema: &str) -> Result<Vec<(String, Field)>, String> {
     let schema: Json = serde_json::from_str(schema).map_err(|e| format!("schema: {e}"))?;
     if schema.get("type").and_then(Json::as_str) != Some("record") {
         return Err("schema is not a record".into());
@@ -160,12 +267,95 @@ fn layout(schema: &str) -> Result<Vec<Field>, String> {
     let string = serde_json::json!(["null", "string"]);
     fields[meta.len()..]
         .iter()
-        .map(|f| match f.get("type") {
-            Some(t) if *t == boolean => Ok(Field::Boolean),
-            Some(t) if *t == string => Ok(Field::String),
-            _ => Err(format!("column field {f}")),
+        .map(|f| {
+            let name = f
+                .get("name")
+                .and_then(Json::as_str)
+                .ok_or_else(|| format!("column field {f}"))?
+                .to_owned();
+            match f.get("type") {
+                Some(t) if *t == boolean => Ok((name, Field::Boolean)),
+                Some(t) if *t == string => Ok((name, Field::String)),
+                _ => Err(format!("column field {f}")),
+            }
         })
         .collect()
+}
+
+/// The `cdc.*` metadata the full decode requires, from the header.
+fn meta(md: &std::collections::HashMap<&str, &[u8]>) -> Result<SegmentMeta, DecodeError> {
+    let get = |k: &str| -> Result<&str, DecodeError> {
+        let v = md
+            .get(k)
+            .ok_or_else(|| bad(format!("missing metadata {k}")))?;
+        std::str::from_utf8(v).map_err(|_| bad(format!("metadata {k} is not UTF-8")))
+    };
+    let num = |k: &str| -> Result<i64, DecodeError> {
+        get(k)?
+            .parse()
+            .map_err(|_| bad(format!("metadata {k} is not a number")))
+    };
+    Ok(SegmentMeta {
+        table: get("cdc.table")?.to_owned(),
+        topic: get("cdc.topic")?.to_owned(),
+        partition: i32::try_from(num("cdc.partition")?)
+            .map_err(|_| bad("cdc.partition out of range"))?,
+        first_offset: num("cdc.first_offset")?,
+        last_offset: num("cdc.last_offset")?,
+    })
+}
+
+/// `cdc.columns`, checked against the schema's column fields: the same
+/// fields in the same order, each with an encoding its type holds.
+fn columns(
+    md: &std::collections::HashMap<&str, &[u8]>,
+    fields: &[(String, Field)],
+) -> Result<Vec<Column>, DecodeError> {
+    let raw = md
+        .get("cdc.columns")
+        .ok_or_else(|| bad("missing metadata cdc.columns"))?;
+    let columns: Vec<Column> =
+        serde_json::from_slice(raw).map_err(|e| bad(format!("cdc.columns: {e}")))?;
+    if columns.len() != fields.len() {
+        return Err(bad(format!(
+            "cdc.columns lists {} columns, the schema has {} column fields",
+            columns.len(),
+            fields.len()
+        )));
+    }
+    for (c, (name, ty)) in columns.iter().zip(fields) {
+        let fits = matches!(
+            (c.encoding, ty),
+            (Encoding::Boolean, Field::Boolean)
+                | (Encoding::String | Encoding::Json, Field::String)
+        );
+        if c.field != *name || !fits {
+            return Err(bad(format!(
+                "cdc.columns entry {:?} ({:?}) does not match the schema's field {name:?} ({ty:?})",
+                c.field, c.encoding
+            )));
+        }
+    }
+    Ok(columns)
+}
+
+/// A JSON-encoded column value as the full decode reads it: valid JSON
+/// (parsed, not built), and a JSON string's escapes decodable.
+fn check_json(text: &str, column: &str) -> Result<(), DecodeError> {
+    let invalid = |e: serde_json::Error| bad(format!("column {column:?}: {e}"));
+    let raw: &RawValue = serde_json::from_str(text).map_err(invalid)?;
+    let v = raw.get().trim_matches(|c: char| c.is_ascii_whitespace());
+    if v.starts_with('"') {
+        serde_json::from_str::<std::borrow::Cow<'_, str>>(v).map_err(invalid)?;
+    }
+    Ok(())
+}
+
+fn op(s: &str) -> Result<(), DecodeError> {
+    match s {
+        "insert" | "update" | "delete" | "upsert" => Ok(()),
+        other => Err(bad(format!("unknown _op {other:?}"))),
+    }
 }
 
 fn codec(name: &str) -> Option<Codec> {
@@ -181,13 +371,15 @@ fn hlc(s: &str, what: &str) -> Result<Hlc, DecodeError> {
     s.parse::<Hlc>().map_err(|e| bad(format!("{what}: {e}")))
 }
 
-/// Reads every record's key, `updated`, versions and offset.
+/// Reads the segment's metadata and every record's key, `updated`,
+/// versions and offset, checking that the full decode would read it too.
 pub fn versions(bytes: &[u8]) -> Result<Fast, DecodeError> {
     let mut c = Cursor::new(bytes);
     if c.take(4).ok() != Some(&MAGIC[..]) {
         return Err(bad("not an Avro object container file"));
     }
     let (mut schema, mut codec_name, mut format_version) = (None, None, None);
+    let mut md = std::collections::HashMap::new();
     loop {
         let mut count = c.long()?;
         if count == 0 {
@@ -206,6 +398,7 @@ pub fn versions(bytes: &[u8]) -> Result<Fast, DecodeError> {
                 "cdc.format_version" => format_version = Some(value),
                 _ => {}
             }
+            md.insert(key, value);
         }
     }
     let sync: &[u8] = c.take(16)?;
@@ -217,7 +410,7 @@ pub fn versions(bytes: &[u8]) -> Result<Fast, DecodeError> {
     }
     let schema = std::str::from_utf8(schema.ok_or_else(|| bad("no avro.schema"))?)
         .map_err(|_| bad("avro.schema is not UTF-8"))?;
-    let columns = match layout(schema) {
+    let fields = match layout(schema) {
         Ok(c) => c,
         Err(why) => return Ok(Fast::Unsupported(why)),
     };
@@ -225,6 +418,11 @@ pub fn versions(bytes: &[u8]) -> Result<Fast, DecodeError> {
     let Some(codec) = codec_name.ok().and_then(codec) else {
         return Ok(Fast::Unsupported(format!("codec {codec_name:?}")));
     };
+    // What the full decode's Avro reader insists on (a record name, valid
+    // field names, …), and the metadata it requires.
+    apache_avro::Schema::parse_str(schema).map_err(|e| bad(format!("avro.schema: {e}")))?;
+    let meta = meta(&md)?;
+    let columns = columns(&md, &fields)?;
 
     let mut out = Vec::new();
     let mut block = Vec::new();
@@ -242,7 +440,7 @@ pub fn versions(bytes: &[u8]) -> Result<Fast, DecodeError> {
         let mut r = Cursor::new(&block);
         out.reserve(count);
         for _ in 0..count {
-            r.skip_str()?; // _op
+            op(r.str()?)?;
             let key_json = r.str()?.to_owned();
             let updated = if r.present()? {
                 Some(hlc(r.str()?, "_updated")?)
@@ -259,16 +457,27 @@ pub fn versions(bytes: &[u8]) -> Result<Fast, DecodeError> {
             } else {
                 None
             };
-            r.skip_str()?; // _topic
-            r.long()?; // _partition
+            r.str()?; // _topic
+            let partition = i32::try_from(r.long()?).map_err(|_| bad("_partition out of range"))?;
+            if partition != meta.partition {
+                return Err(bad(format!(
+                    "a record of partition {partition} in a segment of partition {}",
+                    meta.partition
+                )));
+            }
             let offset = r.long()?;
-            for f in &columns {
+            for col in &columns {
                 if r.present()? {
-                    match f {
-                        Field::Boolean => {
-                            r.take(1)?;
+                    match col.encoding {
+                        Encoding::Boolean => {
+                            if r.take(1)?[0] > 1 {
+                                return Err(bad(format!("column {:?}: not a boolean", col.name)));
+                            }
                         }
-                        Field::String => r.skip_str()?,
+                        Encoding::String => {
+                            r.str()?;
+                        }
+                        Encoding::Json => check_json(r.str()?, &col.name)?,
                     }
                 }
             }
@@ -284,7 +493,11 @@ pub fn versions(bytes: &[u8]) -> Result<Fast, DecodeError> {
             return Err(bad("block has bytes after its records"));
         }
     }
-    Ok(Fast::Versions(out))
+    Ok(Fast::Versions(SegmentVersions {
+        meta,
+        columns: columns.into_iter().map(|c| c.name).collect(),
+        rows: out,
+    }))
 }
 
 #[cfg(test)]
@@ -337,14 +550,213 @@ mod tests {
         let Fast::Versions(fast) = versions(&bytes).unwrap() else {
             panic!("the segment layout is the one the reader knows");
         };
-        let full: Vec<ArchivedVersion> = cdc_segment::decode_segment(&bytes)
-            .unwrap()
-            .rows
-            .iter()
-            .map(ArchivedVersion::from)
-            .collect();
-        assert_eq!(fast.len(), rows.len());
+        let full = full(&bytes).unwrap();
+        assert_eq!(fast.rows.len(), rows.len());
         assert_eq!(fast, full);
+        assert_eq!(fast.meta, meta());
+        assert_eq!(fast.columns, ["id", "note", "flag", "doc"]);
+    }
+
+    use apache_avro::types::Value as Avro;
+
+    /// `bytes` written again (uncompressed) with metadata changed by `md`
+    /// (`None` removes the entry) and every record passed through `rec`.
+    fn rewrite(
+        bytes: &[u8],
+        md: &[(&str, Option<&str>)],
+        mut rec: impl FnMut(&mut Vec<(String, Avro)>),
+    ) -> Vec<u8> {
+        let reader = apache_avro::Reader::new(bytes).unwrap();
+        let schema = reader.writer_schema().clone();
+        let mut meta: Vec<(String, Vec<u8>)> = reader
+            .user_metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in md {
+            meta.retain(|(key, _)| key != k);
+            if let Some(v) = v {
+                meta.push(((*k).to_owned(), v.as_bytes().to_vec()));
+            }
+        }
+        let records: Vec<Avro> = reader.map(Result::unwrap).collect();
+        let mut w = apache_avro::Writer::with_codec(&schema, Vec::new(), Codec::Null);
+        for (k, v) in meta {
+            w.add_user_metadata(k, v).unwrap();
+        }
+        for r in records {
+            let Avro::Record(mut fields) = r else {
+                panic!("a record")
+            };
+            rec(&mut fields);
+            w.append(Avro::Record(fields)).unwrap();
+        }
+        w.into_inner().unwrap()
+    }
+
+    fn field<'a>(fields: &'a mut [(String, Avro)], name: &str) -> &'a mut Avro {
+        &mut fields.iter_mut().find(|(n, _)| n == name).unwrap().1
+    }
+
+    #[test]
+    fn segments_the_full_decode_refuses_are_refused_here_too() {
+        let rows: Vec<ArchivedRow> = (0..20).map(row).collect();
+        let bytes = cdc_segment::encode_segment(&meta(), &rows).unwrap();
+        // Rewritten unchanged: still read, by both.
+        let same = rewrite(&bytes, &[], |_| {});
+        assert!(matches!(versions(&same).unwrap(), Fast::Versions(_)));
+        assert!(full(&same).is_ok());
+
+        let columns = r#"[{"field":"id","name":"id","encoding":"json"},{"field":"note","name":"note","encoding":"string"},{"field":"flag","name":"flag","encoding":"boolean"}]"#;
+        let swapped = r#"[{"field":"id","name":"id","encoding":"json"},{"field":"note","name":"note","encoding":"string"},{"field":"flag","name":"flag","encoding":"json"},{"field":"doc","name":"doc","encoding":"boolean"}]"#;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "no cdc.columns",
+                rewrite(&bytes, &[("cdc.columns", None)], |_| {}),
+            ),
+            (
+                "cdc.columns not JSON",
+                rewrite(&bytes, &[("cdc.columns", Some("[{"))], |_| {}),
+            ),
+            (
+                "cdc.columns one short",
+                rewrite(&bytes, &[("cdc.columns", Some(columns))], |_| {}),
+            ),
+            (
+                "cdc.columns encodings the types cannot hold",
+                rewrite(&bytes, &[("cdc.columns", Some(swapped))], |_| {}),
+            ),
+            (
+                "no cdc.table",
+                rewrite(&bytes, &[("cdc.table", None)], |_| {}),
+            ),
+            (
+                "no cdc.topic",
+                rewrite(&bytes, &[("cdc.topic", None)], |_| {}),
+            ),
+            (
+                "no cdc.partition",
+                rewrite(&bytes, &[("cdc.partition", None)], |_| {}),
+            ),
+            (
+                "cdc.first_offset not a number",
+                rewrite(&bytes, &[("cdc.first_offset", Some("x"))], |_| {}),
+            ),
+            (
+                "no cdc.last_offset",
+                rewrite(&bytes, &[("cdc.last_offset", None)], |_| {}),
+            ),
+            (
+                "bad JSON in a JSON-encoded column",
+                rewrite(&bytes, &[], |f| {
+                    *field(f, "doc") = Avro::Union(1, Box::new(Avro::String("{\"a\": [1,".into())));
+                }),
+            ),
+            (
+                "a bad escape in a JSON string value",
+                rewrite(&bytes, &[], |f| {
+                    *field(f, "id") = Avro::Union(1, Box::new(Avro::String(r#""\ud800x""#.into())));
+                }),
+            ),
+            (
+                "an unknown _op",
+                rewrite(&bytes, &[], |f| {
+                    *field(f, "_op") = Avro::String("merge".into())
+                }),
+            ),
+        ];
+        for (what, b) in &cases {
+            assert!(full(b).is_err(), "{what}: the full decode refuses it");
+            assert!(
+                versions(b).is_err(),
+                "{what}: so must the key/version reader"
+            );
+        }
+        // A record of another partition: refused by both readers here.
+        let other = rewrite(&bytes, &[], |f| *field(f, "_partition") = Avro::Int(3));
+        assert!(versions(&other).is_err());
+        assert!(full(&other).is_err());
+    }
+
+    fn checkpoint(bytes: &[u8], rows: u64) -> Checkpoint {
+        let m = meta();
+        Checkpoint {
+            segment: Some(cdc_checkpoint::SegmentRef::describe(
+                "t/segments/p2/x.avro".into(),
+                bytes,
+                rows,
+                ["id", "note", "flag", "doc"].map(String::from).to_vec(),
+            )),
+            ..serde_json::from_value(serde_json::json!({
+                "format_version": cdc_checkpoint::FORMAT_VERSION,
+                "table": m.table, "topic": m.topic, "partition": m.partition, "partitions": 4,
+                "first_offset": m.first_offset, "last_offset": m.last_offset, "segment": null,
+                "counts": cdc_checkpoint::Counts::default(),
+                "min_updated": null, "max_updated": null, "resolved": null, "key_filter": null,
+                "writer_id": "w", "created_at": "2024-01-01T00:00:00Z"
+            }))
+            .unwrap()
+        }
+    }
+
+    #[test]
+    fn the_segment_must_be_the_one_the_checkpoint_describes() {
+        let rows: Vec<ArchivedRow> = (0..20).map(row).collect();
+        let bytes = cdc_segment::encode_segment(&meta(), &rows).unwrap();
+        let Fast::Versions(seg) = versions(&bytes).unwrap() else {
+            panic!("known layout")
+        };
+        let cp = checkpoint(&bytes, 20);
+        check_checkpoint(&seg, &cp).unwrap();
+        let refused = |cp: Checkpoint, what: &str| {
+            let e = check_checkpoint(&seg, &cp).unwrap_err();
+            assert!(e.contains(what), "{what}: {e}");
+        };
+        refused(
+            Checkpoint {
+                table: "u".into(),
+                ..cp.clone()
+            },
+            "cdc.table",
+        );
+        refused(
+            Checkpoint {
+                partition: 1,
+                ..cp.clone()
+            },
+            "cdc.partition",
+        );
+        refused(
+            Checkpoint {
+                first_offset: 999,
+                ..cp.clone()
+            },
+            "cdc.first_offset",
+        );
+        refused(
+            Checkpoint {
+                last_offset: 5001,
+                ..cp.clone()
+            },
+            "cdc.last_offset",
+        );
+        refused(checkpoint(&bytes, 21), "20 records (checkpoint: 21)");
+        let mut other_columns = cp.clone();
+        other_columns.segment.as_mut().unwrap().columns.pop();
+        refused(other_columns, "cdc.columns");
+        // Records outside the range the metadata claims.
+        let mut narrow = meta();
+        narrow.last_offset = 1010;
+        let bytes = cdc_segment::encode_segment(&narrow, &rows).unwrap();
+        let Fast::Versions(seg) = versions(&bytes).unwrap() else {
+            panic!("known layout")
+        };
+        let cp = Checkpoint {
+            last_offset: 1010,
+            ..checkpoint(&bytes, 20)
+        };
+        let e = check_checkpoint(&seg, &cp).unwrap_err();
+        assert!(e.contains("outside the checkpoint's range"), "{e}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub use error::PurgeError;
 pub use summary::{CheckpointReport, CheckpointStatus, PurgeSummary, Refusal, RowCounts};
 
 use crate::sql::PurgeSql;
-use crate::versions::{ArchivedVersion, Target};
+use crate::versions::Target;
 use cdc_marker::aimd::Aimd;
 use cdc_marker::pace::Pacer;
 
@@ -494,14 +494,16 @@ async fn load(
     };
     let (cp_path, seg_path) = (cp.path(), seg.path.clone());
     let open_tail_xid = cp.open_tail_xid;
+    let checkpoint = cp.clone();
     let planned = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         // Keys and versions only; the full decode for a layout the fast
         // reader does not know (and, as a second opinion, when it fails).
+        // Either way the segment has been read completely, as retrieve and
+        // restore would read it, before any of its rows is deleted.
         let full = |why: &str| {
             tracing::debug!(segment = %seg_path, reason = why, "full segment decode");
-            cdc_segment::decode_segment(&bytes)
-                .map(|s| s.rows.iter().map(ArchivedVersion::from).collect::<Vec<_>>())
+            decode::full(&bytes)
         };
         let decoded = match decode::versions(&bytes) {
             Ok(decode::Fast::Versions(v)) => Ok(v),
@@ -515,14 +517,18 @@ async fn load(
                 r
             }
         };
-        let rows = match decoded {
-            Ok(rows) => rows,
+        let seg = match decoded {
+            Ok(seg) => seg,
             Err(e) => {
                 return Loaded::Refused(format!(
                     "checkpoint {cp_path}: segment {seg_path} does not decode: {e}"
                 ))
             }
         };
+        if let Err(e) = decode::check_checkpoint(&seg, &checkpoint) {
+            return Loaded::Refused(format!("checkpoint {cp_path}: segment {seg_path}: {e}"));
+        }
+        let rows = seg.rows;
         let decoded_in = started.elapsed();
         match versions::plan_keys(&rows, dialect) {
             Ok(mut plan) => {
