@@ -49,9 +49,10 @@ pub struct PurgeOptions {
     pub dry_run: bool,
     /// Start even if foreign keys reference the table from unindexed columns.
     pub allow_unindexed_foreign_keys: bool,
-    /// Test hook: abort the process (no cleanup, like `kill -9`) right after
-    /// this many committed batches. The binary sets it from
-    /// `CDC_PURGE_CRASH_AFTER_BATCHES`.
+    /// Test hook: abort the process (no cleanup, like `kill -9`) once at
+    /// least this many batches have committed and none is in flight (so
+    /// every statement the server ran was counted, as with a sequential
+    /// purger). The binary sets it from `CDC_PURGE_CRASH_AFTER_BATCHES`.
     pub crash_after_batches: Option<u64>,
     /// Show a progress bar (on a terminal only, see `cdc_common::progress`).
     pub progress: bool,
@@ -832,6 +833,7 @@ impl Run<'_> {
             rest = &rest[done..];
             b.add_to(counts);
             self.bar.inc(done as u64);
+            self.crash_if_due(0);
         }
         Ok(true)
     }
@@ -843,9 +845,11 @@ impl Run<'_> {
     /// implicit transaction with its own result: a batch that fails with a
     /// retryable error is redone on its own by [`Run::batch`] (smaller,
     /// after a backoff, reconnecting if needed) while the others' results
-    /// stand, so counts stay exact. The rate limit waits before a batch is
-    /// sent, never inside a transaction. Returns false when shutdown
-    /// stopped it before the end (batches already sent are awaited).
+    /// stand, and a batch whose DELETE committed but whose probe failed
+    /// keeps its count and retries only the probe, so counts stay exact.
+    /// The rate limit waits before a batch is sent, never inside a
+    /// transaction. Returns false when shutdown stopped it before the end
+    /// (batches already sent are awaited).
     async fn pipelined(
         &mut self,
         targets: &[Target],
@@ -857,8 +861,9 @@ impl Run<'_> {
         let mut last_done = Instant::now();
         loop {
             while window.len() < depth && next < targets.len() && !self.shutdown.is_cancelled() {
-                // The crash hook aborts right after its batch with nothing
-                // else in flight, as a sequential purger would.
+                // Once the crash hook's count of batches is committed or in
+                // flight, nothing more is sent: the hook fires when they
+                // have completed, with nothing in flight.
                 if self
                     .opts
                     .crash_after_batches
@@ -887,25 +892,26 @@ impl Run<'_> {
                 break;
             };
             let batch = &targets[sent.start..sent.start + sent.n];
-            let outcome = match joined(sent.result.await) {
+            match joined(sent.result.await) {
                 Ok(deleted) => {
                     let now = Instant::now();
                     // Its own time on the server, not its wait behind the
                     // batch ahead of it.
                     let latency = now - sent.sent.max(last_done);
                     last_done = now;
-                    match explain_kept(&self.session, self.key_columns, batch, deleted).await {
-                        Ok(b) => Ok((b, latency)),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok((b, latency)) => {
                     self.committed(sent.n, latency);
+                    // The DELETE committed: its count stands. Only the
+                    // probe is retried if it fails.
+                    let b = match self.explain(batch, deleted).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            drain(window).await;
+                            return Err(e);
+                        }
+                    };
                     b.add_to(counts);
                     self.bar.inc(sent.n as u64);
+                    self.crash_if_due(window.len());
                 }
                 Err(e) if e.is_retryable() => {
                     self.retries += 1;
@@ -926,6 +932,9 @@ impl Run<'_> {
                                 rest = &rest[done..];
                                 b.add_to(counts);
                                 self.bar.inc(done as u64);
+                                // Not while later batches are in flight:
+                                // their statements may have run already.
+                                self.crash_if_due(window.len());
                             }
                             Err(e) => {
                                 drain(window).await;
@@ -957,19 +966,72 @@ impl Run<'_> {
         }
     }
 
-    /// Bookkeeping after a batch committed: size, rate, count, crash hook.
+    /// Bookkeeping after a batch committed: size, rate, count.
     fn committed(&mut self, n: usize, latency: Duration) {
         self.size.on_success(latency);
         if let Some(p) = &mut self.rate {
             p.spend(n as u64, Instant::now());
         }
         self.batches += 1;
-        if !self.opts.dry_run && self.opts.crash_after_batches == Some(self.batches) {
+    }
+
+    /// The crash hook ([`PurgeOptions::crash_after_batches`]): aborts once
+    /// at least that many batches have committed, and only with nothing in
+    /// flight (`in_flight` batches sent and not yet accounted for), so that
+    /// every statement the server ran had been counted, as with a
+    /// sequential purger.
+    fn crash_if_due(&self, in_flight: usize) {
+        if crash_due(
+            self.opts.crash_after_batches,
+            self.opts.dry_run,
+            self.batches,
+            in_flight,
+        ) {
             tracing::error!(
                 batches = self.batches,
                 "CDC_PURGE_CRASH_AFTER_BATCHES reached: aborting"
             );
             std::process::abort();
+        }
+    }
+
+    /// Why the rows a committed DELETE did not remove were kept
+    /// ([`explain_kept`]), retrying only that read: the DELETE's count
+    /// stands (redoing the batch would find its rows gone and count them as
+    /// already gone).
+    async fn explain(&mut self, batch: &[Target], deleted: u64) -> Result<BatchResult, PurgeError> {
+        let mut delays = self.cfg.retry.backoff().build();
+        loop {
+            match explain_kept(&self.session, self.key_columns, batch, deleted).await {
+                Ok(b) => return Ok(b),
+                Err(e) if e.is_retryable() => {
+                    let Some(delay) = delays.next() else {
+                        return Err(PurgeError::Db {
+                            context: format!(
+                                "classifying the {} rows a committed DELETE kept, retries exhausted",
+                                batch.len() as u64 - deleted
+                            ),
+                            source: e,
+                        });
+                    };
+                    self.retries += 1;
+                    tracing::warn!(error = %e, rows = batch.len(), deleted, ?delay,
+                        "reading why rows were kept failed after the DELETE committed; retrying the read only");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.cancelled() => {}
+                    }
+                    if self.session.client.is_closed() {
+                        self.reconnect(&mut delays).await?;
+                    }
+                }
+                Err(source) => {
+                    return Err(PurgeError::Db {
+                        context: "classifying the rows a committed DELETE kept".into(),
+                        source,
+                    })
+                }
+            }
         }
     }
 
@@ -988,13 +1050,23 @@ impl Run<'_> {
             self.pace(n).await;
             let started = Instant::now();
             let attempt = if self.opts.dry_run {
-                probe(&self.session, self.key_columns, &rest[..n]).await
+                probe(&self.session, self.key_columns, &rest[..n])
+                    .await
+                    .map(Attempt::Probed)
             } else {
-                delete(&self.session, self.key_columns, &rest[..n], shape).await
+                delete(&self.session, self.key_columns, &rest[..n], shape)
+                    .await
+                    .map(Attempt::Deleted)
             };
             match attempt {
-                Ok(result) => {
+                Ok(Attempt::Probed(result)) => {
                     self.committed(n, started.elapsed());
+                    return Ok((n, result));
+                }
+                Ok(Attempt::Deleted(deleted)) => {
+                    self.committed(n, started.elapsed());
+                    // Committed: from here on only the probe is retried.
+                    let result = self.explain(&rest[..n], deleted).await?;
                     return Ok((n, result));
                 }
                 Err(e) if e.is_retryable() => {
@@ -1219,51 +1291,103 @@ impl Session {
     }
 }
 
+/// What one attempt of a batch did.
+enum Attempt {
+    /// Dry run: every key classified.
+    Probed(BatchResult),
+    /// The DELETE committed and removed this many rows.
+    Deleted(u64),
+}
+
 /// One batch: a single guarded DELETE statement, which is its own short
 /// transaction (on CockroachDB an implicit transaction the server can
 /// retry by itself) and one round trip; the deleted count is its row
 /// count (no RETURNING: it made the statement a third slower). Only when
-/// some keys were not deleted, one SELECT says why. If the connection
-/// drops after the DELETE committed, the retry finds those rows gone and
-/// counts them as already gone, so the totals still reconcile.
+/// some keys were not deleted does [`explain_kept`] say why, as a separate
+/// read that is retried on its own. If the connection drops after the
+/// DELETE committed but before its count arrived, the retry finds those
+/// rows gone and counts them as already gone, so the totals still
+/// reconcile.
 async fn delete(
     s: &Session,
     keys: usize,
     batch: &[Target],
     shape: Shape,
-) -> Result<BatchResult, tokio_postgres::Error> {
+) -> Result<u64, tokio_postgres::Error> {
     let p = delete_params(batch, keys, shape);
-    let deleted = s.client.execute_raw(s.delete_statement(shape), p).await?;
-    explain_kept(s, keys, batch, deleted).await
+    s.client.execute_raw(s.delete_statement(shape), p).await
 }
 
 /// The batch's result once its DELETE removed `deleted` rows: when some
-/// keys were not deleted, one SELECT says why. The rows still present say
-/// why they were kept; the others of the batch that are gone but not
-/// counted as deleted were gone before.
+/// keys were not deleted, one SELECT says why (see [`kept`]).
 async fn explain_kept(
     s: &Session,
     keys: usize,
     batch: &[Target],
     deleted: u64,
 ) -> Result<BatchResult, tokio_postgres::Error> {
-    let mut result = BatchResult {
-        deleted,
-        ..BatchResult::default()
-    };
-    let not_deleted = batch.len() as u64 - deleted;
-    if not_deleted > 0 {
+    let (mut unmarked, mut changed) = (0, 0);
+    if batch.len() as u64 > deleted {
         let cols = params(batch, keys);
-        let mut present = 0;
         for r in s.client.query(&s.probe, &refs(&cols)).await? {
             if r.get("present") {
-                present += 1;
-                classify(&mut result, true, r.get("marked"), false);
+                if r.get("marked") {
+                    changed += 1;
+                } else {
+                    unmarked += 1;
+                }
             }
         }
-        result.already_gone = not_deleted.saturating_sub(present);
     }
-    Ok(result)
+    Ok(kept(batch.len() as u64, deleted, unmarked, changed))
+}
+
+/// Accounts for a batch of `batch` targets whose DELETE removed `deleted`
+/// rows, given what the probe (a later statement) found of the batch's
+/// keys: `unmarked` rows present with `archived = false`, `changed` rows
+/// present and marked (their version is not the archived one, or the
+/// DELETE would have removed them). The rows still present say why they
+/// were kept; the other targets not deleted were gone before.
+///
+/// The probe runs after the DELETE committed, so a deleted key inserted
+/// again in between is present too: then more rows are present than were
+/// kept. The DELETE's count is exact (those archived versions are gone),
+/// and the re-inserted rows cannot be told from kept ones, so the excess
+/// is taken off `unmarked` first (a new row is normally inserted
+/// unmarked), then `changed`, and nothing counts as already gone. Every
+/// target is counted exactly once: `deleted + already_gone +
+/// skipped_unmarked + skipped_changed = batch`.
+fn kept(batch: u64, deleted: u64, unmarked: u64, changed: u64) -> BatchResult {
+    let not_deleted = batch.saturating_sub(deleted);
+    let mut r = BatchResult {
+        deleted,
+        skipped_unmarked: unmarked,
+        skipped_changed: changed,
+        ..BatchResult::default()
+    };
+    let present = unmarked + changed;
+    if present <= not_deleted {
+        r.already_gone = not_deleted - present;
+    } else {
+        let excess = present - not_deleted;
+        tracing::warn!(
+            deleted,
+            present,
+            kept = not_deleted,
+            "rows deleted by this batch were inserted again before the probe read them; \
+             counting the excess as deleted, not as kept"
+        );
+        let off_unmarked = excess.min(unmarked);
+        r.skipped_unmarked -= off_unmarked;
+        r.skipped_changed -= excess - off_unmarked;
+    }
+    r
+}
+
+/// Whether the crash hook fires: at least `after` batches committed and
+/// none in flight (never in a dry run).
+fn crash_due(after: Option<u64>, dry_run: bool, batches: u64, in_flight: usize) -> bool {
+    !dry_run && in_flight == 0 && after.is_some_and(|k| batches >= k)
 }
 
 /// Dry run: classify every key, deleting nothing.
@@ -1328,5 +1452,84 @@ mod tests {
         // Parameters: keys, then the one version or every version.
         assert_eq!(delete_params(&two[..5], 1, Shape::Uniform).len(), 2);
         assert_eq!(delete_params(&mixed[..8], 1, Shape::Paired).len(), 2);
+    }
+
+    fn total(r: &BatchResult) -> u64 {
+        r.deleted + r.already_gone + r.skipped_changed + r.skipped_unmarked + r.would_delete
+    }
+
+    #[test]
+    fn kept_rows_are_classified_and_every_target_counted_once() {
+        // 10 targets, 7 deleted; of the 3 kept, 1 un-marked and 1 changed
+        // are still there, 1 was gone before.
+        let r = kept(10, 7, 1, 1);
+        assert_eq!(
+            (
+                r.deleted,
+                r.skipped_unmarked,
+                r.skipped_changed,
+                r.already_gone
+            ),
+            (7, 1, 1, 1)
+        );
+        assert_eq!(total(&r), 10);
+        // Everything deleted: nothing else.
+        let r = kept(10, 10, 0, 0);
+        assert_eq!((r.deleted, total(&r)), (10, 10));
+        // Nothing deleted, nothing there: all gone before.
+        assert_eq!(kept(4, 0, 0, 0).already_gone, 4);
+    }
+
+    #[test]
+    fn keys_inserted_again_between_the_delete_and_the_probe_are_not_counted_twice() {
+        // 10 targets, 9 deleted, 1 kept (un-marked); two deleted keys were
+        // inserted again before the probe: 3 present, 2 of them new rows.
+        let r = kept(10, 9, 3, 0);
+        assert_eq!(
+            (
+                r.deleted,
+                r.skipped_unmarked,
+                r.skipped_changed,
+                r.already_gone
+            ),
+            (9, 1, 0, 0)
+        );
+        assert_eq!(total(&r), 10);
+        // The excess is taken off un-marked first, then changed.
+        let r = kept(10, 8, 1, 3);
+        assert_eq!(
+            (
+                r.deleted,
+                r.skipped_unmarked,
+                r.skipped_changed,
+                r.already_gone
+            ),
+            (8, 0, 2, 0)
+        );
+        assert_eq!(total(&r), 10);
+        for batch in 0..6 {
+            for deleted in 0..=batch {
+                for unmarked in 0..=batch {
+                    for changed in 0..=batch - unmarked {
+                        let r = kept(batch, deleted, unmarked, changed);
+                        assert_eq!(total(&r), batch, "{batch} {deleted} {unmarked} {changed}");
+                        assert_eq!(r.deleted, deleted);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_crash_hook_fires_only_with_nothing_in_flight() {
+        assert!(crash_due(Some(3), false, 3, 0));
+        assert!(
+            crash_due(Some(3), false, 5, 0),
+            "past the count, once drained"
+        );
+        assert!(!crash_due(Some(3), false, 3, 1), "a batch still in flight");
+        assert!(!crash_due(Some(3), false, 2, 0));
+        assert!(!crash_due(Some(3), true, 3, 0), "never in a dry run");
+        assert!(!crash_due(None, false, 3, 0));
     }
 }

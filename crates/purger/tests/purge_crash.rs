@@ -126,3 +126,74 @@ async fn killed_mid_run_then_rerun_completes_and_reconciles() {
     assert_eq!(deleted + gone, 100);
     f.drop().await;
 }
+
+/// The crash hook on the pipelined retry path: batch 1 fails (a row lock
+/// times out) while batch 2 is in flight, and is redone in smaller
+/// batches. The hook (after 2 batches) must not fire while batch 2 is
+/// still unaccounted for (its DELETE has run on the server by then): it
+/// fires once batch 1 is redone completely and batch 2's result is in,
+/// so the rows gone are exactly those of the batches the purger counted.
+#[tokio::test]
+async fn the_crash_hook_waits_for_batches_in_flight_on_the_retry_path() {
+    let mut f = Fixture::archived(40).await;
+    f.cfg.pipeline_depth = 2;
+    let sep = if f.cfg.database_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    f.cfg.database_url = format!("{}{sep}options=-c%20lock_timeout%3D100", f.cfg.database_url);
+    f.cfg.retry.initial_delay = std::time::Duration::from_millis(20);
+    f.cfg.retry.max_delay = std::time::Duration::from_millis(100);
+    f.cfg.retry.max_retries = 1000;
+    // Row 3 (batch 1 = rows 1..=8) is locked for a second: batch 1 and its
+    // first smaller retries fail; batch 2 (rows 9..=16) runs meanwhile.
+    let mut holder = cdc_tests::pg().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        &format!("SELECT 1 FROM {} WHERE id = 3 FOR UPDATE", f.q()),
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crashing_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, serde_json::to_string(&f.cfg).unwrap())
+        .env("CDC_PURGE_CRASH_AFTER_BATCHES", "2")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    tx.commit().await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "the child aborted: {status:?}");
+    }
+    #[cfg(not(unix))]
+    assert!(!status.success());
+    assert_eq!(
+        f.snapshot().await.keys().copied().collect::<Vec<_>>(),
+        (17..=40).collect::<Vec<_>>(),
+        "batch 1 redone completely and batch 2 accounted for before the abort, nothing after"
+    );
+    // The rerun finishes and reconciles: 16 already gone, 24 deleted.
+    let s = f.purge(&PurgeOptions::default()).await.unwrap();
+    assert!(s.ok(), "{}", s.render());
+    assert_eq!(
+        (s.totals.deleted, s.totals.already_gone),
+        (24, 16),
+        "{}",
+        s.render()
+    );
+    f.drop().await;
+}
