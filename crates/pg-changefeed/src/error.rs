@@ -49,6 +49,24 @@ pub enum ChangefeedError {
     /// A Kafka client or delivery error.
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The idempotent producer raised a fatal error (with
+    /// `enable.gapless.guarantee`: a message failed in a way that would
+    /// leave a gap before later messages of its partition). The producer
+    /// cannot be used any more, and the changefeed stops rather than
+    /// carry on with a new one, so that an operator sees it.
+    #[error(
+        "Kafka producer fatal error {code}: {reason}. The changefeed stopped: a message could not \
+         be delivered without risking a gap before later messages of its partition (the sink \
+         relies on each partition's order). The replication slot was not advanced past the last \
+         transaction Kafka acknowledged in full, so nothing is lost: restarting the changefeed \
+         sends everything after it again (at least once)"
+    )]
+    KafkaFatal {
+        /// librdkafka's underlying error code.
+        code: String,
+        /// librdkafka's description.
+        reason: String,
+    },
 }
 
 impl Retryable for ChangefeedError {
@@ -70,6 +88,8 @@ impl Retryable for ChangefeedError {
             ),
             // A topic may be created by an operator while we wait.
             ChangefeedError::Topic { .. } => true,
+            // The producer is unusable, and a gap may be at stake: stop.
+            ChangefeedError::KafkaFatal { .. } => false,
             ChangefeedError::Config(_)
             | ChangefeedError::Table { .. }
             | ChangefeedError::Slot { .. }

@@ -331,7 +331,8 @@ async fn run_session(
     publisher.drain().await?;
     publisher
         .producer
-        .flush(rdkafka::util::Timeout::After(config.delivery_timeout))?;
+        .flush(rdkafka::util::Timeout::After(config.delivery_timeout))
+        .map_err(|e| fatal_or(&publisher.producer, e))?;
     info!(slot = %config.slot_name, "pg-changefeed stopped cleanly");
     Ok(())
 }
@@ -821,7 +822,7 @@ impl Publisher {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
-                Err((e, _)) => return Err(e.into()),
+                Err((e, _)) => return Err(self.kafka_error(e)),
             }
         }
         while self.inflight.len() > self.max_in_flight {
@@ -840,9 +841,16 @@ impl Publisher {
                 self.acked_total += 1;
                 Ok(true)
             }
-            Ok(Err((e, _))) => Err(e.into()),
-            Err(_) => Err(KafkaError::Canceled.into()),
+            Ok(Err((e, _))) => Err(self.kafka_error(e)),
+            Err(_) => Err(self.kafka_error(KafkaError::Canceled)),
         }
+    }
+
+    /// A produce or delivery error, or the producer's fatal error if it
+    /// raised one (the failed message's own error is then a consequence:
+    /// the failed batch's broker error, or a purge of the queue).
+    fn kafka_error(&self, e: KafkaError) -> ChangefeedError {
+        fatal_or(&self.producer, e)
     }
 
     async fn drain(&mut self) -> Result<(), ChangefeedError> {
@@ -867,10 +875,36 @@ impl Publisher {
     }
 }
 
+/// `e`, unless the producer has raised a fatal error: then that, as
+/// [`ChangefeedError::KafkaFatal`] (not retried).
+fn fatal_or(producer: &FutureProducer, e: KafkaError) -> ChangefeedError {
+    match producer.client().fatal_error() {
+        Some((code, reason)) => {
+            tracing::error!(%code, %reason, "Kafka producer fatal error: stopping without advancing the slot");
+            ChangefeedError::KafkaFatal {
+                code: format!("{code:?}"),
+                reason,
+            }
+        }
+        None => e.into(),
+    }
+}
+
+/// The idempotent producer (no duplicates or reordering from its own
+/// retries), with the gapless guarantee: a message that fails for good in
+/// a way that would let later messages of its partition be acknowledged
+/// after it (a gap) is instead a fatal error that stops the producer, so
+/// every partition's acknowledged messages are a prefix of what was sent,
+/// in order (the sink's hold-back of open transactions relies on that
+/// order). A fatal error stops the changefeed, see
+/// [`ChangefeedError::KafkaFatal`]. Messages that fail by
+/// `message.timeout.ms` are not covered by librdkafka's guarantee; they
+/// fail the delivery and the session, and the slot is not advanced.
 fn make_producer(config: &PgChangefeedConfig) -> Result<FutureProducer, ChangefeedError> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
         .set("acks", "all")
         .set(
             "message.timeout.ms",

@@ -92,6 +92,15 @@ impl Feed {
         !self.handle.is_finished()
     }
 
+    /// Waits up to `limit` for the feed to stop on its own (an error that
+    /// is not retried); its result.
+    pub async fn finished(self, limit: Duration) -> Result<(), ChangefeedError> {
+        match tokio::time::timeout(limit, self.handle).await {
+            Ok(r) => r.expect("the feed task does not panic"),
+            Err(_) => panic!("the feed was still running after {limit:?}"),
+        }
+    }
+
     /// Cancels, as SIGTERM does, and insists on a clean stop.
     pub async fn stop(self) {
         self.cancel.cancel();
