@@ -24,6 +24,41 @@ impl Dialect {
     }
 }
 
+/// PostgreSQL: the replication origin the purger's sessions take (config
+/// `purger.replication_origin`), so that the PostgreSQL changefeed can
+/// leave their deletes out (config `pg_changefeed.filter_origins`): the
+/// PostgreSQL counterpart of CockroachDB's `disable_changefeed_replication`.
+/// Both defaults are this constant, so they cannot drift apart.
+///
+/// It names a *pool*: an origin is active in one session at a time, so a
+/// session takes the first free one of `<name>`, `<name>_1`, `<name>_2`, …
+/// ([`origin_pool_member`]), and the changefeed leaves out every member
+/// ([`is_origin_pool_member`]).
+pub const PURGER_REPLICATION_ORIGIN: &str = "cdc_archiver_purger";
+
+/// Member `i` of the replication-origin pool `base`: `base` itself for 0,
+/// `base_<i>` after it.
+pub fn origin_pool_member(base: &str, i: u32) -> String {
+    if i == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}_{i}")
+    }
+}
+
+/// Whether `name` is a member of the replication-origin pool `base` (see
+/// [`origin_pool_member`]): `base`, or `base_<n>` with `n` a decimal
+/// number from 1 without leading zeros.
+pub fn is_origin_pool_member(base: &str, name: &str) -> bool {
+    match name.strip_prefix(base) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('_').is_some_and(|n| {
+            !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+        }),
+        None => false,
+    }
+}
+
 /// Errors opening a database session.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -120,6 +155,35 @@ mod tests {
             Dialect::from_version_string("PostgreSQL 15.19 (Debian 15.19-0+deb12u1) on x86_64"),
             Dialect::Postgres
         );
+    }
+
+    #[test]
+    fn origin_pool_names() {
+        let base = PURGER_REPLICATION_ORIGIN;
+        let pool: Vec<String> = (0..3).map(|i| origin_pool_member(base, i)).collect();
+        assert_eq!(
+            pool,
+            [
+                "cdc_archiver_purger",
+                "cdc_archiver_purger_1",
+                "cdc_archiver_purger_2"
+            ]
+        );
+        for name in &pool {
+            assert!(is_origin_pool_member(base, name), "{name}");
+        }
+        assert!(is_origin_pool_member(base, "cdc_archiver_purger_17"));
+        for other in [
+            "cdc_archiver_purger_",
+            "cdc_archiver_purger_01",
+            "cdc_archiver_purger_1a",
+            "cdc_archiver_purgers",
+            "cdc_archiver_purger__1",
+            "cdc_archiver",
+            "pg_16384",
+        ] {
+            assert!(!is_origin_pool_member(base, other), "{other}");
+        }
     }
 
     #[test]

@@ -42,6 +42,17 @@ pub struct PgChangefeedConfig {
     /// Backoff for retryable failures (database or broker down). Default:
     /// the shared retry defaults.
     pub retry: RetryConfig,
+    /// Replication-origin pools whose transactions are left out (wal2json
+    /// `filter-origins`): each entry covers the origin of that name and its
+    /// numbered pool members `<name>_1`, `<name>_2`, … (as the purger's
+    /// `replication_origin` / `replication_origin_pool` create them), so
+    /// the purger's deletes do not come back as delete events. Names are
+    /// resolved to origin ids before every peek; an origin created later is
+    /// covered from then on. An empty list sends every transaction.
+    /// Default: `["cdc_archiver_purger"]`
+    /// ([`cdc_common::db::PURGER_REPLICATION_ORIGIN`], the purger's
+    /// default).
+    pub filter_origins: Vec<String>,
 }
 
 impl Default for PgChangefeedConfig {
@@ -57,6 +68,7 @@ impl Default for PgChangefeedConfig {
             max_in_flight: 10_000,
             delivery_timeout: Duration::from_secs(60),
             retry: RetryConfig::default(),
+            filter_origins: vec![cdc_common::db::PURGER_REPLICATION_ORIGIN.to_owned()],
         }
     }
 }
@@ -113,6 +125,11 @@ impl PgChangefeedConfig {
         if self.max_changes_per_peek < 1 || self.max_in_flight < 1 {
             return bad("max_changes_per_peek and max_in_flight must be at least 1".into());
         }
+        if let Some(o) = self.filter_origins.iter().find(|o| o.is_empty()) {
+            return bad(format!(
+                "filter_origins {o:?}: an origin name is never empty (use an empty list to filter nothing)"
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for t in &self.tables {
             let key = (t.name.schema_or_public().to_owned(), t.name.name.clone());
@@ -143,7 +160,18 @@ mod tests {
         assert!(c.tables[0].emit_deletes);
         assert_eq!(c.tables[1].topic(), "t");
         assert!(!c.tables[1].emit_deletes);
+        assert_eq!(
+            c.filter_origins,
+            [cdc_common::db::PURGER_REPLICATION_ORIGIN]
+        );
         c.validate().unwrap();
+        let c: PgChangefeedConfig =
+            toml::from_str("tables = [{ name = \"t\" }]\nfilter_origins = []").unwrap();
+        assert!(c.filter_origins.is_empty());
+        c.validate().unwrap();
+        let c: PgChangefeedConfig =
+            toml::from_str("tables = [{ name = \"t\" }]\nfilter_origins = [\"\"]").unwrap();
+        assert!(c.validate().is_err());
         let err = toml::from_str::<PgChangefeedConfig>("tabels = []")
             .unwrap_err()
             .to_string();

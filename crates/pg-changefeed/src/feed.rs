@@ -203,6 +203,27 @@ async fn run_session(
         );
     }
     ensure_slot(&client, &config.slot_name).await?;
+    // Where the slot stands: how much WAL a peek that found nothing has
+    // read in vain (see `SKIP_HEARTBEAT_BYTES`).
+    let mut confirmed: Option<u64> = client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.slot_name],
+        )
+        .await?
+        .get::<_, Option<String>>(0)
+        .as_deref()
+        .and_then(parse_lsn);
+    let filter_origins = !config.filter_origins.is_empty()
+        && probe_option(&client, &config.slot_name, wal2json::FILTER_ORIGINS, "0").await?;
+    if !config.filter_origins.is_empty() && !filter_origins {
+        warn!(
+            "this wal2json does not support `{}`: transactions of the replication origins {:?} (the \
+             purger's deletes) are sent like any other, as delete events",
+            wal2json::FILTER_ORIGINS,
+            config.filter_origins
+        );
+    }
     let mut numeric_as_string = probe_numeric_as_string(&client, &config.slot_name).await?;
     if !numeric_as_string {
         warn!(
@@ -245,11 +266,21 @@ async fn run_session(
     let options: String = wal2json::options(numeric_as_string)
         .map(|(k, v)| format!("'{k}', '{v}', "))
         .collect();
+    // The origin ids are bound: they are re-read before every peek.
+    let origins_option = if filter_origins {
+        format!(", '{}', $5", wal2json::FILTER_ORIGINS)
+    } else {
+        String::new()
+    };
     let peek = client
         .prepare(&format!(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, $3, {options}'add-tables', $4)"
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, $3, {options}'add-tables', $4{origins_option})"
         ))
         .await?;
+    let origin_ids = client
+        .prepare("SELECT roident::int8, roname::text FROM pg_catalog.pg_replication_origin ORDER BY roident")
+        .await?;
+    let mut filtered: Option<Vec<u32>> = None;
     // Where the next peek stops, and the epoch source for its xids; read
     // before the catalog is re-read (see the module docs).
     let position = client
@@ -275,30 +306,69 @@ async fn run_session(
         let upto: String = pos.get(0);
         let reference: i64 = pos.get(1);
         refresh_catalog(&client, &mut tables).await?;
+        // Also after reading where the peek stops: an origin used by a
+        // transaction before that point was created before it, so it is
+        // known here.
+        let ids = if filter_origins {
+            let ids = resolve_origins(&client, &origin_ids, &config.filter_origins).await?;
+            if filtered.as_ref() != Some(&ids.0) {
+                info!(origins = ?ids.1, ids = ?ids.0, "transactions of these replication origins are left out");
+                filtered = Some(ids.0.clone());
+            }
+            wal2json::filter_origins_value(&ids.0)
+        } else {
+            String::new()
+        };
         let ctx = PeekContext {
             tables: &tables,
             numeric_as_string: AtomicBool::new(numeric_as_string),
             xid_reference: u64::try_from(reference).unwrap_or_default(),
         };
-        let params: [&(dyn ToSql + Sync); 4] = [
+        let params: [&(dyn ToSql + Sync); 5] = [
             &config.slot_name,
             &upto,
             &config.max_changes_per_peek,
             &add_tables,
+            &ids,
         ];
+        let params = if filter_origins {
+            &params[..]
+        } else {
+            &params[..4]
+        };
         let outcome =
-            peek_and_publish(&client, &peek, &params, &ctx, clock, &mut publisher, cancel).await?;
+            peek_and_publish(&client, &peek, params, &ctx, clock, &mut publisher, cancel).await?;
         numeric_as_string = ctx.numeric_as_string.load(Ordering::Relaxed);
         report_unversioned(&outcome);
         publisher.drain().await?;
         if let Some((end_lsn, updated)) = &outcome.last_commit {
             advance(&client, &config.slot_name, end_lsn, cancel).await?;
             debug!(%end_lsn, %updated, rows = outcome.rows, "slot advanced");
+            confirmed = parse_lsn(end_lsn).or(confirmed);
             acked = Some(*updated);
             *progressed = true;
         }
         if cancel.is_cancelled() {
             break;
+        }
+        // Nothing came through although the WAL moved on: transactions
+        // left out by origin (a purge) or of another database give the
+        // peek no commit to advance the slot to, so every peek would read
+        // that WAL again until the idle heartbeat. A heartbeat now is a
+        // commit to advance to (the next peek, after the usual pause).
+        if outcome.last_commit.is_none()
+            && parse_lsn(&upto)
+                .zip(confirmed)
+                .is_some_and(|(u, c)| u.saturating_sub(c) >= SKIP_HEARTBEAT_BYTES)
+        {
+            debug!(%upto, "WAL read without a transaction to send: heartbeat, so the slot can advance");
+            client
+                .execute(
+                    "SELECT pg_logical_emit_message(true, $1, $2)",
+                    &[&HEARTBEAT_PREFIX, &config.slot_name],
+                )
+                .await?;
+            last_heartbeat_at = Instant::now();
         }
         if last_resolved_at.elapsed() >= config.resolved_interval {
             match acked {
@@ -495,20 +565,67 @@ async fn refresh_catalog(
     Ok(())
 }
 
-/// Whether this wal2json accepts [`wal2json::NUMERIC_AS_STRING`]: a peek
-/// that decodes at most one WAL record (`upto_lsn` 0/1) with the option.
+/// Whether this wal2json accepts [`wal2json::NUMERIC_AS_STRING`].
 async fn probe_numeric_as_string(client: &Client, slot: &str) -> Result<bool, ChangefeedError> {
-    let sql = format!(
-        "SELECT count(*) FROM pg_logical_slot_peek_changes($1, '0/1'::pg_lsn, 1, \
-         'format-version', '2', '{}', '1')",
-        wal2json::NUMERIC_AS_STRING
-    );
-    match client.query_one(&sql, &[&slot]).await {
+    probe_option(client, slot, wal2json::NUMERIC_AS_STRING, "1").await
+}
+
+/// Whether this wal2json accepts `option` (a constant of this crate) with
+/// `value`: a peek that decodes at most one WAL record (`upto_lsn` 0/1)
+/// with it. A wal2json that does not know an option refuses it.
+async fn probe_option(
+    client: &Client,
+    slot: &str,
+    option: &str,
+    value: &str,
+) -> Result<bool, ChangefeedError> {
+    let sql = "SELECT count(*) FROM pg_logical_slot_peek_changes($1, '0/1'::pg_lsn, 1, \
+         'format-version', '2', $2, $3)";
+    match client.query_one(sql, &[&slot, &option, &value]).await {
         Ok(_) => Ok(true),
-        Err(e) if wal2json::is_unknown_numeric_option(&e) => Ok(false),
+        Err(e) if wal2json::is_unknown_option(&e, option) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
+
+/// The ids of the replication origins in the pools `bases` (each name and
+/// its numbered members, see [`cdc_common::db::is_origin_pool_member`]),
+/// and their names.
+async fn resolve_origins(
+    client: &Client,
+    stmt: &tokio_postgres::Statement,
+    bases: &[String],
+) -> Result<(Vec<u32>, Vec<String>), ChangefeedError> {
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    for row in client.query(stmt, &[]).await? {
+        let id: i64 = row.get(0);
+        let name: String = row.get(1);
+        if bases
+            .iter()
+            .any(|b| cdc_common::db::is_origin_pool_member(b, &name))
+        {
+            if let Ok(id) = u32::try_from(id) {
+                ids.push(id);
+                names.push(name);
+            }
+        }
+    }
+    Ok((ids, names))
+}
+
+/// `X/Y` (PostgreSQL's `pg_lsn` text) as a number.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// WAL a peek may read without finding a transaction to send (all of it
+/// left out by origin, or not yet committed) before the feed writes a
+/// heartbeat transaction at once, instead of after `resolved_interval`, so
+/// that the next peek can advance the slot past it and peeks do not read
+/// the same WAL again and again while a purge runs.
+const SKIP_HEARTBEAT_BYTES: u64 = 1 << 20;
 
 fn bad(lsn: &str, reason: impl Into<String>) -> ChangefeedError {
     ChangefeedError::Wal2json {
@@ -1036,6 +1153,15 @@ mod tests {
         let enc = encode_full(json, t, true);
         assert_eq!(enc.incomplete, None, "{json}");
         enc.outs
+    }
+
+    #[test]
+    fn lsn_text_parses() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("0/15162A8"), Some(0x0151_62A8));
+        assert_eq!(parse_lsn("1A/FF"), Some((0x1A << 32) | 0xFF));
+        assert_eq!(parse_lsn("garbage"), None);
+        assert_eq!(parse_lsn("1/xyz"), None);
     }
 
     #[test]

@@ -46,9 +46,37 @@ pub fn options(numeric_as_string: bool) -> impl Iterator<Item = (&'static str, &
 /// Whether a PostgreSQL error says that wal2json does not know
 /// [`NUMERIC_AS_STRING`].
 pub fn is_unknown_numeric_option(e: &tokio_postgres::Error) -> bool {
+    is_unknown_option(e, NUMERIC_AS_STRING)
+}
+
+/// wal2json's option that leaves out every transaction committed under
+/// one of the listed replication origins (the purger's, see
+/// `cdc_common::db::PURGER_REPLICATION_ORIGIN`). Its value is a
+/// comma-separated list of origin **ids** (`pg_replication_origin.roident`),
+/// not names: wal2json reads each item as a number, and a name reads as 0
+/// (no origin), silently filtering nothing. The feed therefore resolves the
+/// configured names to ids before every peek. wal2json 2.5 (Debian 12's)
+/// has it; the feed checks at start-up, and a plugin that refuses it as
+/// unknown (like [`NUMERIC_AS_STRING`]) gets a warning and every
+/// transaction.
+pub const FILTER_ORIGINS: &str = "filter-origins";
+
+/// The [`FILTER_ORIGINS`] value for `ids`: `0` (no origin: filters nothing,
+/// since wal2json never filters local changes) when there is none yet, so
+/// that one prepared peek serves both cases.
+pub fn filter_origins_value(ids: &[u32]) -> String {
+    if ids.is_empty() {
+        "0".to_owned()
+    } else {
+        ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Whether a PostgreSQL error says that wal2json does not know `option`.
+pub fn is_unknown_option(e: &tokio_postgres::Error, option: &str) -> bool {
     e.as_db_error().is_some_and(|d| {
         d.code() == &tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE
-            && d.message().contains(NUMERIC_AS_STRING)
+            && d.message().contains(option)
     })
 }
 
@@ -213,6 +241,13 @@ mod tests {
         assert!(options(true).any(|(k, v)| k == NUMERIC_AS_STRING && v == "1"));
         assert!(!options(false).any(|(k, _)| k == NUMERIC_AS_STRING));
         assert_eq!(options(false).count() + 1, OPTIONS.len());
+    }
+
+    #[test]
+    fn filter_origins_lists_ids() {
+        assert_eq!(filter_origins_value(&[]), "0");
+        assert_eq!(filter_origins_value(&[3]), "3");
+        assert_eq!(filter_origins_value(&[1, 2, 65535]), "1,2,65535");
     }
 
     #[test]

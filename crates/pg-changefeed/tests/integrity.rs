@@ -403,47 +403,6 @@ async fn partitioned_table_is_refused_with_its_leaves() {
     assert!(!cdc_common::retry::Retryable::is_retryable(&err));
 }
 
-/// A database of its own (so that the huge transaction below is decoded
-/// by no other test's slot), dropped with the slot at the end.
-struct OwnDatabase {
-    name: String,
-    slot: String,
-}
-
-impl Drop for OwnDatabase {
-    fn drop(&mut self) {
-        let (name, slot) = (self.name.clone(), self.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let c = cdc_tests::pg().await;
-                for _ in 0..150 {
-                    match c
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&slot],
-                        )
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    }
-                }
-                let _ = c
-                    .batch_execute(&format!(
-                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                        quote_ident(&name)
-                    ))
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
 /// SIGTERM while a peek decodes a huge transaction: PostgreSQL returns no
 /// row until the whole transaction is decoded, so checking for cancel
 /// between rows would wait for all of it. The feed cancels the query, stops
@@ -454,7 +413,7 @@ async fn sigterm_does_not_wait_for_a_long_peek() {
     let admin = cdc_tests::pg().await;
     let db = cdc_tests::unique("pgcf_cancel_db");
     let slot = cdc_tests::unique("pgcf_slot");
-    let _db = OwnDatabase {
+    let _db = common::OwnDatabase {
         name: db.clone(),
         slot: slot.clone(),
     };

@@ -52,14 +52,33 @@ pub struct PurgerConfig {
     /// Default: 50ms doubling to 5s, 10 retries per batch.
     #[serde(default)]
     pub retry: RetryConfig,
-    /// CockroachDB only: run the session with
-    /// `SET disable_changefeed_replication = true`, so the purger's deletes
-    /// are not emitted by the changefeed (they would otherwise flow back
-    /// to the sink as delete events). Trade-off: a reader of the Kafka
-    /// topic does not see these deletes; the purge records in the archive
-    /// are their audit trail. Default: true.
+    /// Keep the purger's deletes out of the changefeed, so they do not flow
+    /// back to the sink as delete events. CockroachDB: the session runs
+    /// `SET disable_changefeed_replication = true`. PostgreSQL: the session
+    /// takes a replication origin of the pool [`Self::replication_origin`]
+    /// (`pg_replication_origin_session_setup`), whose transactions the
+    /// PostgreSQL changefeed leaves out (`pg_changefeed.filter_origins`);
+    /// if it cannot (no privilege, every origin in use), it warns and
+    /// purges anyway. Trade-off: a reader of the Kafka topic does not see
+    /// these deletes; the purge records in the archive are their audit
+    /// trail. Default: true.
     #[serde(default = "default_true")]
     pub disable_changefeed_replication: bool,
+    /// PostgreSQL: the replication-origin pool the sessions take one origin
+    /// of: `<name>`, `<name>_1`, … `<name>_<pool - 1>`, created when
+    /// missing. Must be one of the PostgreSQL changefeed's
+    /// `filter_origins`. Default: `cdc_archiver_purger`
+    /// ([`cdc_common::db::PURGER_REPLICATION_ORIGIN`], also the
+    /// changefeed's default).
+    #[serde(default = "default_replication_origin")]
+    pub replication_origin: String,
+    /// PostgreSQL: origins in the pool, 1 to 64. An origin is active in one
+    /// session at a time, so this many purger sessions (concurrent
+    /// purgers, or a reconnect whose previous backend has not exited yet)
+    /// can each take one. Each origin used holds a replication-state entry
+    /// (`max_replication_slots` of them) until it is dropped. Default: 4.
+    #[serde(default = "default_replication_origin_pool")]
+    pub replication_origin_pool: u32,
     /// Start even though foreign keys reference the table with
     /// `ON DELETE CASCADE` / `SET NULL` / `SET DEFAULT`. Deleting an archived
     /// parent row then deletes or changes child rows that were never
@@ -93,6 +112,15 @@ fn default_target_latency() -> Duration {
 fn default_true() -> bool {
     true
 }
+fn default_replication_origin() -> String {
+    cdc_common::db::PURGER_REPLICATION_ORIGIN.to_owned()
+}
+fn default_replication_origin_pool() -> u32 {
+    4
+}
+
+/// PostgreSQL's limit on replication origin names (`MAX_RONAME_LEN`).
+const MAX_ORIGIN_NAME_BYTES: usize = 512;
 
 impl PurgerConfig {
     /// A config for `table` with every default.
@@ -109,6 +137,8 @@ impl PurgerConfig {
             max_rows_per_second: None,
             retry: RetryConfig::default(),
             disable_changefeed_replication: true,
+            replication_origin: default_replication_origin(),
+            replication_origin_pool: default_replication_origin_pool(),
             allow_cascading_foreign_keys: false,
             storage: StorageConfig::default(),
         }
@@ -150,6 +180,29 @@ impl PurgerConfig {
                 message: "field `purger.max_rows_per_second`: 0 would never delete anything; omit it for no limit".into(),
             });
         }
+        if self.replication_origin_pool == 0 || self.replication_origin_pool > 64 {
+            return Err(ConfigError {
+                message: "field `purger.replication_origin_pool`: must be between 1 and 64".into(),
+            });
+        }
+        let longest = cdc_common::db::origin_pool_member(
+            &self.replication_origin,
+            self.replication_origin_pool - 1,
+        );
+        if self.replication_origin.is_empty()
+            || self.replication_origin.contains('\0')
+            || self.replication_origin.starts_with("pg_")
+            || longest.len() > MAX_ORIGIN_NAME_BYTES
+        {
+            return Err(ConfigError {
+                message: format!(
+                    "field `purger.replication_origin`: {:?} cannot name a PostgreSQL replication origin \
+                     (non-empty, no NUL, not starting with `pg_`, which PostgreSQL reserves, and at most \
+                     {MAX_ORIGIN_NAME_BYTES} bytes with its pool suffix)",
+                    self.replication_origin
+                ),
+            });
+        }
         cdc_common::ident::validate_ident(&self.archived_column).map_err(|e| ConfigError {
             message: format!("field `purger.archived_column`: {e}"),
         })?;
@@ -181,6 +234,17 @@ mod tests {
         assert_eq!(cfg.batch_size, 100);
         assert_eq!(cfg.archive_table(), "payments");
         assert!(cfg.disable_changefeed_replication);
+        assert_eq!(
+            cfg.replication_origin,
+            cdc_common::db::PURGER_REPLICATION_ORIGIN
+        );
+        assert_eq!(cfg.replication_origin_pool, 4);
+        assert_eq!(cfg, {
+            let mut c = PurgerConfig::new(cfg.table.clone());
+            c.batch_size = 100;
+            c.storage = cfg.storage.clone();
+            c
+        });
         assert_eq!(cfg.storage.url, "file:///tmp/x");
         let cfg = PurgerConfig::load(
             Some(&file),
@@ -201,6 +265,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("table"), "{err}");
+        for bad in [
+            "replication_origin = \"pg_mine\"",
+            "replication_origin = \"\"",
+            "replication_origin_pool = 0",
+            "replication_origin_pool = 65",
+        ] {
+            std::fs::write(&file, format!("[purger]\ntable = \"t\"\n{bad}\n")).unwrap();
+            let err = PurgerConfig::load(Some(&file), &Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("replication_origin"), "{bad}: {err}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

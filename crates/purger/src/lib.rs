@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod config;
 pub mod decode;
 mod error;
+pub mod origin;
 pub mod sql;
 pub mod summary;
 pub mod versions;
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::PurgerConfig;
 pub use error::PurgeError;
+pub use origin::OriginSetup;
 pub use summary::{CheckpointReport, CheckpointStatus, PurgeSummary, Refusal, RowCounts};
 
 use crate::sql::PurgeSql;
@@ -82,7 +84,10 @@ pub async fn purge(
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     );
-    let (client, dialect) = open_session(cfg).await?;
+    let opened = open_session(cfg, opts.dry_run).await?;
+    let (client, dialect) = (opened.client, opened.dialect);
+    let mut origins = OriginReport::default();
+    origins.add(opened.origin);
     let archive_table = cfg.archive_table().to_owned();
     // The archive side starts now, while the catalog is checked: it only
     // reads (chains, purge records, segments) and plans; nothing is deleted
@@ -172,6 +177,7 @@ pub async fn purge(
         purger_id: purger_id.clone(),
         batches: 0,
         retries: 0,
+        origins,
     };
     let mut summary = PurgeSummary {
         table: cfg.table.to_string(),
@@ -190,6 +196,8 @@ pub async fn purge(
         retries: 0,
         batch_size_cuts: 0,
         interrupted: false,
+        replication_origins: Vec::new(),
+        replication_origin_warnings: Vec::new(),
     };
 
     // Every chain is read first (small JSON objects) so the progress bar
@@ -286,6 +294,8 @@ pub async fn purge(
     summary.batches = run.batches;
     summary.retries = run.retries;
     summary.batch_size_cuts = run.size.decreases();
+    summary.replication_origins = std::mem::take(&mut run.origins.taken);
+    summary.replication_origin_warnings = std::mem::take(&mut run.origins.warnings);
     summary.finished_at = cdc_checkpoint::now_rfc3339();
     tracing::info!(
         table = %summary.table, dry_run = summary.dry_run, deleted = summary.totals.deleted,
@@ -295,7 +305,9 @@ pub async fn purge(
         skipped_open_transaction = summary.totals.skipped_open_transaction,
         skipped_xid_too_old = summary.totals.skipped_xid_too_old, superseded = summary.totals.superseded,
         refused = summary.refused.len(),
-        batches = summary.batches, retries = summary.retries, "purge finished"
+        batches = summary.batches, retries = summary.retries,
+        replication_origins = ?summary.replication_origins,
+        sessions_without_origin = summary.replication_origin_warnings.len(), "purge finished"
     );
     Ok(summary)
 }
@@ -587,14 +599,29 @@ pub const SESSION_SETTINGS: [(&str, &str); 4] = [
     ("extra_float_digits", "3"),
 ];
 
+/// A purger session, as [`open_session`] opened it.
+pub struct OpenedSession {
+    /// The connection, with the purger's settings.
+    pub client: Client,
+    /// The dialect the server speaks.
+    pub dialect: Dialect,
+    /// PostgreSQL with `disable_changefeed_replication`: the replication
+    /// origin the session took (see [`origin`]). `None` on CockroachDB and
+    /// when the setting is off.
+    pub origin: Option<OriginSetup>,
+}
+
 /// Opens a session with the purger's settings and says which dialect the
 /// server speaks. Called again after a dropped connection, so every
 /// session setting lives here: [`SESSION_SETTINGS`] (on CockroachDB
 /// `TimeZone` and `extra_float_digits` must succeed, `DateStyle` and
 /// `IntervalStyle` are applied where the version supports them: its
-/// changefeed writes ISO text either way), and on CockroachDB
-/// `disable_changefeed_replication` when configured.
-pub async fn open_session(cfg: &PurgerConfig) -> Result<(Client, Dialect), PurgeError> {
+/// changefeed writes ISO text either way), and, when
+/// `disable_changefeed_replication` is on, on CockroachDB
+/// `SET disable_changefeed_replication = true`, on PostgreSQL a
+/// replication origin of the configured pool ([`origin`]; a dry run,
+/// which deletes nothing, only checks the privileges for it).
+pub async fn open_session(cfg: &PurgerConfig, dry_run: bool) -> Result<OpenedSession, PurgeError> {
     let client = cdc_common::db::connect(&cfg.database_url, "cdc-archiver-purge").await?;
     let dialect = cdc_common::db::detect_dialect(&client).await?;
     // Values are constants; names are plain identifiers.
@@ -630,16 +657,44 @@ pub async fn open_session(cfg: &PurgerConfig) -> Result<(Client, Dialect), Purge
             }
         }
     }
-    if cfg.disable_changefeed_replication && dialect == Dialect::Cockroach {
-        client
-            .batch_execute("SET disable_changefeed_replication = true")
-            .await
-            .map_err(|source| PurgeError::Db {
-                context: "SET disable_changefeed_replication".into(),
-                source,
-            })?;
+    let mut origin = None;
+    if cfg.disable_changefeed_replication {
+        match dialect {
+            Dialect::Cockroach => {
+                client
+                    .batch_execute("SET disable_changefeed_replication = true")
+                    .await
+                    .map_err(|source| PurgeError::Db {
+                        context: "SET disable_changefeed_replication".into(),
+                        source,
+                    })?;
+            }
+            Dialect::Postgres if dry_run => origin = Some(origin::check(&client, cfg).await?),
+            Dialect::Postgres => origin = Some(origin::setup(&client, cfg).await?),
+        }
     }
-    Ok((client, dialect))
+    Ok(OpenedSession {
+        client,
+        dialect,
+        origin,
+    })
+}
+
+/// The replication origins of a run's sessions, for the summary.
+#[derive(Debug, Default)]
+struct OriginReport {
+    taken: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl OriginReport {
+    fn add(&mut self, o: Option<OriginSetup>) {
+        match o {
+            Some(OriginSetup::Taken(name)) => self.taken.push(name),
+            Some(OriginSetup::Missing(why)) => self.warnings.push(why),
+            Some(OriginSetup::Checked) | None => {}
+        }
+    }
 }
 
 /// The query for the server's current 64-bit transaction id (the next one
@@ -685,6 +740,8 @@ struct Run<'a> {
     purger_id: String,
     batches: u64,
     retries: u64,
+    /// The replication origins of this run's sessions.
+    origins: OriginReport,
 }
 
 /// What one batch did.
@@ -1130,9 +1187,10 @@ impl Run<'_> {
         delays: &mut impl Iterator<Item = Duration>,
     ) -> Result<(), PurgeError> {
         loop {
-            match Session::open(self.cfg, &self.sql).await {
-                Ok(s) => {
+            match Session::open(self.cfg, &self.sql, self.opts.dry_run).await {
+                Ok((s, origin)) => {
                     self.session = s;
+                    self.origins.add(origin);
                     return Ok(());
                 }
                 Err(e) if e.is_retryable() => match delays.next() {
@@ -1257,9 +1315,13 @@ struct Session {
 }
 
 impl Session {
-    async fn open(cfg: &PurgerConfig, sql: &PurgeSql) -> Result<Self, PurgeError> {
-        let (client, _) = open_session(cfg).await?;
-        Self::prepare(client, sql).await
+    async fn open(
+        cfg: &PurgerConfig,
+        sql: &PurgeSql,
+        dry_run: bool,
+    ) -> Result<(Self, Option<OriginSetup>), PurgeError> {
+        let opened = open_session(cfg, dry_run).await?;
+        Ok((Self::prepare(opened.client, sql).await?, opened.origin))
     }
 
     async fn prepare(client: Client, sql: &PurgeSql) -> Result<Self, PurgeError> {

@@ -157,6 +157,15 @@ pub struct PurgeSummary {
     pub batch_size_cuts: u64,
     /// Shutdown was requested before the end.
     pub interrupted: bool,
+    /// PostgreSQL with `disable_changefeed_replication`: the replication
+    /// origin each session of the run took (one per session; a reconnect
+    /// opens another), whose transactions the PostgreSQL changefeed leaves
+    /// out. Empty on CockroachDB, in a dry run, and when the setting is off.
+    pub replication_origins: Vec<String>,
+    /// PostgreSQL with `disable_changefeed_replication`: for each session
+    /// that took no origin (so its deletes reached the changefeed), why and
+    /// what fixes it; in a dry run, the privileges a real run would lack.
+    pub replication_origin_warnings: Vec<String>,
 }
 
 impl PurgeSummary {
@@ -277,6 +286,9 @@ impl PurgeSummary {
                     }
                 );
             }
+        }
+        for w in &self.replication_origin_warnings {
+            let _ = writeln!(s, "warning: {w}");
         }
         for r in &self.refused {
             let _ = writeln!(s, "REFUSED {}: {}", r.checkpoint, r.reason);

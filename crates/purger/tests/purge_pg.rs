@@ -418,7 +418,8 @@ async fn session_settings_are_pinned_whatever_the_connection_asks_for() {
     let tz: String = raw.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
     assert_eq!(tz, "Asia/Kolkata");
     // ...and the purger's session overrides them.
-    let (client, dialect) = cdc_purger::open_session(&f.cfg).await.unwrap();
+    let opened = cdc_purger::open_session(&f.cfg, false).await.unwrap();
+    let (client, dialect) = (opened.client, opened.dialect);
     assert_eq!(dialect, cdc_common::db::Dialect::Postgres);
     for (name, want) in [
         ("DateStyle", "ISO, YMD"),

@@ -16,6 +16,24 @@
 //!   when it has none), exactly as if the row had been inserted with the
 //!   schema it was archived under. Every archived column must exist in the
 //!   target, checked for every group before anything is written.
+//! - **Values are never changed to fit.** Archived text is cast to each
+//!   column's type *without* its modifier (`format_type(oid, -1)`:
+//!   `bpchar`, `"bit"`, `numeric`, `character varying`, `timestamp
+//!   without time zone`), never with it: the explicit cast
+//!   `::varchar(3)`, `::char(3)` or `::bit(3)` cuts a longer value, and
+//!   `::numeric(5,2)` or `::timestamp(0)` rounds one. The INSERT's own
+//!   assignment to the column then refuses a string too long for it, but
+//!   still rounds a number or a time to the column's scale or precision,
+//!   so before anything is written every value of a column with a
+//!   modifier (numeric, timestamp, timestamptz, time, timetz, interval,
+//!   varchar, char, bit, varbit, arrays of them, and domains over them) is
+//!   checked: it must be equal, by the type's own `=`, as the type with and
+//!   without the modifier. A value that does not fit (a restore into a
+//!   narrowed column) is an error naming the column and the row's key,
+//!   never a changed value; `char(n)`'s trailing blanks do not count, as
+//!   everywhere in SQL. PostgreSQL only: CockroachDB's `format_type` names
+//!   some types wrongly without their modifier (`bit(n)` as `bit`, i.e.
+//!   `bit(1)`), so there the column's declared type is cast to, unchecked.
 //! - **A transaction per batch, retried.** Each batch is one
 //!   `INSERT … SELECT FROM unnest(…)` statement, i.e. one transaction;
 //!   SQLSTATE 40001 and other transient failures (see
@@ -34,7 +52,7 @@ use std::sync::Arc;
 
 use backon::BackoffBuilder;
 use cdc_changefeed::Value;
-use cdc_common::db::DbError;
+use cdc_common::db::{DbError, Dialect};
 use cdc_common::ident::{quote_ident, TableName};
 use cdc_common::retry::{RetryConfig, Retryable};
 use serde::Serialize;
@@ -104,6 +122,23 @@ pub enum RestoreError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// An archived value would be changed to fit its target column (cut
+    /// to its length, rounded to its scale or precision): nothing was
+    /// written.
+    #[error(
+        "archived value of column {column:?} (key {key}) does not fit restore target {table}'s {sql_type}: \
+         the column would round or cut it. Nothing was written; restore into a column that holds it"
+    )]
+    DoesNotFit {
+        /// Target table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its type, with its modifier.
+        sql_type: String,
+        /// The row's key (the archive's JSON array).
+        key: String,
+    },
     /// The database could not be reached.
     #[error(transparent)]
     Connect(#[from] DbError),
@@ -114,16 +149,91 @@ impl Retryable for RestoreError {
         match self {
             RestoreError::Db { source, .. } => source.is_retryable(),
             RestoreError::Connect(e) => e.is_retryable(),
-            RestoreError::NoTable(_) | RestoreError::MissingColumn { .. } => false,
+            RestoreError::NoTable(_)
+            | RestoreError::MissingColumn { .. }
+            | RestoreError::DoesNotFit { .. } => false,
         }
     }
 }
 
-/// Target columns and their SQL types, from the catalog.
-const COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+/// PostgreSQL: target columns with the type archived text is cast to (the
+/// column's type without its modifier), the column's own type (with it),
+/// and, for a column whose modifier can change a value (see the module
+/// docs), the type to compare with: the base type without modifier,
+/// through any domains (a domain's modifier is on the domain, not on the
+/// column). Arrays of domains are not looked through.
+const COLUMNS_SQL: &str = "WITH RECURSIVE walk(attnum, typ, mod, depth) AS ( \
+       SELECT a.attnum, a.atttypid, a.atttypmod, 0 FROM pg_catalog.pg_attribute a \
+        WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+     UNION ALL \
+       SELECT w.attnum, t.typbasetype, CASE WHEN w.mod = -1 THEN t.typtypmod ELSE w.mod END, w.depth + 1 \
+         FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.typ WHERE t.typtype = 'd' \
+   ), base AS ( \
+       SELECT DISTINCT ON (attnum) attnum, typ, mod FROM walk ORDER BY attnum, depth DESC \
+   ) \
+   SELECT a.attname::text, format_type(a.atttypid, -1), format_type(a.atttypid, a.atttypmod), \
+          CASE WHEN b.mod <> -1 AND (CASE WHEN bt.typelem <> 0 AND bt.typlen = -1 THEN bt.typelem ELSE bt.oid END) \
+                    = ANY ('{1700,1114,1184,1083,1266,1186,1043,1042,1560,1562}'::oid[]) \
+               THEN format_type(b.typ, -1) END \
+     FROM pg_catalog.pg_attribute a \
+     JOIN base b ON b.attnum = a.attnum \
+     JOIN pg_catalog.pg_type bt ON bt.oid = b.typ \
+    WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+    ORDER BY a.attnum";
+
+/// CockroachDB: target columns and their declared types (see the module
+/// docs: its names of types without modifier are not all safe to cast to).
+const COLUMNS_SQL_COCKROACH: &str =
+    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+     format_type(a.atttypid, a.atttypmod), NULL::text \
      FROM pg_catalog.pg_attribute a \
      WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
      ORDER BY a.attnum";
+
+/// A target column's types, from the catalog.
+#[derive(Debug, Clone)]
+struct ColumnType {
+    /// What archived text is cast to.
+    cast: String,
+    /// The column's type, with its modifier.
+    declared: String,
+    /// The unconstrained type the value must equal itself in, when the
+    /// modifier could change it.
+    check: Option<String>,
+}
+
+/// The query that finds the first row of a batch whose value of one of
+/// `checked` (indices into the batch's text arrays, with their types)
+/// would change in its column: one text array per checked column, the
+/// row's ordinal and which columns changed.
+fn fit_check_sql(checked: &[(usize, &ColumnType)]) -> String {
+    let arrays: Vec<String> = (1..=checked.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect();
+    let aliases: Vec<String> = (0..checked.len()).map(|i| format!("c{i}")).collect();
+    let changed: Vec<String> = checked
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| {
+            // Through the unconstrained type, so that the modifier is
+            // applied as a cast applies it (cut, round), not as input
+            // (`'1011'::bit(3)` is an error, `'1011'::"bit"::bit(3)` cuts).
+            let check = t.check.as_deref().unwrap_or(&t.cast);
+            format!(
+                "(u.c{i}::{check} IS DISTINCT FROM u.c{i}::{check}::{})",
+                t.declared
+            )
+        })
+        .collect();
+    format!(
+        "SELECT u.i, ARRAY[{list}] FROM unnest({arrays}) WITH ORDINALITY AS u({aliases}, i) \
+         WHERE {any} LIMIT 1",
+        list = changed.join(", "),
+        arrays = arrays.join(", "),
+        aliases = aliases.join(", "),
+        any = changed.join(" OR ")
+    )
+}
 
 fn value_text(v: &Value) -> Option<String> {
     match v {
@@ -309,7 +419,11 @@ async fn restore_on(
         |c| {
             let (quoted, table) = (&quoted, &table);
             async move {
-                c.query(COLUMNS_SQL, &[quoted]).await.map_err(|e| {
+                let sql = match cdc_common::db::detect_dialect(&c).await? {
+                    Dialect::Postgres => COLUMNS_SQL,
+                    Dialect::Cockroach => COLUMNS_SQL_COCKROACH,
+                };
+                c.query(sql, &[quoted]).await.map_err(|e| {
                     match e
                         .as_db_error()
                         .map(|d| d.code().code().to_owned())
@@ -323,9 +437,18 @@ async fn restore_on(
         },
     )
     .await?;
-    let types: HashMap<String, String> = catalog
+    let types: HashMap<String, ColumnType> = catalog
         .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                ColumnType {
+                    cast: r.get(1),
+                    declared: r.get(2),
+                    check: r.get(3),
+                },
+            )
+        })
         .collect();
     if types.is_empty() {
         return Err(RestoreError::NoTable(table.clone()));
@@ -349,12 +472,12 @@ async fn restore_on(
                         table: table.clone(),
                         column: (*name).to_owned(),
                     })?;
-                columns.push(((*name).to_owned(), ty.clone()));
+                columns.push(((*name).to_owned(), ty.cast.clone()));
             }
             if reset_flag && !names.contains(&opts.archived_column.as_str()) {
                 columns.push((
                     opts.archived_column.clone(),
-                    types[&opts.archived_column].clone(),
+                    types[&opts.archived_column].cast.clone(),
                 ));
             }
             groups.push(Group {
@@ -365,6 +488,60 @@ async fn restore_on(
         groups[g].rows.push(f);
     }
     summary.column_sets = groups.len() as u64;
+
+    // Every value must fit its column as it is, checked for every batch
+    // before anything is written.
+    for group in &groups {
+        let checked: Vec<(usize, &ColumnType)> = group
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (name, _))| Some((i, &types[name])).filter(|(_, t)| t.check.is_some()))
+            .collect();
+        if checked.is_empty() {
+            continue;
+        }
+        let sql = fit_check_sql(&checked);
+        for chunk in group.rows.chunks(opts.batch_size.max(1)) {
+            let mut arrays = column_arrays(&group.columns, chunk, opts, reset_flag);
+            let arrays: Vec<Vec<Option<String>>> = checked
+                .iter()
+                .map(|(i, _)| std::mem::take(&mut arrays[*i]))
+                .collect();
+            let misfit = with_retry(
+                session,
+                retry,
+                &mut summary.retries,
+                "checking that the values fit",
+                |c| {
+                    let (sql, arrays) = (&sql, &arrays);
+                    async move {
+                        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+                            .iter()
+                            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+                            .collect();
+                        c.query_opt(sql.as_str(), &params).await.map_err(db)
+                    }
+                },
+            )
+            .await?;
+            if let Some(row) = misfit {
+                let ordinal: i64 = row.get(0);
+                let changed: Vec<bool> = row.get(1);
+                let column = changed.iter().position(|c| *c).unwrap_or(0);
+                let (index, ty) = checked[column];
+                return Err(RestoreError::DoesNotFit {
+                    table: table.clone(),
+                    column: group.columns[index].0.clone(),
+                    sql_type: ty.declared.clone(),
+                    key: usize::try_from(ordinal - 1)
+                        .ok()
+                        .and_then(|i| chunk.get(i))
+                        .map_or_else(String::new, |f| f.row.key_json.clone()),
+                });
+            }
+        }
+    }
 
     for group in &groups {
         let sql = insert_sql(&opts.table, &group.columns);
@@ -423,6 +600,28 @@ fn column_arrays(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fit_check_compares_each_value_with_and_without_the_modifier() {
+        let n = ColumnType {
+            cast: "numeric".into(),
+            declared: "numeric(5,2)".into(),
+            check: Some("numeric".into()),
+        };
+        let d = ColumnType {
+            cast: "\"public\".\"amount\"".into(),
+            declared: "\"public\".\"amount\"".into(),
+            check: Some("numeric".into()),
+        };
+        assert_eq!(
+            fit_check_sql(&[(0, &n), (3, &d)]),
+            "SELECT u.i, ARRAY[(u.c0::numeric IS DISTINCT FROM u.c0::numeric::numeric(5,2)), \
+             (u.c1::numeric IS DISTINCT FROM u.c1::numeric::\"public\".\"amount\")] \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(c0, c1, i) \
+             WHERE (u.c0::numeric IS DISTINCT FROM u.c0::numeric::numeric(5,2)) OR \
+             (u.c1::numeric IS DISTINCT FROM u.c1::numeric::\"public\".\"amount\") LIMIT 1"
+        );
+    }
 
     #[test]
     fn insert_quotes_identifiers_and_binds_values() {

@@ -261,3 +261,137 @@ async fn a_dropped_connection_is_reopened_by_restore_url_and_ends_restore_on_a_b
     assert_eq!(done.inserted, keys);
     target.drop().await;
 }
+
+/// An archived version of key `[id]` with column `v` holding `text`.
+fn narrow_row(id: i64, text: &str) -> Found {
+    let row = archive::version(
+        &format!("[{id}]"),
+        cdc_changefeed::Hlc {
+            wall: 1_700_000_000_000_000_000 + id,
+            logical: 0,
+        },
+        Some(100 + id as u64),
+        &[
+            ("id", Value::Number(id.to_string())),
+            ("v", Value::String(text.to_owned())),
+            ("archived", Value::Bool(true)),
+        ],
+    );
+    Found {
+        row,
+        segment: "narrow/segments/p0/x.avro".into(),
+        checkpoint_first_offset: 0,
+    }
+}
+
+/// Restoring into a column narrower than the archived value (a `varchar`,
+/// `char` or `bit` shortened, a `numeric` scale, `timestamp`/`time`/
+/// `interval` precision reduced, also through a domain) is an error naming
+/// the column and the key, and writes nothing, not even the rows of
+/// earlier batches that fit. A value that fits is restored exactly
+/// (`char(n)` pads, `numeric(p,s)` shows its scale: the same value).
+#[tokio::test]
+async fn a_value_that_does_not_fit_a_narrowed_column_is_an_error_not_a_changed_value() {
+    let client = cdc_tests::pg().await;
+    let domain = cdc_tests::unique("restore_amount");
+    client
+        .batch_execute(&format!(
+            "CREATE DOMAIN {} AS numeric(5,2)",
+            quote_ident(&domain)
+        ))
+        .await
+        .unwrap();
+    // (column type, a value it would change, a value that fits, how the
+    // fitting value reads back).
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        ("varchar(3)".into(), "abcd", "abc", "abc"),
+        ("char(3)".into(), "abcd", "ab", "ab "),
+        ("bit(3)".into(), "1011", "101", "101"),
+        ("varbit(3)".into(), "1011", "10", "10"),
+        ("numeric(5,2)".into(), "1.005", "1.5", "1.50"),
+        ("numeric(5,2)".into(), "-999.999", "-999.99", "-999.99"),
+        (
+            "timestamp(0)".into(),
+            "2025-06-10T10:00:00.6",
+            "2025-06-10T10:00:01",
+            "2025-06-10 10:00:01",
+        ),
+        (
+            "timestamptz(3)".into(),
+            "2025-06-10T10:00:00.1234Z",
+            "2025-06-10T10:00:00.123Z",
+            "2025-06-10 10:00:00.123+00",
+        ),
+        ("time(1)".into(), "10:00:00.25", "10:00:00.2", "10:00:00.2"),
+        ("interval(0)".into(), "00:00:01.5", "00:00:02", "00:00:02"),
+        ("interval day".into(), "1 day 02:00:00", "3 days", "3 days"),
+        (quote_ident(&domain), "1.005", "1.5", "1.50"),
+    ];
+    for (ty, misfit, fits, reads_back) in cases {
+        let name = cdc_tests::unique("restore_narrow");
+        let t = quote_ident(&name);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {t} (id int8 PRIMARY KEY, v {ty}, archived bool NOT NULL DEFAULT false);
+                 SET TimeZone = 'UTC'"
+            ))
+            .await
+            .unwrap();
+        let opts = RestoreOptions {
+            table: TableName::parse(&format!("public.{name}")).unwrap(),
+            archived_column: "archived".into(),
+            keep_archived_flag: false,
+            batch_size: 1,
+        };
+        let rows = [narrow_row(1, fits), narrow_row(2, misfit)];
+        let err =
+            cdc_retrieve::restore_url(&cdc_tests::pg_url(), &rows, &opts, &RetryConfig::default())
+                .await
+                .expect_err(&format!("{misfit:?} into {ty} is refused"));
+        match &err {
+            RestoreError::DoesNotFit {
+                column,
+                key,
+                sql_type,
+                ..
+            } => {
+                assert_eq!((column.as_str(), key.as_str()), ("v", "[2]"), "{err}");
+                assert!(!sql_type.is_empty(), "{err}");
+            }
+            other => panic!("{misfit:?} into {ty}: {other}"),
+        }
+        let written: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            written, 0,
+            "{ty}: nothing written, not even the row that fits"
+        );
+
+        let summary = cdc_retrieve::restore_url(
+            &cdc_tests::pg_url(),
+            &rows[..1],
+            &opts,
+            &RetryConfig::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{fits:?} into {ty}: {e}"));
+        assert_eq!(summary.inserted, 1);
+        let back: String = client
+            .query_one(&format!("SELECT v::text FROM {t}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(back, reads_back, "{ty}");
+        client
+            .batch_execute(&format!("DROP TABLE {t}"))
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute(&format!("DROP DOMAIN {}", quote_ident(&domain)))
+        .await
+        .unwrap();
+}

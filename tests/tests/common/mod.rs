@@ -72,6 +72,18 @@ impl Pipeline {
     /// rows. Returns once the changefeed's slot exists: every change after
     /// that reaches the archive.
     pub async fn start(prefix: &str, ddl: &str, partitions: i32, flush_rows: usize) -> Self {
+        Self::start_with(prefix, ddl, partitions, flush_rows, |_| {}).await
+    }
+
+    /// [`Pipeline::start`], with `configure` applied to the changefeed's
+    /// configuration before it starts.
+    pub async fn start_with(
+        prefix: &str,
+        ddl: &str,
+        partitions: i32,
+        flush_rows: usize,
+        configure: impl FnOnce(&mut cdc_pg_changefeed::PgChangefeedConfig),
+    ) -> Self {
         let client = cdc_tests::pg().await;
         let table = cdc_tests::unique(prefix);
         let qt = quote_ident(&table);
@@ -94,6 +106,8 @@ impl Pipeline {
             brokers = cdc_tests::kafka_brokers(),
         ))
         .expect("changefeed config");
+        let mut feed_cfg = feed_cfg;
+        configure(&mut feed_cfg);
         let sink_cfg: cdc_sink::SinkConfig = toml::from_str(&format!(
             r#"brokers = "{brokers}"
                group_id = "{group}"
@@ -346,6 +360,32 @@ impl Pipeline {
             .collect()
     }
 
+    /// The delete events the sink recorded: the sum of the checkpoints'
+    /// `counts.deletes`, and the key of every entry of their delete files
+    /// (each verified against its checkpoint), in chain order.
+    pub async fn recorded_deletes(&self) -> (u64, Vec<String>) {
+        let (mut counted, mut keys) = (0, Vec::new());
+        for part in cdc_checkpoint::partitions(&self.archive, &self.table)
+            .await
+            .unwrap()
+        {
+            let chain = cdc_checkpoint::read_chain(&self.archive, &self.table, part)
+                .await
+                .unwrap();
+            for cp in chain.checkpoints {
+                counted += cp.counts.deletes;
+                if let Some(d) = &cp.deletes {
+                    let bytes = cdc_checkpoint::verify_deletes(&self.archive, d)
+                        .await
+                        .unwrap();
+                    let decoded = cdc_segment::decode_deletes(&bytes).unwrap();
+                    keys.extend(decoded.deletes.into_iter().map(|d| d.key_json));
+                }
+            }
+        }
+        (counted, keys)
+    }
+
     /// Records every row the purger deletes, exactly as it was deleted, in
     /// `<table>_deleted` (a trigger: the database's own witness). Returns
     /// that table's quoted name.
@@ -363,5 +403,42 @@ impl Pipeline {
             .await
             .expect("creating the delete witness");
         w
+    }
+}
+
+/// `CDC_PG_URL` with `user` instead of its user (the stack trusts local
+/// connections, so no password).
+pub fn pg_url_as(user: &str) -> String {
+    let url = cdc_tests::pg_url();
+    let (scheme, rest) = url
+        .split_once("://")
+        .expect("CDC_PG_URL is a postgres:// URL");
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{user}@{host}")
+}
+
+/// Drops the replication origins `names` that exist, one by one, waiting
+/// (up to 20s each) for a session that still holds one to end: an origin
+/// that was used holds a replication-state entry (`max_replication_slots`)
+/// until it is dropped.
+pub async fn drop_origins(client: &tokio_postgres::Client, names: &[String]) {
+    for name in names {
+        let start = Instant::now();
+        loop {
+            match client
+                .execute(
+                    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1",
+                    &[name],
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                    eprintln!("replication origin {name} still in use, retrying the drop: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("dropping replication origin {name}: {e}"),
+            }
+        }
     }
 }

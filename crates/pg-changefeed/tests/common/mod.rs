@@ -478,3 +478,45 @@ pub fn url_with_options(url: &str, options: &str) -> String {
         )
     }
 }
+
+/// A database of its own (so that what a test writes there is decoded by
+/// no other test's slot, and no other test's transactions reach its own
+/// slot), dropped with the slot at the end.
+pub struct OwnDatabase {
+    pub name: String,
+    pub slot: String,
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        let (name, slot) = (self.name.clone(), self.slot.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let c = cdc_tests::pg().await;
+                for _ in 0..150 {
+                    match c
+                        .execute(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                            &[&slot],
+                        )
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+                let _ = c
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        cdc_common::ident::quote_ident(&name)
+                    ))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
