@@ -235,6 +235,103 @@ fn fit_check_sql(checked: &[(usize, &ColumnType)]) -> String {
     )
 }
 
+/// The fit-check queries of one column set: all checked columns at once,
+/// and each alone (to find the value that made the first one fail).
+struct FitCheck {
+    all: String,
+    each: Vec<String>,
+}
+
+impl FitCheck {
+    fn new(checked: &[(usize, &ColumnType)]) -> Self {
+        FitCheck {
+            all: fit_check_sql(checked),
+            each: (0..checked.len())
+                .map(|i| fit_check_sql(&checked[i..=i]))
+                .collect(),
+        }
+    }
+}
+
+/// Runs one fit-check query: the first misfit's (row index, index of the
+/// checked column).
+async fn run_fit_check<'a>(
+    session: &mut Session<'a>,
+    retry: &RetryConfig,
+    retries: &mut u64,
+    table: &str,
+    sql: &str,
+    arrays: &[Vec<Option<String>>],
+) -> Result<Option<(usize, usize)>, RestoreError> {
+    let row = with_retry(
+        session,
+        retry,
+        retries,
+        "checking that the values fit",
+        |c| async move {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+                .iter()
+                .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            c.query_opt(sql, &params)
+                .await
+                .map_err(|source| RestoreError::Db {
+                    table: table.to_owned(),
+                    source,
+                })
+        },
+    )
+    .await?;
+    Ok(row.map(|row| {
+        let ordinal: i64 = row.get(0);
+        let changed: Vec<bool> = row.get(1);
+        (
+            usize::try_from(ordinal - 1).unwrap_or(0),
+            changed.iter().position(|c| *c).unwrap_or(0),
+        )
+    }))
+}
+
+/// The first value of `arrays` (one per checked column) that its column
+/// would change, as (row index, index of the checked column). A value the
+/// modifier cannot hold at all does not differ but fails the cast
+/// (`-999.999` rounds to `-1000.00`, too wide for `numeric(5,2)`: SQLSTATE
+/// class 22, data exception), failing the whole query; then each value is
+/// checked alone to name it. Only a misfit takes that slow path.
+async fn find_misfit<'a>(
+    session: &mut Session<'a>,
+    retry: &RetryConfig,
+    retries: &mut u64,
+    table: &str,
+    sqls: &FitCheck,
+    arrays: &[Vec<Option<String>>],
+) -> Result<Option<(usize, usize)>, RestoreError> {
+    let failure = match run_fit_check(session, retry, retries, table, &sqls.all, arrays).await {
+        Err(e) if is_data_exception(&e) => e,
+        other => return other,
+    };
+    let rows = arrays.first().map_or(0, Vec::len);
+    for row in 0..rows {
+        for (column, sql) in sqls.each.iter().enumerate() {
+            let one = [vec![arrays[column][row].clone()]];
+            match run_fit_check(session, retry, retries, table, sql, &one).await {
+                Ok(Some(_)) => return Ok(Some((row, column))),
+                Ok(None) => {}
+                Err(e) if is_data_exception(&e) => return Ok(Some((row, column))),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // No single value fails alone: the original error says what did.
+    Err(failure)
+}
+
+/// SQLSTATE class 22: the value cannot be represented in the type.
+fn is_data_exception(e: &RestoreError) -> bool {
+    matches!(e, RestoreError::Db { source, .. }
+        if source.as_db_error().is_some_and(|d| d.code().code().starts_with("22")))
+}
+
 fn value_text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
@@ -501,42 +598,23 @@ async fn restore_on(
         if checked.is_empty() {
             continue;
         }
-        let sql = fit_check_sql(&checked);
+        let sqls = FitCheck::new(&checked);
         for chunk in group.rows.chunks(opts.batch_size.max(1)) {
             let mut arrays = column_arrays(&group.columns, chunk, opts, reset_flag);
             let arrays: Vec<Vec<Option<String>>> = checked
                 .iter()
                 .map(|(i, _)| std::mem::take(&mut arrays[*i]))
                 .collect();
-            let misfit = with_retry(
-                session,
-                retry,
-                &mut summary.retries,
-                "checking that the values fit",
-                |c| {
-                    let (sql, arrays) = (&sql, &arrays);
-                    async move {
-                        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-                            .iter()
-                            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-                            .collect();
-                        c.query_opt(sql.as_str(), &params).await.map_err(db)
-                    }
-                },
-            )
-            .await?;
-            if let Some(row) = misfit {
-                let ordinal: i64 = row.get(0);
-                let changed: Vec<bool> = row.get(1);
-                let column = changed.iter().position(|c| *c).unwrap_or(0);
+            if let Some((row, column)) =
+                find_misfit(session, retry, &mut summary.retries, &table, &sqls, &arrays).await?
+            {
                 let (index, ty) = checked[column];
                 return Err(RestoreError::DoesNotFit {
                     table: table.clone(),
                     column: group.columns[index].0.clone(),
                     sql_type: ty.declared.clone(),
-                    key: usize::try_from(ordinal - 1)
-                        .ok()
-                        .and_then(|i| chunk.get(i))
+                    key: chunk
+                        .get(row)
                         .map_or_else(String::new, |f| f.row.key_json.clone()),
                 });
             }
