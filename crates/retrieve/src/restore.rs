@@ -312,8 +312,11 @@ async fn find_misfit<'a>(
     };
     let rows = arrays.first().map_or(0, Vec::len);
     for row in 0..rows {
-        for (column, sql) in sqls.each.iter().enumerate() {
-            let one = [vec![arrays[column][row].clone()]];
+        for (column, (sql, values)) in sqls.each.iter().zip(arrays).enumerate() {
+            let Some(value) = values.get(row) else {
+                continue;
+            };
+            let one = [vec![value.clone()]];
             match run_fit_check(session, retry, retries, table, sql, &one).await {
                 Ok(Some(_)) => return Ok(Some((row, column))),
                 Ok(None) => {}
