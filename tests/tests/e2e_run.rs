@@ -72,7 +72,9 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
                        ELSE jsonb_build_object('n', g, 'dec', 2.50, 'nested', jsonb_build_array(1, 'two', NULL, jsonb_build_object('q', 'say "hi"\n'))) END,
                   CASE WHEN g % 6 = 0 THEN NULL ELSE decode(lpad(to_hex(g), 6, '0') || '00ff', 'hex') END,
                   CASE WHEN g % 7 = 0 THEN NULL ELSE 'Line ' || g || E' with \'quotes\', "doubles", a \\ backslash, tab\t and ü€🚀' END,
-                  current_date - (g % 200)
+                  -- Not the day before the 60-day cutoff or on it: a run
+                  -- crossing midnight would see those become eligible.
+                  current_date - CASE WHEN g % 200 IN (59, 60) THEN 62 ELSE g % 200 END
            FROM generate_series(1, 300) AS g;"#,
         3,
         40,

@@ -362,13 +362,7 @@ async fn run_session(
                 .is_some_and(|(u, c)| u.saturating_sub(c) >= SKIP_HEARTBEAT_BYTES)
         {
             debug!(%upto, "WAL read without a transaction to send: heartbeat, so the slot can advance");
-            client
-                .execute(
-                    "SELECT pg_logical_emit_message(true, $1, $2)",
-                    &[&HEARTBEAT_PREFIX, &config.slot_name],
-                )
-                .await?;
-            last_heartbeat_at = Instant::now();
+            last_heartbeat_at = heartbeat(&client, &config.slot_name).await?;
         }
         if last_resolved_at.elapsed() >= config.resolved_interval {
             match acked {
@@ -379,13 +373,7 @@ async fn run_session(
                     last_resolved_at = Instant::now();
                 }
                 _ if last_heartbeat_at.elapsed() >= config.resolved_interval => {
-                    client
-                        .execute(
-                            "SELECT pg_logical_emit_message(true, $1, $2)",
-                            &[&HEARTBEAT_PREFIX, &config.slot_name],
-                        )
-                        .await?;
-                    last_heartbeat_at = Instant::now();
+                    last_heartbeat_at = heartbeat(&client, &config.slot_name).await?;
                     continue;
                 }
                 _ => {}
@@ -612,6 +600,18 @@ async fn resolve_origins(
         }
     }
     Ok((ids, names))
+}
+
+/// Writes a heartbeat: a transactional logical message, i.e. a commit the
+/// next peek can advance the slot to. Returns when it was written.
+async fn heartbeat(client: &Client, slot: &str) -> Result<Instant, ChangefeedError> {
+    client
+        .execute(
+            "SELECT pg_logical_emit_message(true, $1, $2)",
+            &[&HEARTBEAT_PREFIX, &slot],
+        )
+        .await?;
+    Ok(Instant::now())
 }
 
 /// `X/Y` (PostgreSQL's `pg_lsn` text) as a number.

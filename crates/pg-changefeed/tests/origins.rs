@@ -22,31 +22,17 @@ struct Origins(Vec<String>);
 impl Drop for Origins {
     fn drop(&mut self) {
         let names = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let c = cdc_tests::pg().await;
-                for name in names {
-                    for _ in 0..100 {
-                        match c
-                            .execute(
-                                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1",
-                                &[&name],
-                            )
-                            .await
-                        {
-                            Ok(_) => break,
-                            // Still active in a session that is ending.
-                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                        }
-                    }
-                }
-            });
-        })
-        .join();
+        common::on_fresh_runtime(async move {
+            let c = cdc_tests::pg().await;
+            for name in names {
+                common::drop_retrying(
+                    &c,
+                    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1",
+                    &name,
+                )
+                .await;
+            }
+        });
     }
 }
 

@@ -25,32 +25,54 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let slot = self.slot.clone();
         let tables = self.tables.clone();
-        // A fresh runtime on a fresh thread: Drop may run inside (or
-        // outside) the test's runtime, during a panic.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let c = cdc_tests::pg().await;
-                for _ in 0..150 {
-                    // The slot is busy while a (killed) feed's peek finishes.
-                    match c
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&slot],
-                        )
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    }
-                }
-                for t in tables {
-                    let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", cdc_common::ident::quote_ident(&t))).await;
-                }
-            });
-        })
-        .join();
+        on_fresh_runtime(async move {
+            let c = cdc_tests::pg().await;
+            // The slot is busy while a (killed) feed's peek finishes.
+            drop_slot(&c, &slot).await;
+            for t in tables {
+                let _ = c
+                    .batch_execute(&format!(
+                        "DROP TABLE IF EXISTS {}",
+                        cdc_common::ident::quote_ident(&t)
+                    ))
+                    .await;
+            }
+        });
     }
+}
+
+/// Runs `f` to completion on a fresh runtime on a fresh thread: for Drop,
+/// which may run inside (or outside) a test's runtime, during a panic.
+pub fn on_fresh_runtime(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f);
+    })
+    .join();
+}
+
+/// Runs `sql` (one `$1` text parameter) until it succeeds, up to 30s: the
+/// object it drops may still be held by a session that is ending.
+pub async fn drop_retrying(c: &tokio_postgres::Client, sql: &str, name: &str) {
+    for _ in 0..150 {
+        match c.execute(sql, &[&name]).await {
+            Ok(_) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Drops replication slot `slot` if it exists (see [`drop_retrying`]).
+pub async fn drop_slot(c: &tokio_postgres::Client, slot: &str) {
+    drop_retrying(
+        c,
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+        slot,
+    )
+    .await;
 }
 
 /// An in-process changefeed.
@@ -490,33 +512,15 @@ pub struct OwnDatabase {
 impl Drop for OwnDatabase {
     fn drop(&mut self) {
         let (name, slot) = (self.name.clone(), self.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let c = cdc_tests::pg().await;
-                for _ in 0..150 {
-                    match c
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&slot],
-                        )
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    }
-                }
-                let _ = c
-                    .batch_execute(&format!(
-                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                        cdc_common::ident::quote_ident(&name)
-                    ))
-                    .await;
-            });
-        })
-        .join();
+        on_fresh_runtime(async move {
+            let c = cdc_tests::pg().await;
+            drop_slot(&c, &slot).await;
+            let _ = c
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    cdc_common::ident::quote_ident(&name)
+                ))
+                .await;
+        });
     }
 }
