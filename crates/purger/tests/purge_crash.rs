@@ -137,15 +137,7 @@ async fn killed_mid_run_then_rerun_completes_and_reconciles() {
 async fn the_crash_hook_waits_for_batches_in_flight_on_the_retry_path() {
     let mut f = Fixture::archived(40).await;
     f.cfg.pipeline_depth = 2;
-    let sep = if f.cfg.database_url.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    f.cfg.database_url = format!("{}{sep}options=-c%20lock_timeout%3D100", f.cfg.database_url);
-    f.cfg.retry.initial_delay = std::time::Duration::from_millis(20);
-    f.cfg.retry.max_delay = std::time::Duration::from_millis(100);
-    f.cfg.retry.max_retries = 1000;
+    f.lock_timeout_ms(100);
     // Row 3 (batch 1 = rows 1..=8) is locked for a second: batch 1 and its
     // first smaller retries fail; batch 2 (rows 9..=16) runs meanwhile.
     let mut holder = cdc_tests::pg().await;

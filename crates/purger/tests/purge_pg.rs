@@ -286,15 +286,7 @@ async fn lock_timeouts_are_retried_with_a_smaller_batch() {
     let mut f = Fixture::archived(40).await;
     // The purger's session gives up on a row lock after 50ms (SQLSTATE
     // 55P03, retryable); a foreground transaction holds row 20 for a while.
-    let sep = if f.cfg.database_url.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    f.cfg.database_url = format!("{}{sep}options=-c%20lock_timeout%3D50", f.cfg.database_url);
-    f.cfg.retry.initial_delay = std::time::Duration::from_millis(20);
-    f.cfg.retry.max_delay = std::time::Duration::from_millis(100);
-    f.cfg.retry.max_retries = 1000;
+    f.lock_timeout_ms(50);
     let mut holder = cdc_tests::pg().await;
     let tx = holder.transaction().await.unwrap();
     tx.execute(

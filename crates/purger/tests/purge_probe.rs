@@ -81,18 +81,7 @@ async fn purge_with_a_lock_between_delete_and_probe(
     f.sql("UPDATE {t} SET archived = false WHERE id = 5").await;
     f.cfg.batch_size = 50;
     f.cfg.pipeline_depth = depth;
-    let sep = if f.cfg.database_url.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    f.cfg.database_url = format!(
-        "{}{sep}options=-c%20lock_timeout%3D{LOCK_TIMEOUT_MS}",
-        f.cfg.database_url
-    );
-    f.cfg.retry.initial_delay = Duration::from_millis(20);
-    f.cfg.retry.max_delay = Duration::from_millis(100);
-    f.cfg.retry.max_retries = 1000;
+    f.lock_timeout_ms(LOCK_TIMEOUT_MS);
     let table = f.table.clone();
     let q = f.q();
 

@@ -125,6 +125,23 @@ impl Fixture {
         quote_ident(&self.table)
     }
 
+    /// The purger's session gives up on a row lock after `ms` (SQLSTATE
+    /// 55P03, retryable), and retries quickly and (nearly) without limit.
+    pub fn lock_timeout_ms(&mut self, ms: u64) {
+        let sep = if self.cfg.database_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        self.cfg.database_url = format!(
+            "{}{sep}options=-c%20lock_timeout%3D{ms}",
+            self.cfg.database_url
+        );
+        self.cfg.retry.initial_delay = std::time::Duration::from_millis(20);
+        self.cfg.retry.max_delay = std::time::Duration::from_millis(100);
+        self.cfg.retry.max_retries = 1000;
+    }
+
     /// Marks ids `from..=to` archived (one transaction).
     pub async fn mark(&self, from: i64, to: i64) {
         self.client
