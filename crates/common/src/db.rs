@@ -59,6 +59,21 @@ pub fn is_origin_pool_member(base: &str, name: &str) -> bool {
     }
 }
 
+/// A PostgreSQL LSN in PostgreSQL's text form (`X/Y`: the high and the low
+/// 32 bits, each in hexadecimal, as `pg_lsn` prints them and the PostgreSQL
+/// changefeed sends its `pg_lsn`) as one number, ordered as the WAL is;
+/// `None` if the text is not one.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let half = |s: &str| {
+        if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(s, 16).ok().map(u64::from)
+    };
+    let (high, low) = text.split_once('/')?;
+    Some(half(high)? << 32 | half(low)?)
+}
+
 /// Errors opening a database session.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -183,6 +198,31 @@ mod tests {
             "pg_16384",
         ] {
             assert!(!is_origin_pool_member(base, other), "{other}");
+        }
+    }
+
+    #[test]
+    fn parses_postgresql_lsns() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("0/1A2B3C8"), Some(0x1A2B3C8));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("ff/0000000a"), Some(0xFF_0000_000A));
+        assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), Some(u64::MAX));
+        // Ordered as the WAL: the high half first.
+        assert!(parse_lsn("1/0") > parse_lsn("0/FFFFFFFF"));
+        for bad in [
+            "",
+            "0",
+            "/1",
+            "1/",
+            "1/2/3",
+            "g/1",
+            "+1/2",
+            "1/-2",
+            "123456789/0",
+            " 0/1",
+        ] {
+            assert_eq!(parse_lsn(bad), None, "{bad:?}");
         }
     }
 

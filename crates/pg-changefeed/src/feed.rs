@@ -68,6 +68,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
+use cdc_common::db::parse_lsn;
 use cdc_common::retry::Retryable;
 use futures::{pin_mut, TryStreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -202,29 +203,25 @@ async fn run_session(
             },
         );
     }
-    ensure_slot(&client, &config.slot_name).await?;
     // Where the slot stands: how much WAL a peek that found nothing has
     // read in vain (see `SKIP_HEARTBEAT_BYTES`).
-    let mut confirmed: Option<u64> = client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&config.slot_name],
-        )
-        .await?
-        .get::<_, Option<String>>(0)
-        .as_deref()
-        .and_then(parse_lsn);
+    let mut confirmed = ensure_slot(&client, &config.slot_name).await?;
     let filter_origins = !config.filter_origins.is_empty()
-        && probe_option(&client, &config.slot_name, wal2json::FILTER_ORIGINS, "0").await?;
-    if !config.filter_origins.is_empty() && !filter_origins {
-        warn!(
-            "this wal2json does not support `{}`: transactions of the replication origins {:?} (the \
-             purger's deletes) are sent like any other, as delete events",
-            wal2json::FILTER_ORIGINS,
-            config.filter_origins
-        );
-    }
-    let mut numeric_as_string = probe_numeric_as_string(&client, &config.slot_name).await?;
+        && {
+            let supported =
+                probe_option(&client, &config.slot_name, wal2json::FILTER_ORIGINS, "0").await?;
+            if !supported {
+                warn!(
+                "this wal2json does not support `{}`: transactions of the replication origins {:?} (the \
+                 purger's deletes) are sent like any other, as delete events",
+                wal2json::FILTER_ORIGINS,
+                config.filter_origins
+            );
+            }
+            supported
+        };
+    let mut numeric_as_string =
+        probe_option(&client, &config.slot_name, wal2json::NUMERIC_AS_STRING, "1").await?;
     if !numeric_as_string {
         warn!(
             "this wal2json does not support `{}` (wal2json 2.6+): it writes float/numeric NaN and \
@@ -280,7 +277,9 @@ async fn run_session(
     let origin_ids = client
         .prepare("SELECT roident::int8, roname::text FROM pg_catalog.pg_replication_origin ORDER BY roident")
         .await?;
-    let mut filtered: Option<Vec<u32>> = None;
+    // The `filter-origins` value of the last peek (never empty once set),
+    // so that a change of the pool's origins is logged once.
+    let mut filtered = String::new();
     // Where the next peek stops, and the epoch source for its xids; read
     // before the catalog is re-read (see the module docs).
     let position = client
@@ -310,12 +309,14 @@ async fn run_session(
         // transaction before that point was created before it, so it is
         // known here.
         let ids = if filter_origins {
-            let ids = resolve_origins(&client, &origin_ids, &config.filter_origins).await?;
-            if filtered.as_ref() != Some(&ids.0) {
-                info!(origins = ?ids.1, ids = ?ids.0, "transactions of these replication origins are left out");
-                filtered = Some(ids.0.clone());
+            let (ids, names) =
+                resolve_origins(&client, &origin_ids, &config.filter_origins).await?;
+            let value = wal2json::filter_origins_value(&ids);
+            if value != filtered {
+                info!(origins = ?names, ?ids, "transactions of these replication origins are left out");
+                filtered.clone_from(&value);
             }
-            wal2json::filter_origins_value(&ids.0)
+            value
         } else {
             String::new()
         };
@@ -553,11 +554,6 @@ async fn refresh_catalog(
     Ok(())
 }
 
-/// Whether this wal2json accepts [`wal2json::NUMERIC_AS_STRING`].
-async fn probe_numeric_as_string(client: &Client, slot: &str) -> Result<bool, ChangefeedError> {
-    probe_option(client, slot, wal2json::NUMERIC_AS_STRING, "1").await
-}
-
 /// Whether this wal2json accepts `option` (a constant of this crate) with
 /// `value`: a peek that decodes at most one WAL record (`upto_lsn` 0/1)
 /// with it. A wal2json that does not know an option refuses it.
@@ -612,12 +608,6 @@ async fn heartbeat(client: &Client, slot: &str) -> Result<Instant, ChangefeedErr
         )
         .await?;
     Ok(Instant::now())
-}
-
-/// `X/Y` (PostgreSQL's `pg_lsn` text) as a number.
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 /// WAL a peek may read without finding a transaction to send (all of it
@@ -1056,10 +1046,11 @@ async fn topic_partitions(producer: &FutureProducer, topic: &str) -> Result<i32,
 }
 
 /// Creates the slot with wal2json if it is missing; refuses a slot of
-/// another plugin or database.
-pub async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ChangefeedError> {
+/// another plugin or database. Returns the slot's `confirmed_flush_lsn`.
+pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, ChangefeedError> {
     const LOOKUP: &str =
-        "SELECT plugin::text, slot_type, database::text = current_database()::text \
+        "SELECT plugin::text, slot_type, database::text = current_database()::text, \
+                confirmed_flush_lsn::text \
                           FROM pg_replication_slots WHERE slot_name = $1";
     if client.query_opt(LOOKUP, &[&slot]).await?.is_none() {
         match client
@@ -1094,7 +1085,10 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ChangefeedEr
             ),
         });
     }
-    Ok(())
+    Ok(row
+        .get::<_, Option<String>>(3)
+        .as_deref()
+        .and_then(parse_lsn))
 }
 
 #[cfg(test)]
@@ -1153,15 +1147,6 @@ mod tests {
         let enc = encode_full(json, t, true);
         assert_eq!(enc.incomplete, None, "{json}");
         enc.outs
-    }
-
-    #[test]
-    fn lsn_text_parses() {
-        assert_eq!(parse_lsn("0/0"), Some(0));
-        assert_eq!(parse_lsn("0/15162A8"), Some(0x0151_62A8));
-        assert_eq!(parse_lsn("1A/FF"), Some((0x1A << 32) | 0xFF));
-        assert_eq!(parse_lsn("garbage"), None);
-        assert_eq!(parse_lsn("1/xyz"), None);
     }
 
     #[test]

@@ -43,12 +43,6 @@ pub fn options(numeric_as_string: bool) -> impl Iterator<Item = (&'static str, &
         .filter(move |(k, _)| numeric_as_string || *k != NUMERIC_AS_STRING)
 }
 
-/// Whether a PostgreSQL error says that wal2json does not know
-/// [`NUMERIC_AS_STRING`].
-pub fn is_unknown_numeric_option(e: &tokio_postgres::Error) -> bool {
-    is_unknown_option(e, NUMERIC_AS_STRING)
-}
-
 /// wal2json's option that leaves out every transaction committed under
 /// one of the listed replication origins (the purger's, see
 /// `cdc_common::db::PURGER_REPLICATION_ORIGIN`). Its value is a
