@@ -124,6 +124,12 @@ struct Watch {
     next: i64,
 }
 
+/// The random part of a segment's or delete file's name: a zombie's
+/// upload for the same offsets never overwrites the winner's object.
+fn object_nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
 /// Why a partition is being flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
@@ -545,17 +551,16 @@ impl Sink {
             budget,
             "memory budget reached: flushing the largest buffers"
         );
-        for k in self.largest_buffers() {
-            if self.buffered_bytes() <= budget / 2 {
-                break;
+        for (trigger, target) in [
+            (Trigger::Budget, budget / 2),
+            (Trigger::ForceBudget, budget),
+        ] {
+            for k in self.largest_buffers() {
+                if self.buffered_bytes() <= target {
+                    break;
+                }
+                self.flush(&k, trigger).await?;
             }
-            self.flush(&k, Trigger::Budget).await?;
-        }
-        for k in self.largest_buffers() {
-            if self.buffered_bytes() <= budget {
-                break;
-            }
-            self.flush(&k, Trigger::ForceBudget).await?;
         }
         Ok(())
     }
@@ -635,10 +640,10 @@ impl Sink {
 
     /// Writes the buffered runs of a partition up to where a checkpoint may
     /// end (see [`PartitionBuffer::safe_end`]): segment, then checkpoint,
-    /// then the offset commit. Returns the (estimated) bytes freed.
-    async fn flush(&mut self, key: &(String, i32), trigger: Trigger) -> Result<u64, SinkError> {
+    /// then the offset commit.
+    async fn flush(&mut self, key: &(String, i32), trigger: Trigger) -> Result<(), SinkError> {
         let Some(State::Active(buffer)) = self.parts.get_mut(key) else {
-            return Ok(0);
+            return Ok(());
         };
         let cut = if trigger == Trigger::ForceBudget {
             Cut::Force
@@ -646,14 +651,14 @@ impl Sink {
             Cut::Safe
         };
         let Some(preview) = buffer.preview(cut) else {
-            return Ok(0);
+            return Ok(());
         };
         if preview.rows == 0
             && preview.deletes == 0
             && trigger != Trigger::Shutdown
             && !segmentless_due(buffer, &preview, &self.config)
         {
-            return Ok(0);
+            return Ok(());
         }
         if cut == Cut::Force {
             if let Some(g) = buffer.open_group {
@@ -667,7 +672,7 @@ impl Sink {
         }
         let runs = buffer.take(cut);
         if runs.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let (table, topic, partition, partitions) = (
             buffer.table.clone(),
@@ -728,7 +733,7 @@ impl Sink {
                 tracing::warn!(%topic, partition, error = %e, "offset commit failed");
             }
         }
-        Ok(preview.bytes)
+        Ok(())
     }
 
     async fn write_run(
@@ -757,7 +762,7 @@ impl Sink {
         } else {
             let (m, list) = (meta.clone(), run.deletes);
             let body = tokio::task::spawn_blocking(move || encode_deletes(&m, &list)).await??;
-            let nonce = &uuid::Uuid::new_v4().simple().to_string()[..12];
+            let nonce = &object_nonce();
             let path =
                 cdc_checkpoint::layout::deletes_path(table, partition, run.first, last, nonce);
             let d = DeletesRef::describe(path.clone(), &body, deletes_n);
@@ -775,7 +780,7 @@ impl Sink {
             })
             .await??;
             key_filter = Some(filter);
-            let nonce = &uuid::Uuid::new_v4().simple().to_string()[..12];
+            let nonce = &object_nonce();
             let path =
                 cdc_checkpoint::layout::segment_path(table, partition, run.first, last, nonce);
             let seg = SegmentRef::describe(path.clone(), &body, rows, columns);

@@ -857,11 +857,16 @@ mod tests {
     }
 
     fn ev(offset: i64, value: &str) -> Result<Event, ()> {
+        keyed(offset, 1, value)
+    }
+
+    /// The decoded record of key `[key]` at `offset` of partition 0.
+    fn keyed(offset: i64, key: i64, value: &str) -> Result<Event, ()> {
         decode(&RawRecord {
             topic: "t",
             partition: 0,
             offset,
-            key: Some(b"[1]"),
+            key: Some(format!("[{key}]").as_bytes()),
             value: Some(value.as_bytes()),
         })
         .map_err(|_| ())
@@ -955,14 +960,7 @@ mod tests {
         let value = format!(
             r#"{{"after": {{"archived": {archived}, "id": {key}, "v": {offset}}}, "before": null, "pg_lsn": "{lsn}", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#
         );
-        decode(&RawRecord {
-            topic: "t",
-            partition: 0,
-            offset,
-            key: Some(format!("[{key}]").as_bytes()),
-            value: Some(value.as_bytes()),
-        })
-        .map_err(|_| ())
+        keyed(offset, key, &value)
     }
 
     fn resolved_at(wall: i64) -> Result<Event, ()> {
@@ -1059,14 +1057,7 @@ mod tests {
             r#"{{"after": null, "before": {{"archived": {archived}, "id": {key}, "v": 1.50}}, "pg_lsn": "{}", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#,
             lsn_of(xid)
         );
-        decode(&RawRecord {
-            topic: "t",
-            partition: 0,
-            offset,
-            key: Some(format!("[{key}]").as_bytes()),
-            value: Some(value.as_bytes()),
-        })
-        .map_err(|_| ())
+        keyed(offset, key, &value)
     }
 
     /// Delete events become delete records (never rows), keep their
@@ -1304,14 +1295,7 @@ mod tests {
         let value = format!(
             r#"{{"after": {{"archived": true, "id": {key}}}, "before": null, {lsn}"updated": "{updated}.0000000000"}}"#
         );
-        decode(&RawRecord {
-            topic: "t",
-            partition: 0,
-            offset,
-            key: Some(format!("[{key}]").as_bytes()),
-            value: Some(value.as_bytes()),
-        })
-        .map_err(|_| ())
+        keyed(offset, key, &value)
     }
 
     /// Review finding: an incomplete row (no `pg_xid`, a column missing)
@@ -1514,14 +1498,7 @@ mod tests {
                 r#"{{"after": {{"archived": {archived}, "id": {key}, "v": {v}}}, "before": null, "pg_lsn": "0/{:X}", "pg_xid": "{xid}", "updated": "{updated}.0000000000"}}"#,
                 0x1000 + t * 0x100
             );
-            decode(&RawRecord {
-                topic: "t",
-                partition: 0,
-                offset: offset as i64,
-                key: Some(format!("[{key}]").as_bytes()),
-                value: Some(value.as_bytes()),
-            })
-            .map_err(|_| ())
+            keyed(offset as i64, key, &value)
         };
         let (mut restarts, mut older_latest) = (0, 0);
         for _ in 0..400 {
