@@ -14,6 +14,7 @@ use cdc_common::ident::{quote_ident, TableName};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::error::db;
 use crate::sql::KeyColumn;
 use crate::PurgeError;
 
@@ -94,11 +95,6 @@ pub fn unreliable_key_type(oid: u32) -> Option<&'static str> {
         ),
         _ => None,
     }
-}
-
-fn db(context: &str) -> impl FnOnce(tokio_postgres::Error) -> PurgeError {
-    let context = context.to_owned();
-    move |source| PurgeError::Db { context, source }
 }
 
 /// Resolves `table`: it must exist (in its schema, `public` when the name

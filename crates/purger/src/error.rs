@@ -105,3 +105,10 @@ impl Retryable for PurgeError {
         }
     }
 }
+
+/// `map_err` for a failed statement: a [`PurgeError::Db`] saying what was
+/// being done.
+pub(crate) fn db(context: &str) -> impl FnOnce(tokio_postgres::Error) -> PurgeError {
+    let context = context.to_owned();
+    move |source| PurgeError::Db { context, source }
+}

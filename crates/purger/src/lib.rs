@@ -39,6 +39,7 @@ pub use error::PurgeError;
 pub use origin::OriginSetup;
 pub use summary::{CheckpointReport, CheckpointStatus, PurgeSummary, Refusal, RowCounts};
 
+use crate::error::db;
 use crate::sql::PurgeSql;
 use crate::versions::Target;
 use cdc_marker::aimd::Aimd;
@@ -664,10 +665,7 @@ pub async fn open_session(cfg: &PurgerConfig, dry_run: bool) -> Result<OpenedSes
                 client
                     .batch_execute("SET disable_changefeed_replication = true")
                     .await
-                    .map_err(|source| PurgeError::Db {
-                        context: "SET disable_changefeed_replication".into(),
-                        source,
-                    })?;
+                    .map_err(db("SET disable_changefeed_replication"))?;
             }
             Dialect::Postgres if dry_run => origin = Some(origin::check(&client, cfg).await?),
             Dialect::Postgres => origin = Some(origin::setup(&client, cfg).await?),
@@ -705,10 +703,7 @@ async fn current_xid8_sql(client: &Client) -> Result<&'static str, PurgeError> {
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::INT4", &[])
         .await
-        .map_err(|source| PurgeError::Db {
-            context: "reading server_version_num".into(),
-            source,
-        })?
+        .map_err(db("reading server_version_num"))?
         .get(0);
     Ok(if version >= 130_000 {
         "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::INT8"
@@ -745,7 +740,7 @@ struct Run<'a> {
 }
 
 /// What one batch did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct BatchResult {
     deleted: u64,
     would_delete: u64,
@@ -1516,8 +1511,27 @@ mod tests {
         assert_eq!(delete_params(&mixed[..8], 1, Shape::Paired).len(), 2);
     }
 
+    /// Every target the batch accounted for, as the summary adds it up.
     fn total(r: &BatchResult) -> u64 {
-        r.deleted + r.already_gone + r.skipped_changed + r.skipped_unmarked + r.would_delete
+        let mut c = RowCounts::default();
+        r.add_to(&mut c);
+        c.accounted()
+    }
+
+    /// A batch that deleted `deleted` and kept the rest for these reasons.
+    fn result(
+        deleted: u64,
+        skipped_unmarked: u64,
+        skipped_changed: u64,
+        already_gone: u64,
+    ) -> BatchResult {
+        BatchResult {
+            deleted,
+            skipped_unmarked,
+            skipped_changed,
+            already_gone,
+            ..BatchResult::default()
+        }
     }
 
     #[test]
@@ -1525,15 +1539,7 @@ mod tests {
         // 10 targets, 7 deleted; of the 3 kept, 1 un-marked and 1 changed
         // are still there, 1 was gone before.
         let r = kept(10, 7, 1, 1);
-        assert_eq!(
-            (
-                r.deleted,
-                r.skipped_unmarked,
-                r.skipped_changed,
-                r.already_gone
-            ),
-            (7, 1, 1, 1)
-        );
+        assert_eq!(r, result(7, 1, 1, 1));
         assert_eq!(total(&r), 10);
         // Everything deleted: nothing else.
         let r = kept(10, 10, 0, 0);
@@ -1547,27 +1553,11 @@ mod tests {
         // 10 targets, 9 deleted, 1 kept (un-marked); two deleted keys were
         // inserted again before the probe: 3 present, 2 of them new rows.
         let r = kept(10, 9, 3, 0);
-        assert_eq!(
-            (
-                r.deleted,
-                r.skipped_unmarked,
-                r.skipped_changed,
-                r.already_gone
-            ),
-            (9, 1, 0, 0)
-        );
+        assert_eq!(r, result(9, 1, 0, 0));
         assert_eq!(total(&r), 10);
         // The excess is taken off un-marked first, then changed.
         let r = kept(10, 8, 1, 3);
-        assert_eq!(
-            (
-                r.deleted,
-                r.skipped_unmarked,
-                r.skipped_changed,
-                r.already_gone
-            ),
-            (8, 0, 2, 0)
-        );
+        assert_eq!(r, result(8, 0, 2, 0));
         assert_eq!(total(&r), 10);
         for batch in 0..6 {
             for deleted in 0..=batch {

@@ -28,8 +28,10 @@
 use cdc_common::db::origin_pool_member;
 use cdc_common::ident::quote_ident;
 use cdc_common::retry::Retryable;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use crate::error::db;
 use crate::{PurgeError, PurgerConfig};
 
 /// What a session's origin setup came to.
@@ -59,10 +61,7 @@ pub(crate) async fn setup(client: &Client, cfg: &PurgerConfig) -> Result<OriginS
             &[&pool],
         )
         .await
-        .map_err(|source| PurgeError::Db {
-            context: "reading pg_replication_origin".into(),
-            source,
-        })?
+        .map_err(db("reading pg_replication_origin"))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -82,7 +81,7 @@ pub(crate) async fn setup(client: &Client, cfg: &PurgerConfig) -> Result<OriginS
             {
                 Ok(_) => tracing::info!(origin = %name, "replication origin created"),
                 // Created by another purger in between.
-                Err(e) if sqlstate(&e) == Some("23505") => {}
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
                 Err(e) => return missing(client, cfg, name, e, &busy).await,
             }
         }
@@ -99,7 +98,7 @@ pub(crate) async fn setup(client: &Client, cfg: &PurgerConfig) -> Result<OriginS
             }
             // Active in another session (another purger, or the backend of
             // a session this one replaces that has not exited yet).
-            Err(e) if sqlstate(&e) == Some("55006") => busy.push(name.clone()),
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => busy.push(name.clone()),
             Err(e) => return missing(client, cfg, name, e, &busy).await,
         }
     }
@@ -125,10 +124,7 @@ pub(crate) async fn check(client: &Client, cfg: &PurgerConfig) -> Result<OriginS
             &[&cfg.replication_origin],
         )
         .await
-        .map_err(|source| PurgeError::Db {
-            context: "checking the replication-origin privileges".into(),
-            source,
-        })?;
+        .map_err(db("checking the replication-origin privileges"))?;
     let (may_setup, may_create): (bool, bool) = (row.get(0), row.get(1));
     if may_setup && may_create {
         return Ok(OriginSetup::Checked);
@@ -146,15 +142,12 @@ async fn missing(
     busy: &[String],
 ) -> Result<OriginSetup, PurgeError> {
     if e.is_retryable() {
-        return Err(PurgeError::Db {
-            context: format!("taking replication origin {name:?}"),
-            source: e,
-        });
+        return Err(db(&format!("taking replication origin {name:?}"))(e));
     }
-    let why = match sqlstate(&e) {
-        Some("42501") => privilege_warning(client, cfg).await?,
+    let why = match e.code() {
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE) => privilege_warning(client, cfg).await?,
         // No free replication-state entry (max_replication_slots).
-        Some("53400") => format!(
+        Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED) => format!(
             "replication origin {name:?}: {e} (each origin used holds one of max_replication_slots \
              replication-state entries until it is dropped); this session's deletes reach the \
              changefeed{}",
@@ -182,10 +175,7 @@ async fn privilege_warning(client: &Client, cfg: &PurgerConfig) -> Result<String
     let role: String = client
         .query_one("SELECT current_user::text", &[])
         .await
-        .map_err(|source| PurgeError::Db {
-            context: "reading current_user".into(),
-            source,
-        })?
+        .map_err(db("reading current_user"))?
         .get(0);
     let role = quote_ident(&role);
     Ok(format!(
@@ -204,8 +194,4 @@ async fn privilege_warning(client: &Client, cfg: &PurgerConfig) -> Result<String
 fn warn(why: String) -> OriginSetup {
     tracing::warn!("{why}");
     OriginSetup::Missing(why)
-}
-
-fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
-    e.as_db_error().map(|d| d.code().code())
 }
