@@ -269,11 +269,7 @@ async fn run_fit_check<'a>(
         retries,
         "checking that the values fit",
         |c| async move {
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-                .iter()
-                .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            c.query_opt(sql, &params)
+            c.query_opt(sql, &params(arrays))
                 .await
                 .map_err(|source| RestoreError::Db {
                     table: table.to_owned(),
@@ -602,12 +598,12 @@ async fn restore_on(
             continue;
         }
         let sqls = FitCheck::new(&checked);
+        let checked_columns: Vec<(String, String)> = checked
+            .iter()
+            .map(|(i, _)| group.columns[*i].clone())
+            .collect();
         for chunk in group.rows.chunks(opts.batch_size.max(1)) {
-            let mut arrays = column_arrays(&group.columns, chunk, opts, reset_flag);
-            let arrays: Vec<Vec<Option<String>>> = checked
-                .iter()
-                .map(|(i, _)| std::mem::take(&mut arrays[*i]))
-                .collect();
+            let arrays = column_arrays(&checked_columns, chunk, opts, reset_flag);
             if let Some((row, column)) =
                 find_misfit(session, retry, &mut summary.retries, &table, &sqls, &arrays).await?
             {
@@ -635,13 +631,7 @@ async fn restore_on(
                 "inserting a batch",
                 |c| {
                     let (sql, arrays) = (&sql, &arrays);
-                    async move {
-                        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-                            .iter()
-                            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-                            .collect();
-                        c.execute(sql.as_str(), &params).await.map_err(db)
-                    }
+                    async move { c.execute(sql.as_str(), &params(arrays)).await.map_err(db) }
                 },
             )
             .await?;
@@ -651,6 +641,14 @@ async fn restore_on(
         }
     }
     Ok(summary)
+}
+
+/// The text arrays of a batch as statement parameters `$1`, `$2`, ….
+fn params(arrays: &[Vec<Option<String>>]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    arrays
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
 }
 
 /// One text array per column for a batch of rows of one column set.
