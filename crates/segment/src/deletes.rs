@@ -29,8 +29,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::{
-    codec, format, opt_hlc, opt_str, put_long, put_opt_str, put_str, unwrap_union, write_block,
-    SegmentError, SegmentMeta, BLOCK_BYTES,
+    codec, format, opt_str, put_long, put_opt_str, put_str, write_records, RecordMeta,
+    SegmentError, SegmentMeta,
 };
 
 /// Value of the `cdc.deletes_format_version` metadata entry.
@@ -180,24 +180,7 @@ pub fn encode_deletes(meta: &SegmentMeta, deletes: &[DeletedRow]) -> Result<Vec<
     }
     // As for segments: the header by apache-avro, the records encoded here
     // field for field (the round-trip tests read them with its reader).
-    let mut out = writer.into_inner()?;
-    let marker: [u8; 16] = out[out.len() - 16..]
-        .try_into()
-        .expect("the header ends with the sync marker");
-    let mut block = Vec::with_capacity(BLOCK_BYTES + 4096);
-    let mut in_block = 0i64;
-    for d in deletes {
-        encode_delete(d, &mut block);
-        in_block += 1;
-        if block.len() >= BLOCK_BYTES {
-            write_block(&mut out, &mut block, in_block, &marker)?;
-            in_block = 0;
-        }
-    }
-    if in_block > 0 {
-        write_block(&mut out, &mut block, in_block, &marker)?;
-    }
-    Ok(out)
+    write_records(writer.into_inner()?, deletes, encode_delete)
 }
 
 /// Reads a delete file back; anything else (a segment included) is an error.
@@ -234,23 +217,15 @@ pub fn decode_deletes(bytes: &[u8]) -> Result<Deletes, SegmentError> {
             Avro::String(s) if s == "delete" => {}
             other => return Err(format(format!("_op of a delete record: {other:?}"))),
         }
-        let key_json = opt_str(next(), "_key")?.ok_or_else(|| format("_key is null"))?;
-        let updated = opt_hlc(next(), "_updated")?;
-        let mvcc_timestamp = opt_hlc(next(), "_mvcc_timestamp")?;
-        let pg_xid = match unwrap_union(next()) {
-            Avro::Null => None,
-            Avro::Long(x) => Some(u64::try_from(x).map_err(|_| format("_pg_xid negative"))?),
-            other => return Err(format(format!("_pg_xid: {other:?}"))),
-        };
-        let topic = opt_str(next(), "_topic")?.ok_or_else(|| format("_topic is null"))?;
-        let partition = match next() {
-            Avro::Int(p) => p,
-            other => return Err(format(format!("_partition: {other:?}"))),
-        };
-        let offset = match next() {
-            Avro::Long(o) => o,
-            other => return Err(format(format!("_offset: {other:?}"))),
-        };
+        let RecordMeta {
+            key_json,
+            updated,
+            mvcc_timestamp,
+            pg_xid,
+            topic,
+            partition,
+            offset,
+        } = RecordMeta::decode(&mut next)?;
         let before = opt_str(next(), "_before")?
             .map(|text| {
                 serde_json::from_str::<OrderedRow>(&text)

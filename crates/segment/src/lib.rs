@@ -298,15 +298,27 @@ pub fn encode_segment(meta: &SegmentMeta, rows: &[ArchivedRow]) -> Result<Vec<u8
     // is ~10x faster than building and validating an `avro::Value` per
     // record. The layout is the schema above, field for field; the
     // round-trip tests read it back with apache-avro's own reader.
-    let mut out = writer.into_inner()?;
+    let encodings: Vec<Encoding> = columns.iter().map(|c| c.encoding).collect();
+    write_records(writer.into_inner()?, rows, |r, block| {
+        encode_row(r, &encodings, block)
+    })
+}
+
+/// Appends `items` to a container file's `header` (which ends with its
+/// sync marker) in blocks of about [`BLOCK_BYTES`], each item encoded by
+/// `encode`.
+pub(crate) fn write_records<T>(
+    mut out: Vec<u8>,
+    items: &[T],
+    mut encode: impl FnMut(&T, &mut Vec<u8>),
+) -> Result<Vec<u8>, SegmentError> {
     let marker: [u8; 16] = out[out.len() - 16..]
         .try_into()
         .expect("the header ends with the sync marker");
-    let encodings: Vec<Encoding> = columns.iter().map(|c| c.encoding).collect();
     let mut block = Vec::with_capacity(BLOCK_BYTES + 4096);
     let mut in_block = 0i64;
-    for r in rows {
-        encode_row(r, &encodings, &mut block);
+    for item in items {
+        encode(item, &mut block);
         in_block += 1;
         if block.len() >= BLOCK_BYTES {
             write_block(&mut out, &mut block, in_block, &marker)?;
@@ -403,6 +415,50 @@ fn encode_row(r: &ArchivedRow, encodings: &[Encoding], out: &mut Vec<u8>) {
                 put_str(out, &v.to_json_text());
             }
         }
+    }
+}
+
+/// The metadata fields after `_op` of a segment or delete-file record, in
+/// [`META_FIELDS`] order.
+pub(crate) struct RecordMeta {
+    pub key_json: String,
+    pub updated: Option<Hlc>,
+    pub mvcc_timestamp: Option<Hlc>,
+    pub pg_xid: Option<u64>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl RecordMeta {
+    /// Takes the fields from `next`, checking each one's type.
+    pub(crate) fn decode(next: &mut impl FnMut() -> Avro) -> Result<Self, SegmentError> {
+        let key_json = opt_str(next(), "_key")?.ok_or_else(|| format("_key is null"))?;
+        let updated = opt_hlc(next(), "_updated")?;
+        let mvcc_timestamp = opt_hlc(next(), "_mvcc_timestamp")?;
+        let pg_xid = match unwrap_union(next()) {
+            Avro::Null => None,
+            Avro::Long(x) => Some(u64::try_from(x).map_err(|_| format("_pg_xid negative"))?),
+            other => return Err(format(format!("_pg_xid: {other:?}"))),
+        };
+        let topic = opt_str(next(), "_topic")?.ok_or_else(|| format("_topic is null"))?;
+        let partition = match next() {
+            Avro::Int(p) => p,
+            other => return Err(format(format!("_partition: {other:?}"))),
+        };
+        let offset = match next() {
+            Avro::Long(o) => o,
+            other => return Err(format(format!("_offset: {other:?}"))),
+        };
+        Ok(RecordMeta {
+            key_json,
+            updated,
+            mvcc_timestamp,
+            pg_xid,
+            topic,
+            partition,
+            offset,
+        })
     }
 }
 
@@ -515,23 +571,15 @@ pub fn decode_segment(bytes: &[u8]) -> Result<Segment, SegmentError> {
             Avro::String(s) => parse_op(&s)?,
             other => return Err(format(format!("_op: {other:?}"))),
         };
-        let key_json = opt_str(next(), "_key")?.ok_or_else(|| format("_key is null"))?;
-        let updated = opt_hlc(next(), "_updated")?;
-        let mvcc_timestamp = opt_hlc(next(), "_mvcc_timestamp")?;
-        let pg_xid = match unwrap_union(next()) {
-            Avro::Null => None,
-            Avro::Long(x) => Some(u64::try_from(x).map_err(|_| format("_pg_xid negative"))?),
-            other => return Err(format(format!("_pg_xid: {other:?}"))),
-        };
-        let topic = opt_str(next(), "_topic")?.ok_or_else(|| format("_topic is null"))?;
-        let partition = match next() {
-            Avro::Int(p) => p,
-            other => return Err(format(format!("_partition: {other:?}"))),
-        };
-        let offset = match next() {
-            Avro::Long(o) => o,
-            other => return Err(format(format!("_offset: {other:?}"))),
-        };
+        let RecordMeta {
+            key_json,
+            updated,
+            mvcc_timestamp,
+            pg_xid,
+            topic,
+            partition,
+            offset,
+        } = RecordMeta::decode(&mut next)?;
         let mut values = Vec::with_capacity(columns.len());
         for c in &columns {
             values.push((c.name.clone(), decode_value(next(), c.encoding, &c.name)?));
