@@ -21,36 +21,11 @@ async fn tamper(
     f: &Fixture,
     cp: &Checkpoint,
     md: &[(&str, Option<&str>)],
-    mut rec: impl FnMut(&mut Vec<(String, Avro)>),
+    rec: impl FnMut(&mut Vec<(String, Avro)>),
 ) {
     let seg = cp.segment.as_ref().unwrap();
     let bytes = cdc_checkpoint::verify_segment(&f.store, seg).await.unwrap();
-    let reader = apache_avro::Reader::new(&bytes[..]).unwrap();
-    let schema = reader.writer_schema().clone();
-    let mut meta: Vec<(String, Vec<u8>)> = reader
-        .user_metadata()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in md {
-        meta.retain(|(key, _)| key != k);
-        if let Some(v) = v {
-            meta.push(((*k).to_owned(), v.as_bytes().to_vec()));
-        }
-    }
-    let records: Vec<Avro> = reader.map(Result::unwrap).collect();
-    let mut w = apache_avro::Writer::with_codec(&schema, Vec::new(), apache_avro::Codec::Null);
-    for (k, v) in meta {
-        w.add_user_metadata(k, v).unwrap();
-    }
-    for r in records {
-        let Avro::Record(mut fields) = r else {
-            panic!("a record")
-        };
-        rec(&mut fields);
-        w.append(Avro::Record(fields)).unwrap();
-    }
-    let bytes = w.into_inner().unwrap();
+    let bytes = common::avro::rewrite(&bytes, md, rec);
     f.store
         .store
         .put(&f.store.path(&seg.path), PutPayload::from(bytes.clone()))
