@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::query::{
-    dedupe, event_meta_fields, sort_by_key_and_version, Event, Hit, Ignoring, Matcher,
+    checkpoints, dedupe, event_meta_fields, sort_by_key_and_version, Event, Hit, Ignoring, Matcher,
 };
 use crate::{Query, RetrieveError};
 
@@ -111,23 +111,20 @@ pub async fn retrieve_deletes(
     let mut stats = DeleteStats::default();
     let matcher = Matcher::new(&query.selector);
     let mut candidates = Vec::new();
-    for partition in cdc_checkpoint::partitions(store, &query.table).await? {
-        let chain = cdc_checkpoint::read_chain(store, &query.table, partition).await?;
-        for cp in chain.checkpoints {
-            stats.checkpoints += 1;
-            match &cp.deletes {
-                Some(d) => {
-                    stats.delete_files_total += 1;
-                    if d.records > 0 {
-                        candidates.push(cp);
-                    }
+    for cp in checkpoints(store, &query.table).await? {
+        stats.checkpoints += 1;
+        match &cp.deletes {
+            Some(d) => {
+                stats.delete_files_total += 1;
+                if d.records > 0 {
+                    candidates.push(cp);
                 }
-                None if cp.counts.deletes > 0 => {
-                    stats.checkpoints_unrecorded += 1;
-                    stats.deletes_unrecorded += cp.counts.deletes;
-                }
-                None => {}
             }
+            None if cp.counts.deletes > 0 => {
+                stats.checkpoints_unrecorded += 1;
+                stats.deletes_unrecorded += cp.counts.deletes;
+            }
+            None => {}
         }
     }
 

@@ -581,6 +581,23 @@ pub(crate) fn sort_by_key_and_version<T: Hit>(found: &mut [T]) {
     found.sort_by_cached_key(|f| (canonical_of(f.event().key_json()), version_rank(f.event())));
 }
 
+/// Every checkpoint of `table`'s chains, partition by partition, in chain
+/// order.
+pub(crate) async fn checkpoints(
+    store: &ArchiveStore,
+    table: &str,
+) -> Result<Vec<Checkpoint>, RetrieveError> {
+    let mut all = Vec::new();
+    for partition in cdc_checkpoint::partitions(store, table).await? {
+        all.extend(
+            cdc_checkpoint::read_chain(store, table, partition)
+                .await?
+                .checkpoints,
+        );
+    }
+    Ok(all)
+}
+
 /// Runs `query` against the archive.
 ///
 /// Redelivered copies of one row version (same canonical key and version:
@@ -608,20 +625,17 @@ pub async fn retrieve(
     // Every segment that a checkpoint names, pruned by checkpoint metadata.
     let mut candidates = Vec::new();
     let mut before_range = Vec::new();
-    for partition in cdc_checkpoint::partitions(store, &query.table).await? {
-        let chain = cdc_checkpoint::read_chain(store, &query.table, partition).await?;
-        for cp in chain.checkpoints {
-            stats.checkpoints += 1;
-            let Some(seg) = &cp.segment else { continue };
-            stats.segments_total += 1;
-            if seg.rows == 0 {
-                continue;
-            }
-            if matcher.may_match(&cp) {
-                candidates.push(cp);
-            } else if relaxed.as_ref().is_some_and(|r| r.may_match(&cp)) {
-                before_range.push(cp);
-            }
+    for cp in checkpoints(store, &query.table).await? {
+        stats.checkpoints += 1;
+        let Some(seg) = &cp.segment else { continue };
+        stats.segments_total += 1;
+        if seg.rows == 0 {
+            continue;
+        }
+        if matcher.may_match(&cp) {
+            candidates.push(cp);
+        } else if relaxed.as_ref().is_some_and(|r| r.may_match(&cp)) {
+            before_range.push(cp);
         }
     }
 
