@@ -187,17 +187,6 @@ async fn chain_ahead_of_kafka_stops_only_that_partition() {
     );
 }
 
-fn group_members(group: &str) -> usize {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", cdc_tests::kafka_brokers())
-        .create()
-        .unwrap();
-    c.fetch_group_list(Some(group), Duration::from_secs(10))
-        .map(|l| l.groups().first().map_or(0, |g| g.members().len()))
-        .unwrap_or(0)
-}
-
 /// Whether `writer` wrote a checkpoint of any of the topic's `parts`
 /// partitions.
 async fn has_written(store: &ArchiveStore, topic: &str, parts: i32, writer: &str) -> bool {

@@ -66,17 +66,6 @@ fn events_total(port: u16, table: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn group_members(group: &str) -> usize {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", cdc_tests::kafka_brokers())
-        .create()
-        .unwrap();
-    c.fetch_group_list(Some(group), Duration::from_secs(10))
-        .map(|l| l.groups().first().map_or(0, |g| g.members().len()))
-        .unwrap_or(0)
-}
-
 /// Writers of each partition's checkpoints.
 async fn writers(store: &ArchiveStore, table: &str) -> BTreeMap<i32, BTreeSet<String>> {
     let mut out = BTreeMap::new();

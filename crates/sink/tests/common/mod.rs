@@ -117,6 +117,18 @@ pub fn s3_storage(prefix: &str) -> (StorageConfig, ArchiveStore) {
     (cfg, cdc_tests::s3_archive(prefix))
 }
 
+/// Members of consumer group `group` the broker lists (0 if it lists no
+/// such group).
+pub fn group_members(group: &str) -> usize {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cdc_tests::kafka_brokers())
+        .create()
+        .unwrap();
+    c.fetch_group_list(Some(group), Duration::from_secs(10))
+        .map(|l| l.groups().first().map_or(0, |g| g.members().len()))
+        .unwrap_or(0)
+}
+
 /// Kafka's (low, high) watermarks.
 pub fn watermarks(topic: &str, partition: i32) -> (i64, i64) {
     let c: BaseConsumer = ClientConfig::new()
