@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// PostgreSQL (wal_level=logical, wal2json). Default: the stack's own cluster.
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:54329/postgres";
-/// Kafka-compatible broker. Default: the stack's tansu broker.
+/// Kafka broker. Default: the stack's Apache Kafka.
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 /// S3-compatible server. Default: the stack's moto server.
 pub const DEFAULT_S3_ENDPOINT: &str = "http://127.0.0.1:9000";
@@ -69,6 +69,31 @@ pub async fn create_topic(name: &str, partitions: i32) {
     for r in res {
         if let Err((t, e)) = r {
             panic!("cannot create topic {t}: {e}");
+        }
+    }
+}
+
+/// Raises the partition count of topic `name` to `total` (Kafka's
+/// CreatePartitions), or panics with the fix.
+pub async fn grow_topic(name: &str, total: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::ClientConfig;
+    let brokers = kafka_brokers();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("Kafka admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let res = admin
+        .create_partitions([&NewPartitions::new(name, total)], &opts)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("CreatePartitions on {brokers} failed ({e}): run `scripts/stack up`")
+        });
+    for r in res {
+        if let Err((t, e)) = r {
+            panic!("cannot add partitions to topic {t}: {e}");
         }
     }
 }

@@ -92,6 +92,7 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         database_url: cdc_tests::pg_url(),
         marker: p.marker("created", "60 days", 37),
         purger: p.purger(29),
+        sink: Some(p.sink_watch()),
     };
     let report = cdc_run::run_once(
         std::slice::from_ref(&plan),

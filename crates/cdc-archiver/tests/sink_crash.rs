@@ -669,7 +669,7 @@ async fn a_stalled_sink_is_a_zombie_whose_checkpoints_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let group = cdc_tests::unique("zombiegrp");
     // Short sessions so the group evicts the stalled member quickly.
-    let kafka = "\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"";
+    let kafka = "\"heartbeat.interval.ms\" = \"500\"";
     let (port_a, port_b) = (free_port(), free_port());
     let config_a = write_sink_config(
         dir.path(),
@@ -677,7 +677,7 @@ async fn a_stalled_sink_is_a_zombie_whose_checkpoints_are_refused() {
         &topic,
         &group,
         &format!(
-            "writer_id = \"sink-a\"\nflush_rows = 1000000\nflush_age = \"15s\"\n\
+            "writer_id = \"sink-a\"\nflush_rows = 1000000\nflush_age = \"15s\"\nsession_timeout = \"6s\"\n\
              resolved_checkpoint_interval = \"1h\"\nmetrics_addr = \"127.0.0.1:{port_a}\""
         ),
         kafka,
@@ -688,7 +688,7 @@ async fn a_stalled_sink_is_a_zombie_whose_checkpoints_are_refused() {
         &topic,
         &group,
         &format!(
-            "writer_id = \"sink-b\"\nflush_rows = 10\nflush_age = \"300ms\"\n\
+            "writer_id = \"sink-b\"\nflush_rows = 10\nflush_age = \"300ms\"\nsession_timeout = \"6s\"\n\
              metrics_addr = \"127.0.0.1:{port_b}\""
         ),
         kafka,

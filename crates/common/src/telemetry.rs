@@ -46,3 +46,34 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     Ok(())
 }
+
+/// Starts the Prometheus endpoint for a long-running process that must not
+/// fail to start because of its metrics: on `addr`, or, when that port is
+/// taken (a second process of the same kind on this machine), on a free
+/// port of the same address (logged); any other failure is logged and the
+/// process runs without metrics. Returns the address served, if any.
+pub fn serve_metrics_or_fallback(addr: SocketAddr) -> Option<SocketAddr> {
+    let chosen = match std::net::TcpListener::bind(addr) {
+        Ok(l) => l.local_addr().ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let free = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+                .and_then(|l| l.local_addr())
+                .ok();
+            tracing::warn!(configured = %addr, serving = ?free,
+                "the metrics address is in use (another process on this machine?): serving on a free port instead; \
+                 set metrics_addr to a port of its own to scrape it at a fixed address");
+            free
+        }
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot bind the metrics address: running without metrics");
+            None
+        }
+    }?;
+    match serve_metrics(chosen) {
+        Ok(()) => Some(chosen),
+        Err(e) => {
+            tracing::error!(error = %e, "running without metrics");
+            None
+        }
+    }
+}

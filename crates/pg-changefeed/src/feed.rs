@@ -366,6 +366,10 @@ async fn run_session(
             last_heartbeat_at = heartbeat(&client, &config.slot_name).await?;
         }
         if last_resolved_at.elapsed() >= config.resolved_interval {
+            // Between peeks, with nothing in flight: a partition added to a
+            // topic gets the keys that hash to it from the next transaction
+            // on, and every resolved timestamp from this one on.
+            refresh_partitions(&publisher.producer, &mut topics, &mut tables).await;
             match acked {
                 Some(ts) if Some(ts) > last_resolved_sent => {
                     publisher.send_resolved(&topics, ts).await?;
@@ -1019,6 +1023,29 @@ fn make_producer(config: &PgChangefeedConfig) -> Result<FutureProducer, Changefe
         )
         .set("linger.ms", "5")
         .create()?)
+}
+
+/// Re-reads every topic's partition count; a topic that grew is used with
+/// its new count from now on (a count the broker does not state now is
+/// kept as it was).
+async fn refresh_partitions(
+    producer: &FutureProducer,
+    topics: &mut BTreeMap<String, i32>,
+    tables: &mut HashMap<(String, String), Table>,
+) {
+    for (topic, count) in topics.iter_mut() {
+        match topic_partitions(producer, topic).await {
+            Ok(n) if n > *count => {
+                info!(%topic, from = *count, to = n, "the topic has more partitions now: keys are spread over all of them from the next transaction on");
+                *count = n;
+                for t in tables.values_mut().filter(|t| &t.topic == topic) {
+                    t.partitions = n;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => debug!(%topic, error = %e, "partition count not refreshed"),
+        }
+    }
 }
 
 async fn topic_partitions(producer: &FutureProducer, topic: &str) -> Result<i32, ChangefeedError> {

@@ -12,6 +12,8 @@
 //! run stops waiting at the timeout and reports itself *partial* instead of
 //! purging less than it marked without saying so.
 
+mod wait;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -25,6 +27,8 @@ use chrono::{DateTime, Utc};
 use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+pub use wait::{passed, PartitionWait, SinkWatch, WaitReport};
 
 /// Settings of the run itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +66,10 @@ pub struct TablePlan {
     pub marker: MarkerConfig,
     /// Purger settings (its archive table names the checkpoints to wait on).
     pub purger: PurgerConfig,
+    /// Where the table's sinks consume (the config's `[sink]` section), so
+    /// that a wait can say whether anyone consumes a partition that makes
+    /// no progress. `None`: the wait reports the partitions only.
+    pub sink: Option<SinkWatch>,
 }
 
 /// How a run ended; also the process exit code.
@@ -98,21 +106,6 @@ impl Outcome {
             _ => Success,
         }
     }
-}
-
-/// Waiting for the archive to catch up with the marker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WaitReport {
-    /// The marker's last write: the watermark must be strictly past it.
-    /// CockroachDB: the full HLC `cluster_logical_timestamp()` read after
-    /// the last batch; PostgreSQL: the server clock read then.
-    pub target: Option<Hlc>,
-    /// The watermark seen last.
-    pub watermark: Option<Hlc>,
-    /// Whether it got past the target (`watermark > target`).
-    pub reached: bool,
-    /// Seconds spent waiting.
-    pub waited_secs: f64,
 }
 
 /// What verification found after the purge.
@@ -274,48 +267,6 @@ pub fn parse_decimal_hlc(text: &str) -> Option<Hlc> {
     })
 }
 
-/// Whether the archive watermark is past the marker's last write:
-/// strictly, a tie is not passed.
-pub fn passed(watermark: Option<Hlc>, target: Hlc) -> bool {
-    watermark.is_some_and(|w| w > target)
-}
-
-async fn wait_for_watermark(
-    store: &ArchiveStore,
-    archive_table: &str,
-    target: Option<Hlc>,
-    cfg: &RunConfig,
-    shutdown: &CancellationToken,
-) -> WaitReport {
-    let start = Instant::now();
-    let mut report = WaitReport {
-        target,
-        watermark: None,
-        reached: target.is_none(),
-        waited_secs: 0.0,
-    };
-    let Some(target) = target else { return report };
-    loop {
-        match cdc_checkpoint::watermark(store, archive_table).await {
-            Ok(w) => report.watermark = w,
-            Err(e) => tracing::warn!(error = %e, "cannot read the archive watermark; retrying"),
-        }
-        if passed(report.watermark, target) {
-            report.reached = true;
-            break;
-        }
-        if start.elapsed() >= cfg.wait_timeout || shutdown.is_cancelled() {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(cfg.poll_interval) => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-    report.waited_secs = start.elapsed().as_secs_f64();
-    report
-}
-
 /// Per partition, the first offset of its last checkpoint: where the
 /// chains ended before this run. Object names only (a listing, no reads).
 async fn chain_heads(store: &ArchiveStore, table: &str) -> Option<BTreeMap<i32, i64>> {
@@ -452,7 +403,15 @@ async fn run_table(
     report.mark = Some(mark);
 
     let t = Instant::now();
-    let wait = wait_for_watermark(store, &archive_table, target, cfg, shutdown).await;
+    let wait = wait::wait_for_watermark(
+        store,
+        &archive_table,
+        target,
+        cfg,
+        plan.sink.as_ref(),
+        shutdown,
+    )
+    .await;
     report.stage_secs.wait = t.elapsed().as_secs_f64();
     let reached = wait.reached;
     report.wait = Some(wait);
@@ -465,8 +424,12 @@ async fn run_table(
         } else {
             format!(
                 "the archive watermark did not pass the marker's last write within {:?}; \
-                 nothing was purged. Is the sink running? Rows marked now are purged by a later run",
-                cfg.wait_timeout
+                 nothing was purged. {} Rows marked now are purged by a later run",
+                cfg.wait_timeout,
+                report
+                    .wait
+                    .as_ref()
+                    .map_or_else(String::new, wait::WaitReport::explain)
             )
         });
         return report;

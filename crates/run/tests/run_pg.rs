@@ -114,6 +114,7 @@ impl Setup {
             marker: toml::from_str(&self.marker_toml()).unwrap(),
             purger: toml::from_str(&format!("database_url = \"{url}\"\n{}", self.purger_toml()))
                 .unwrap(),
+            sink: None,
         }
     }
 

@@ -96,8 +96,35 @@ pub struct SinkConfig {
     pub storage: StorageConfig,
     /// Backoff for transient storage errors. Default: see `RetryConfig`.
     pub retry: RetryConfig,
-    /// Prometheus endpoint; `None` disables it. Default: `127.0.0.1:9464`.
+    /// Prometheus endpoint; `None` disables it. When the port is taken
+    /// (a second sink on the same machine), the sink serves its metrics on
+    /// a free port of the same address instead and logs which; it never
+    /// fails to start because of its metrics. Default: `127.0.0.1:9464`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Static group membership (`group.instance.id`): a stable name of this
+    /// sink instance (a StatefulSet pod name, a systemd instance name).
+    /// A restarted sink with the same name takes its old place in the
+    /// consumer group at once, with the same partitions and no rebalance;
+    /// without it, a killed sink's partitions move only when
+    /// `session_timeout` expires. Two live sinks must never share a name
+    /// (the broker fences the older one). A static member does not leave
+    /// the group on a clean stop either: its partitions wait
+    /// `session_timeout` for it before moving to another sink.
+    /// Default: none (dynamic membership).
+    pub instance_id: Option<String>,
+    /// How long the broker waits for a silent sink (killed, partitioned
+    /// away) before giving its partitions to the rest of the group
+    /// (`session.timeout.ms`; the broker accepts values between its
+    /// `group.min.session.timeout.ms`, 6 s by default, and
+    /// `group.max.session.timeout.ms`). Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How often the sink checks that every partition of its topics is
+    /// consumed by some member of its group, and refreshes the topics'
+    /// partition counts (a partition added to a topic is picked up within
+    /// this interval). Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub group_check_interval: Duration,
     /// Identifies this instance in checkpoints. Default: `<host>-<pid>-<uuid>`.
     pub writer_id: Option<String>,
     /// `sink orphans --clean` only deletes orphan segments older than this. Default: 1h.
@@ -128,6 +155,9 @@ impl Default for SinkConfig {
             storage: StorageConfig::default(),
             retry: RetryConfig::default(),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            group_check_interval: Duration::from_secs(10),
             writer_id: None,
             orphan_grace: Duration::from_secs(3600),
             kafka: BTreeMap::new(),
@@ -136,12 +166,15 @@ impl Default for SinkConfig {
 }
 
 /// Properties the sink sets itself and refuses to take from `kafka`.
-pub const PROTECTED_KAFKA_KEYS: [&str; 6] = [
+pub const PROTECTED_KAFKA_KEYS: [&str; 8] = [
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",
     "group.id",
     "bootstrap.servers",
+    // Settings of their own (`instance_id`, `session_timeout`).
+    "group.instance.id",
+    "session.timeout.ms",
     // The rebalance callback implements the eager protocol.
     "partition.assignment.strategy",
 ];
@@ -185,6 +218,28 @@ impl SinkConfig {
         if self.archived_column.is_empty() {
             return Err("archived_column must not be empty".into());
         }
+        if self
+            .instance_id
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return Err(
+                "instance_id must not be empty: name this sink instance, or leave the key out for \
+                 dynamic membership"
+                    .into(),
+            );
+        }
+        if self.session_timeout < Duration::from_secs(1)
+            || self.session_timeout > Duration::from_secs(3600)
+        {
+            return Err(format!(
+                "session_timeout {:?} is out of range: use a value between 1s and 1h (brokers accept 6s..30m by default)",
+                self.session_timeout
+            ));
+        }
+        if self.group_check_interval < Duration::from_millis(100) {
+            return Err("group_check_interval must be at least 100ms".into());
+        }
         for k in self.kafka.keys() {
             if PROTECTED_KAFKA_KEYS.contains(&k.as_str()) {
                 return Err(format!(
@@ -227,6 +282,14 @@ mod tests {
             (128 << 20, "archived")
         );
         assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            (
+                c.instance_id.as_deref(),
+                c.session_timeout,
+                c.group_check_interval
+            ),
+            (None, Duration::from_secs(10), Duration::from_secs(10))
+        );
         assert!(c.validate().unwrap_err().contains("topics"));
         let mut c = SinkConfig {
             topics: vec![TopicConfig {
@@ -241,6 +304,16 @@ mod tests {
         c.kafka.insert("enable.auto.commit".into(), "true".into());
         assert!(c.validate().unwrap_err().contains("enable.auto.commit"));
         c.kafka.clear();
+        c.kafka.insert("group.instance.id".into(), "x".into());
+        assert!(c.validate().unwrap_err().contains("group.instance.id"));
+        c.kafka.clear();
+        c.instance_id = Some(" ".into());
+        assert!(c.validate().unwrap_err().contains("instance_id"));
+        c.instance_id = Some("sink-0".into());
+        c.session_timeout = Duration::from_millis(10);
+        assert!(c.validate().unwrap_err().contains("session_timeout"));
+        c.session_timeout = Duration::from_secs(6);
+        c.validate().unwrap();
         c.topics[0].table = Some("../x".into());
         assert!(c.validate().is_err());
         let id = c.writer_id();

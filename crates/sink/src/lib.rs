@@ -15,7 +15,9 @@
 
 pub mod config;
 pub mod crash;
+pub mod group;
 mod kafka;
+pub mod metric;
 pub mod partition;
 mod upload;
 
@@ -161,6 +163,14 @@ struct Sink {
     crash: crash::CrashPoints,
     /// Set once shutdown began: offset commits become synchronous.
     shutting_down: bool,
+    /// Partitions of the sink's topics that the last group check found
+    /// held by no member of the group.
+    unconsumed: Vec<(String, i32)>,
+    /// When the unconsumed partitions were last logged.
+    unconsumed_logged: Option<std::time::Instant>,
+    /// Consecutive group checks that found partitions unconsumed while
+    /// this sink held none.
+    unconsumed_checks: u32,
 }
 
 /// Runs the sink until `cancel` fires, then flushes, checkpoints and
@@ -182,7 +192,36 @@ pub async fn run(config: &SinkConfig, cancel: CancellationToken) -> Result<SinkS
         .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "false")
         // Eager assignors: the rebalance callback assigns/unassigns whole sets.
-        .set("partition.assignment.strategy", "range,roundrobin");
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        );
+    if let Some(id) = &config.instance_id {
+        // Static membership: a restart under the same name takes the old
+        // member's place (and partitions) at once.
+        cc.set("group.instance.id", id);
+    }
+    if !config.kafka.contains_key("heartbeat.interval.ms") {
+        // A third of the session timeout, as Kafka recommends.
+        cc.set(
+            "heartbeat.interval.ms",
+            (config.session_timeout.as_millis() / 3)
+                .max(100)
+                .to_string(),
+        );
+    }
+    if !config
+        .kafka
+        .contains_key("topic.metadata.refresh.interval.ms")
+    {
+        // A partition added to a topic reaches the subscription (and a
+        // rebalance) within one group check.
+        cc.set(
+            "topic.metadata.refresh.interval.ms",
+            config.group_check_interval.as_millis().to_string(),
+        );
+    }
     if !config.kafka.contains_key("queued.max.messages.kbytes") {
         // librdkafka's prefetch queue counts against the memory budget.
         cc.set("queued.max.messages.kbytes", "16384");
@@ -194,7 +233,8 @@ pub async fn run(config: &SinkConfig, cancel: CancellationToken) -> Result<SinkS
     let consumer: StreamConsumer<SinkContext> = cc.create_with_context(context.clone())?;
     let topics: Vec<&str> = config.topics.iter().map(|t| t.name.as_str()).collect();
     consumer.subscribe(&topics)?;
-    tracing::info!(%writer_id, topics = ?topics, archive = %store.url, "sink started");
+    tracing::info!(%writer_id, topics = ?topics, group = %config.group_id, instance_id = ?config.instance_id,
+        session_timeout = ?config.session_timeout, archive = %store.url, "sink started");
     let mut sink = Sink {
         config: config.clone(),
         store,
@@ -218,6 +258,9 @@ pub async fn run(config: &SinkConfig, cancel: CancellationToken) -> Result<SinkS
         summary: SinkSummary::default(),
         crash: crash::CrashPoints::from_env(),
         shutting_down: false,
+        unconsumed: Vec::new(),
+        unconsumed_logged: None,
+        unconsumed_checks: 0,
     };
     sink.main_loop(&cancel).await?;
     Ok(sink.summary)
@@ -229,6 +272,8 @@ impl Sink {
             (self.config.flush_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut group_check = tokio::time::interval(self.config.group_check_interval);
+        group_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.handle_rebalance().await?;
             let consumer = Arc::clone(&self.consumer);
@@ -236,6 +281,7 @@ impl Sink {
                 biased;
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => self.on_tick().await?,
+                _ = group_check.tick() => self.check_group().await,
                 msg = consumer.recv() => match msg {
                     Ok(m) => self.on_message(&m).await?,
                     Err(e) => self.on_kafka_error(&e).await?,
@@ -283,7 +329,7 @@ impl Sink {
                 }
             }
             self.watch.remove(&k);
-            metrics::gauge!("cdc_sink_assigned", "topic" => k.0.clone(), "partition" => k.1.to_string()).set(0.0);
+            metrics::gauge!(metric::ASSIGNED, "topic" => k.0.clone(), "partition" => k.1.to_string()).set(0.0);
         }
         for k in assigned {
             self.parts.insert(k, State::Loading);
@@ -357,7 +403,7 @@ impl Sink {
         tpl.add_partition(&topic, partition);
         self.consumer.resume(&tpl)?;
         tracing::info!(%topic, partition, %table, start, chain_end = ?chain.end(), low, high, "partition resumed after its chain");
-        metrics::gauge!("cdc_sink_assigned", "topic" => topic.clone(), "partition" => partition.to_string()).set(1.0);
+        metrics::gauge!(metric::ASSIGNED, "topic" => topic.clone(), "partition" => partition.to_string()).set(1.0);
         self.watch.insert(
             key.clone(),
             Watch {
@@ -374,8 +420,7 @@ impl Sink {
             start,
             chain.resolved(),
         );
-        buffer.events_counter =
-            metrics::counter!("cdc_sink_events_total", "table" => buffer.table.clone());
+        buffer.events_counter = metrics::counter!(metric::EVENTS, "table" => buffer.table.clone());
         self.parts.insert(key, State::Active(Box::new(buffer)));
         Ok(())
     }
@@ -411,7 +456,7 @@ impl Sink {
     fn stop(&mut self, key: &(String, i32), reason: StopReason, message: String) {
         tracing::error!(topic = %key.0, partition = key.1, reason = reason.label(), %message,
             "PARTITION STOPPED: nothing more is archived from it until an operator acts");
-        metrics::gauge!("cdc_sink_partition_stopped", "topic" => key.0.clone(), "partition" => key.1.to_string(),
+        metrics::gauge!(metric::PARTITION_STOPPED, "topic" => key.0.clone(), "partition" => key.1.to_string(),
             "reason" => reason.label()).set(1.0);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&key.0, key.1);
@@ -474,7 +519,7 @@ impl Sink {
         };
         match accept(buffer.expected, offset) {
             Accept::Duplicate => {
-                metrics::counter!("cdc_sink_duplicates_dropped_total").increment(1);
+                metrics::counter!(metric::DUPLICATES_DROPPED).increment(1);
                 return Ok(());
             }
             Accept::Gap => {
@@ -507,8 +552,7 @@ impl Sink {
                     &self.writer_id,
                 )
                 .await?;
-                metrics::counter!("cdc_sink_quarantined_total", "table" => table.clone())
-                    .increment(1);
+                metrics::counter!(metric::QUARANTINED, "table" => table.clone()).increment(1);
                 self.summary.quarantined += 1;
                 tracing::warn!(%table, partition = key.1, offset, error = %err, "message quarantined");
                 Err(())
@@ -604,11 +648,11 @@ impl Sink {
     fn report_partitions(&self) {
         for ((topic, partition), w) in &self.watch {
             if let Some(high) = self.context.high_watermark(topic, *partition) {
-                metrics::gauge!("cdc_sink_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                metrics::gauge!(metric::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
                     .set((high - w.next).max(0) as f64);
             }
             if let Some(r) = w.resolved {
-                metrics::gauge!("cdc_sink_watermark_age_seconds", "table" => w.table.clone(), "partition" => partition.to_string())
+                metrics::gauge!(metric::WATERMARK_AGE, "table" => w.table.clone(), "partition" => partition.to_string())
                     .set(watermark_age(r));
             }
         }
@@ -616,7 +660,7 @@ impl Sink {
 
     async fn flush_aged(&mut self) -> Result<(), SinkError> {
         let total = self.buffered_bytes();
-        metrics::gauge!("cdc_sink_buffered_bytes").set(total as f64);
+        metrics::gauge!(metric::BUFFERED_BYTES).set(total as f64);
         let age = self.config.flush_age;
         let interval = self.config.resolved_checkpoint_interval;
         let due: Vec<(String, i32)> = self
@@ -666,20 +710,40 @@ impl Sink {
                     held_bytes = buffer.bytes, budget = self.config.memory_budget,
                     "one PostgreSQL transaction's events exceed the memory budget: checkpointing inside it \
                      (open_tail_xid; the purger keeps that transaction's rows of this checkpoint)");
-                metrics::counter!("cdc_sink_open_tail_checkpoints_total", "table" => buffer.table.clone())
+                metrics::counter!(metric::OPEN_TAIL_CHECKPOINTS, "table" => buffer.table.clone())
                     .increment(1);
             }
         }
-        let runs = buffer.take(cut);
+        let mut runs = buffer.take(cut);
         if runs.is_empty() {
             return Ok(());
         }
-        let (table, topic, partition, partitions) = (
+        let (table, topic, partition, known, checkpointed_resolved) = (
             buffer.table.clone(),
             buffer.topic.clone(),
             buffer.partition,
             buffer.partitions,
+            buffer.checkpointed_resolved,
         );
+        // The topic's partition count as the broker states it now, after
+        // this range's resolved timestamps were read: a changefeed sends a
+        // resolved timestamp only after it knows every partition it wrote
+        // to, so the checkpoint's count includes every partition that
+        // resolved timestamp covers, and the watermark waits for them.
+        let partitions = match self.fresh_partition_count(&topic).await {
+            Some(n) => n.max(known),
+            None => {
+                // Not known now: record no resolved timestamp newer than
+                // the one already checkpointed (still true, just older).
+                for run in &mut runs {
+                    run.resolved = run.resolved.min(checkpointed_resolved);
+                }
+                known
+            }
+        };
+        if let Some(State::Active(b)) = self.parts.get_mut(key) {
+            b.partitions = partitions;
+        }
         let mut committed_to = None;
         let mut resolved = None;
         for run in runs {
@@ -699,8 +763,7 @@ impl Sink {
                 })) => {
                     tracing::warn!(%table, partition, %path, ?existing_writer,
                         "another sink extended this chain first: abandoning buffered work and reloading");
-                    metrics::counter!("cdc_sink_conflicts_total", "table" => table.clone())
-                        .increment(1);
+                    metrics::counter!(metric::CONFLICTS, "table" => table.clone()).increment(1);
                     self.summary.conflicts += 1;
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, partition);
@@ -734,6 +797,108 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// The partition count of `topic` from a fresh Metadata request, or
+    /// `None` when the broker does not answer it in a few seconds.
+    async fn fresh_partition_count(&self, topic: &str) -> Option<i32> {
+        let consumer = Arc::clone(&self.consumer);
+        let t = topic.to_owned();
+        let md = tokio::task::spawn_blocking(move || {
+            consumer.fetch_metadata(Some(&t), Duration::from_secs(5))
+        })
+        .await
+        .ok()?;
+        match md {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .find(|m| m.name() == topic && m.error().is_none())
+                .and_then(|m| i32::try_from(m.partitions().len()).ok())
+                .filter(|n| *n > 0),
+            Err(e) => {
+                tracing::warn!(%topic, error = %e,
+                    "no partition count from the broker: this checkpoint keeps the previous resolved timestamp");
+                None
+            }
+        }
+    }
+
+    /// Asks the broker who holds the partitions of the sink's topics. A
+    /// partition held by no member of a settled group is archived by
+    /// nobody: it is logged (with whether this sink holds anything) and
+    /// counted in `cdc_sink_unconsumed_partitions`, and a sink that holds
+    /// nothing while that lasts for three checks rejoins the group (a
+    /// fresh JoinGroup), so that a coordinator that left it out hands it
+    /// the partitions.
+    async fn check_group(&mut self) {
+        let consumer = Arc::clone(&self.consumer);
+        let group = self.config.group_id.clone();
+        let topics: Vec<String> = self.config.topics.iter().map(|t| t.name.clone()).collect();
+        let view = match tokio::task::spawn_blocking(move || {
+            group::describe(consumer.client(), &group, &topics, Duration::from_secs(5))
+        })
+        .await
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "group check: no answer from the broker");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "group check failed");
+                return;
+            }
+        };
+        let unconsumed = if view.settled() {
+            view.unassigned()
+        } else {
+            Vec::new()
+        };
+        for (topic, n) in &view.partitions {
+            metrics::gauge!(metric::TOPIC_PARTITIONS, "topic" => topic.clone()).set(f64::from(*n));
+            let missing = unconsumed.iter().filter(|(t, _)| t == topic).count();
+            metrics::gauge!(metric::UNCONSUMED_PARTITIONS, "topic" => topic.clone())
+                .set(missing as f64);
+        }
+        metrics::gauge!(metric::GROUP_MEMBERS).set(view.members.len() as f64);
+        let holds_none = self.parts.is_empty();
+        if unconsumed.is_empty() {
+            if !self.unconsumed.is_empty() {
+                tracing::info!(group = %view.group, "every partition of the sink's topics is consumed again");
+            }
+            self.unconsumed.clear();
+            self.unconsumed_checks = 0;
+            return;
+        }
+        let changed = unconsumed != self.unconsumed;
+        if changed
+            || self
+                .unconsumed_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(group = %view.group, state = %view.state, members = view.members.len(),
+                partitions = %group::list_partitions(&unconsumed), this_sink_holds_none = holds_none,
+                "partitions of the sink's topics are consumed by no member of the group: nothing archives them \
+                 (is every sink of the group running? `cdc-archiver check` shows the group)");
+            self.unconsumed_logged = Some(std::time::Instant::now());
+        }
+        self.unconsumed = unconsumed;
+        self.unconsumed_checks = if holds_none {
+            self.unconsumed_checks + 1
+        } else {
+            0
+        };
+        if self.unconsumed_checks >= 3 {
+            tracing::warn!(group = %view.group,
+                "this sink has held no partition for three group checks while partitions are unconsumed: rejoining the group");
+            self.unconsumed_checks = 0;
+            self.consumer.unsubscribe();
+            let topics: Vec<&str> = self.config.topics.iter().map(|t| t.name.as_str()).collect();
+            if let Err(e) = self.consumer.subscribe(&topics) {
+                tracing::error!(error = %e, "cannot subscribe again");
+            }
+        }
     }
 
     async fn write_run(
@@ -786,8 +951,8 @@ impl Sink {
             let seg = SegmentRef::describe(path.clone(), &body, rows, columns);
             upload::put_segment(&self.store, &self.config, &path, body, &mut self.crash).await?;
             self.crash.hit("after_segment_upload");
-            metrics::counter!("cdc_sink_segments_total", "table" => table.to_owned()).increment(1);
-            metrics::counter!("cdc_sink_segment_bytes_total", "table" => table.to_owned())
+            metrics::counter!(metric::SEGMENTS, "table" => table.to_owned()).increment(1);
+            metrics::counter!(metric::SEGMENT_BYTES, "table" => table.to_owned())
                 .increment(seg.size);
             Some(seg)
         };
@@ -817,17 +982,16 @@ impl Sink {
         self.crash.hit("after_checkpoint");
         tracing::info!(%table, partition, first = run.first, last, rows, deletes = deletes_n, events = run.counts.events,
             segment = ?checkpoint.segment.as_ref().map(|s| &s.path), "checkpoint written");
-        metrics::counter!("cdc_sink_checkpoints_total", "table" => table.to_owned()).increment(1);
-        metrics::counter!("cdc_sink_rows_archived_total", "table" => table.to_owned())
-            .increment(rows);
-        metrics::counter!("cdc_sink_deletes_recorded_total", "table" => table.to_owned())
+        metrics::counter!(metric::CHECKPOINTS, "table" => table.to_owned()).increment(1);
+        metrics::counter!(metric::ROWS_ARCHIVED, "table" => table.to_owned()).increment(rows);
+        metrics::counter!(metric::DELETES_RECORDED, "table" => table.to_owned())
             .increment(deletes_n);
         if let Some(xid) = open_tail_xid {
             tracing::warn!(%table, partition, first = run.first, last, xid,
                 "checkpoint ends inside PostgreSQL transaction {xid} (open_tail_xid)");
         }
         if let Some(r) = run.resolved {
-            metrics::gauge!("cdc_sink_watermark_age_seconds", "table" => table.to_owned(), "partition" => partition.to_string())
+            metrics::gauge!(metric::WATERMARK_AGE, "table" => table.to_owned(), "partition" => partition.to_string())
                 .set(watermark_age(r));
         }
         self.summary.checkpoints += 1;

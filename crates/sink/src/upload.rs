@@ -1,6 +1,7 @@
 //! Object store writes of the sink: segments (single or multipart) and
 //! quarantine records, with retries for transient errors.
 
+use crate::metric;
 use backon::Retryable as _;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -95,13 +96,13 @@ async fn upload_parts(
     }
     writer.finish().await.inspect_err(|_| {
         // `finish` aborted the upload itself.
-        metrics::counter!("cdc_sink_multipart_aborts_total").increment(1);
+        metrics::counter!(metric::MULTIPART_ABORTS).increment(1);
     })?;
     Ok(())
 }
 
 async fn abort(writer: WriteMultipart, path: &object_store::path::Path) {
-    metrics::counter!("cdc_sink_multipart_aborts_total").increment(1);
+    metrics::counter!(metric::MULTIPART_ABORTS).increment(1);
     if let Err(e) = writer.abort().await {
         // Left for the bucket's lifecycle rule (AbortIncompleteMultipartUpload).
         tracing::warn!(%path, error = %e, "aborting a failed multipart upload failed");

@@ -285,15 +285,77 @@ async fn two_sinks_share_partitions_through_a_rebalance() {
     );
 }
 
-// An expired-offset gap (chain end + 1 < low watermark) cannot be staged
-// on the local stack: nothing raises the low watermark of its broker.
-// tansu 0.6.0 with `--storage-engine memory://` (the stack's) is its
-// DynoStore engine, whose `delete_records` is `todo!()`
-// (tansu-storage-0.6.0/src/dynostore.rs:616): an rdkafka
-// `AdminClient::delete_records` panics that connection's task, the client
-// gets `BrokerTransportFailure`, and the watermarks stay (0, high) (probed
-// against a private broker instance, not the shared one). The engine has
-// no retention either (`DynoStore::maintain` only maintains the optional
-// lake), so `retention.ms` deletes nothing. The decision is tested as pure
-// logic in `partition::tests::resume_positions`; the sink applies it on
-// every assignment (see `Sink::load`) and on `OffsetOutOfRange`.
+/// Offsets that expired from Kafka before they were archived (retention,
+/// or an operator's DeleteRecords, raised the low watermark above the
+/// chain's end + 1): the partition stops loudly with `offset_gap`, its
+/// chain is not extended past the gap, and the other partition carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_offsets_stop_the_partition_with_an_offset_gap() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let topic = cdc_tests::unique("expired");
+    cdc_tests::create_topic(&topic, 2).await;
+    let first: Vec<OwnedRecord> = (0..2)
+        .flat_map(|p| (0..10).map(move |o| (p, o)))
+        .map(|(p, o)| row(&topic, p, o, "1.00", true))
+        .collect();
+    produce(&first).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let store = ArchiveStore::open(&storage).unwrap();
+    let cfg = config(&topic, storage);
+    run_until_archived(&cfg, &store, &topic, 2).await;
+
+    // While no sink runs: 20 more offsets per partition, and partition 0
+    // loses its offsets below 15 (10..14 were never archived).
+    let second: Vec<OwnedRecord> = (0..2)
+        .flat_map(|p| (10..30).map(move |o| (p, o)))
+        .map(|(p, o)| row(&topic, p, o, "2.00", true))
+        .collect();
+    produce(&second).await;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cdc_tests::kafka_brokers())
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(15))
+        .unwrap();
+    admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .expect("DeleteRecords");
+    assert_eq!(watermarks(&topic, 0), (15, 30));
+
+    // Both partitions are loaded on assignment: once partition 1 is
+    // archived, partition 0 has been looked at too.
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let (cancel, cfg) = (cancel.clone(), cfg.clone());
+        async move { cdc_sink::run(&cfg, cancel).await }
+    });
+    for _ in 0..300 {
+        let end = cdc_checkpoint::read_chain(&store, &topic, 1)
+            .await
+            .unwrap()
+            .end();
+        if end == Some(29) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.stopped.len(), 1, "{:?}", summary.stopped);
+    let (t, p, reason, msg) = &summary.stopped[0];
+    assert_eq!(
+        (t.as_str(), *p, *reason),
+        (topic.as_str(), 0, StopReason::OffsetGap)
+    );
+    assert!(msg.contains("15"), "{msg}");
+    let p0 = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
+    assert_eq!(p0.end(), Some(9), "nothing archived across the gap");
+    let p1 = cdc_checkpoint::read_chain(&store, &topic, 1).await.unwrap();
+    assert_eq!(p1.end(), Some(29));
+}

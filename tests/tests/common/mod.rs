@@ -84,6 +84,16 @@ impl Pipeline {
         flush_rows: usize,
         configure: impl FnOnce(&mut cdc_pg_changefeed::PgChangefeedConfig),
     ) -> Self {
+        let mut p = Self::create(prefix, ddl, partitions, flush_rows).await;
+        configure(&mut p.feed_cfg);
+        p.start_feed().await;
+        p.start_sink();
+        p
+    }
+
+    /// The table, the topic and both stages' configurations, with no stage
+    /// started (a test that runs them as processes starts them itself).
+    pub async fn create(prefix: &str, ddl: &str, partitions: i32, flush_rows: usize) -> Self {
         let client = cdc_tests::pg().await;
         let table = cdc_tests::unique(prefix);
         let qt = quote_ident(&table);
@@ -106,8 +116,6 @@ impl Pipeline {
             brokers = cdc_tests::kafka_brokers(),
         ))
         .expect("changefeed config");
-        let mut feed_cfg = feed_cfg;
-        configure(&mut feed_cfg);
         let sink_cfg: cdc_sink::SinkConfig = toml::from_str(&format!(
             r#"brokers = "{brokers}"
                group_id = "{group}"
@@ -115,6 +123,7 @@ impl Pipeline {
                flush_rows = {flush_rows}
                flush_age = "300ms"
                resolved_checkpoint_interval = "300ms"
+               group_check_interval = "1s"
                [storage]
                url = "{url}""#,
             brokers = cdc_tests::kafka_brokers(),
@@ -122,7 +131,7 @@ impl Pipeline {
             url = archive.url,
         ))
         .expect("sink config");
-        let mut p = Self {
+        Self {
             client,
             table,
             qt,
@@ -132,10 +141,7 @@ impl Pipeline {
             sink_cfg,
             feed: None,
             sink: None,
-        };
-        p.start_feed().await;
-        p.start_sink();
-        p
+        }
     }
 
     /// Starts the changefeed and waits for its replication slot.
@@ -259,6 +265,16 @@ impl Pipeline {
             t = self.table
         ))
         .expect("marker config")
+    }
+
+    /// Where this pipeline's sink consumes, for a run's wait reports.
+    pub fn sink_watch(&self) -> cdc_run::SinkWatch {
+        cdc_run::SinkWatch {
+            brokers: self.sink_cfg.brokers.clone(),
+            group_id: self.sink_cfg.group_id.clone(),
+            topic: self.sink_cfg.topics[0].name.clone(),
+            kafka: self.sink_cfg.kafka.clone(),
+        }
     }
 
     /// A purger configuration for this table and archive.

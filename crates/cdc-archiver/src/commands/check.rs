@@ -34,7 +34,7 @@ pub struct CheckArgs {
     pub archive_url: String,
 }
 
-pub async fn run(_global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
 
     match check_database(&args.database_url).await {
@@ -56,6 +56,24 @@ pub async fn run(_global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<ExitCo
         Err(e) => {
             failed = true;
             println!("archive   FAIL  {e:#}");
+        }
+    }
+    // The sinks' consumer group, when the config file has a [sink] section.
+    let sink: Option<cdc_sink::SinkConfig> = global.config.as_deref().and_then(|f| {
+        cdc_common::config::load_section(Some(f), "sink", &["brokers", "storage"]).ok()
+    });
+    if let Some(sink) = sink.filter(|s| !s.topics.is_empty()) {
+        match check_group(&sink).await {
+            Ok((Verdict::Ok, info)) => println!("group     ok    {info}"),
+            Ok((Verdict::Warn, info)) => println!("group     WARN  {info}"),
+            Ok((Verdict::Fail, info)) => {
+                failed = true;
+                println!("group     FAIL  {info}");
+            }
+            Err(e) => {
+                failed = true;
+                println!("group     FAIL  {e:#}");
+            }
         }
     }
     Ok(if failed {
@@ -93,6 +111,71 @@ async fn check_kafka(brokers: &str) -> anyhow::Result<String> {
             md.brokers().len(),
             md.topics().len()
         ))
+    })
+    .await?
+}
+
+enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// Who consumes the sink's topics: every partition held by a member of the
+/// group is ok; a group without members is a warning (no sink is running
+/// yet); members that leave partitions unconsumed are a failure (nothing
+/// archives those partitions although sinks run).
+async fn check_group(sink: &cdc_sink::SinkConfig) -> anyhow::Result<(Verdict, String)> {
+    let sink = sink.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut cc = ClientConfig::new();
+        for (k, v) in &sink.kafka {
+            cc.set(k, v);
+        }
+        let consumer: BaseConsumer = cc
+            .set("bootstrap.servers", &sink.brokers)
+            .create()
+            .context("cannot create a Kafka client")?;
+        let topics: Vec<String> = sink.topics.iter().map(|t| t.name.clone()).collect();
+        let view = cdc_sink::group::describe(
+            consumer.client(),
+            &sink.group_id,
+            &topics,
+            Duration::from_secs(10),
+        )
+        .with_context(|| format!("cannot describe consumer group {}", sink.group_id))?;
+        let missing: Vec<&String> = view
+            .partitions
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(t, _)| t)
+            .collect();
+        let verdict = if !missing.is_empty() {
+            return Ok((
+                Verdict::Fail,
+                format!("topic(s) {missing:?} do not exist on the broker"),
+            ));
+        } else if view.unassigned().is_empty() {
+            Verdict::Ok
+        } else if view.members.is_empty() {
+            Verdict::Warn
+        } else if view.settled() {
+            Verdict::Fail
+        } else {
+            Verdict::Warn
+        };
+        let hint = match verdict {
+            Verdict::Ok => "",
+            Verdict::Warn if view.members.is_empty() => {
+                " (no sink is running: start `cdc-archiver sink` with this config)"
+            }
+            Verdict::Warn => " (a rebalance is under way; check again in a few seconds)",
+            Verdict::Fail => {
+                " (sinks run but nothing archives these partitions: restart a sink of the group; \
+                 its log says `consumed by no member`)"
+            }
+        };
+        Ok((verdict, format!("{}{hint}", view.summary())))
     })
     .await?
 }

@@ -67,6 +67,9 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         .or(top_url)
         .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_owned());
 
+    // Optional: who consumes the tables' topics, for the wait's reports.
+    let sink: Option<cdc_sink::SinkConfig> =
+        cdc_common::config::load_section(file, "sink", &["brokers", "storage"]).ok();
     let mut plans = Vec::new();
     for marker in markers {
         if !args.tables.is_empty() && !args.tables.iter().any(|t| *t == marker.table.to_string()) {
@@ -81,10 +84,24 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         if let Some(url) = &args.archive_url {
             purger.storage.url.clone_from(url);
         }
+        let archive_table = purger
+            .archive_table
+            .clone()
+            .unwrap_or_else(|| purger.table.name.clone());
+        let watch = sink.as_ref().and_then(|s| {
+            let topic = s.topics.iter().find(|t| t.table() == archive_table)?;
+            Some(cdc_run::SinkWatch {
+                brokers: s.brokers.clone(),
+                group_id: s.group_id.clone(),
+                topic: topic.name.clone(),
+                kafka: s.kafka.clone(),
+            })
+        });
         plans.push(TablePlan {
             database_url: database_url.clone(),
             marker,
             purger,
+            sink: watch,
         });
     }
     anyhow::ensure!(

@@ -73,7 +73,7 @@ pub async fn run(global: &GlobalArgs, args: SinkArgs) -> anyhow::Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(addr) = config.metrics_addr {
-        cdc_common::telemetry::serve_metrics(addr)?;
+        cdc_common::telemetry::serve_metrics_or_fallback(addr);
     }
     let cancel = cdc_common::shutdown::on_signal();
     let summary = cdc_sink::run(&config, cancel).await.context("sink")?;
