@@ -357,6 +357,7 @@ async fn a_static_member_restarted_takes_its_place_at_once() {
 
 /// Two sinks in one group, one killed: the survivor gets its partitions and
 /// archives what arrives after the kill, each chain without gap or overlap.
+/// (Both use the default metrics address: the second one must start too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_sinks_one_killed_the_survivor_takes_its_partitions() {
     let mut p = Pipeline::create("sk_two", TABLE, 4, 500).await;
@@ -430,6 +431,15 @@ async fn two_sinks_one_killed_the_survivor_takes_its_partitions() {
             "row {id} updated after the kill is not archived"
         );
     }
+    // Both sinks started with the default metrics address: the second one
+    // (at least) served its metrics on a free port instead of failing.
+    let logs = [dir.path().join("sink-a.log"), dir.path().join("sink-b.log")]
+        .map(|l| std::fs::read_to_string(l).unwrap());
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("serving on a free port instead")),
+        "{logs:?}"
+    );
     assert!(b.term().success());
     p.stop().await;
 }

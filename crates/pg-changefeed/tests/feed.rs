@@ -1,5 +1,5 @@
 //! The PostgreSQL changefeed against the local stack (PostgreSQL with
-//! wal2json, the tansu broker): what it publishes decodes with the
+//! wal2json, Apache Kafka): what it publishes decodes with the
 //! CockroachDB decoder into the expected keys, operations, values,
 //! `pg_xid`s and resolved timestamps.
 

@@ -6,10 +6,12 @@
 //! raises a fatal error instead; the changefeed must stop with a clear
 //! message, and leave the slot where it was.
 //!
-//! A permanent produce error cannot be provoked on tansu, so this test
-//! runs the feed against librdkafka's mock cluster (a real broker protocol
-//! implementation inside the test process), which injects one. The rest
-//! of the tests run the same producer configuration against tansu.
+//! A permanent produce error for exactly one request is not something the
+//! stack's broker can be told to return, so this test runs the feed
+//! against librdkafka's mock cluster (a broker protocol implementation
+//! inside the test process) that injects one; it stands in for the broker
+//! only in this test. Every other test runs the same producer
+//! configuration against the stack's Apache Kafka.
 
 mod common;
 
