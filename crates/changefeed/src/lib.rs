@@ -32,6 +32,7 @@ mod decode;
 mod error;
 mod hlc;
 pub mod line;
+pub mod pgvalue;
 mod value;
 
 pub use decode::{

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::db;
-use crate::sql::KeyColumn;
+use crate::sql::{ContentColumn, KeyColumn};
 use crate::PurgeError;
 
 /// The table as the purger needs it.
@@ -28,6 +28,9 @@ pub struct TableInfo {
     pub name: String,
     /// Primary-key columns in key order.
     pub keys: Vec<KeyColumn>,
+    /// PostgreSQL: every stored column (not dropped, not generated), in
+    /// column order: what the content guard compares. Empty on CockroachDB.
+    pub columns: Vec<ContentColumn>,
 }
 
 impl TableInfo {
@@ -236,10 +239,33 @@ pub async fn resolve(
             )))
         }
     }
+    // Generated columns derive from the others (and logical decoding
+    // leaves them out); `attgenerated` exists from PostgreSQL 12, read
+    // through to_jsonb so older servers answer too.
+    let columns = match dialect {
+        Dialect::Cockroach => Vec::new(),
+        Dialect::Postgres => client
+            .query(
+                "SELECT a.attname::text, a.atttypid::INT8 FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = $1::INT8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND COALESCE(to_jsonb(a) ->> 'attgenerated', '') = '' \
+                 ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(db("reading the table's columns"))?
+            .iter()
+            .map(|r| ContentColumn {
+                name: r.get(0),
+                typeoid: u32::try_from(r.get::<_, i64>(1)).unwrap_or_default(),
+            })
+            .collect(),
+    };
     Ok(TableInfo {
         schema,
         name: table.name.clone(),
         keys,
+        columns,
     })
 }
 

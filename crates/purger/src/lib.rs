@@ -40,7 +40,7 @@ pub use origin::OriginSetup;
 pub use summary::{CheckpointReport, CheckpointStatus, PurgeSummary, Refusal, RowCounts};
 
 use crate::error::db;
-use crate::sql::PurgeSql;
+use crate::sql::{ContentColumn, PurgeSql};
 use crate::versions::Target;
 use cdc_marker::aimd::Aimd;
 use cdc_marker::pace::Pacer;
@@ -152,11 +152,8 @@ pub async fn purge(
         &table.qualified(),
         &table.keys,
         &cfg.archived_column,
+        &table.columns,
     );
-    let xid8_sql = match dialect {
-        Dialect::Postgres => Some(current_xid8_sql(&client).await?),
-        Dialect::Cockroach => None,
-    };
     let session = Session::prepare(client, &sql).await?;
     tracing::debug!(keys = table.keys.len(), "catalog read, statements prepared");
 
@@ -166,8 +163,10 @@ pub async fn purge(
         shutdown,
         opts,
         sql,
-        key_columns: table.keys.len(),
-        xid8_sql,
+        layout: Layout {
+            keys: table.keys.len(),
+            content: table.columns.clone(),
+        },
         session,
         // The marker's controllers, shared rather than written twice.
         size: Aimd::new(cfg.min_batch_size, cfg.batch_size, cfg.target_batch_latency),
@@ -507,7 +506,6 @@ async fn load(
         Err(e) => return Err(e.into()),
     };
     let (cp_path, seg_path) = (cp.path(), seg.path.clone());
-    let open_tail_xid = cp.open_tail_xid;
     let checkpoint = cp.clone();
     let planned = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
@@ -519,7 +517,15 @@ async fn load(
             tracing::debug!(segment = %seg_path, reason = why, "full segment decode");
             decode::full(&bytes)
         };
-        let decoded = match decode::versions(&bytes) {
+        // PostgreSQL's guard compares content: it needs the values, which
+        // only the full decode builds.
+        let fast = match dialect {
+            Dialect::Postgres => Ok(decode::Fast::Unsupported(
+                "PostgreSQL: the content guard needs every value".into(),
+            )),
+            Dialect::Cockroach => decode::versions(&bytes),
+        };
+        let decoded = match fast {
             Ok(decode::Fast::Versions(v)) => Ok(v),
             Ok(decode::Fast::Unsupported(why)) => full(&why),
             Err(e) => {
@@ -545,8 +551,7 @@ async fn load(
         let rows = seg.rows;
         let decoded_in = started.elapsed();
         match versions::plan_keys(&rows, dialect) {
-            Ok(mut plan) => {
-                plan.hold_open_transaction(open_tail_xid);
+            Ok(plan) => {
                 tracing::debug!(checkpoint = %cp_path, rows = rows.len(),
                     decode_ms = decoded_in.as_secs_f64() * 1e3,
                     plan_ms = (started.elapsed() - decoded_in).as_secs_f64() * 1e3, "segment decoded and planned");
@@ -593,11 +598,12 @@ fn record_counts(r: &PurgeRecord) -> RowCounts {
 /// (`ALTER ROLE … SET DateStyle …`, a `TimeZone` in the connection URL):
 /// ISO dates read year first, intervals in PostgreSQL's own style, times
 /// in UTC, floats with every digit.
-pub const SESSION_SETTINGS: [(&str, &str); 4] = [
+pub const SESSION_SETTINGS: [(&str, &str); 5] = [
     ("DateStyle", "ISO, YMD"),
     ("IntervalStyle", "postgres"),
     ("TimeZone", "UTC"),
     ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
 ];
 
 /// A purger session, as [`open_session`] opened it.
@@ -645,7 +651,10 @@ pub async fn open_session(cfg: &PurgerConfig, dry_run: bool) -> Result<OpenedSes
                 let stmt = set((name, value));
                 match client.batch_execute(&stmt).await {
                     Ok(()) => {}
-                    Err(e) if matches!(name, "DateStyle" | "IntervalStyle") && !e.is_closed() => {
+                    Err(e)
+                        if matches!(name, "DateStyle" | "IntervalStyle" | "bytea_output")
+                            && !e.is_closed() =>
+                    {
                         tracing::debug!(error = %e, "{stmt}: not supported by this CockroachDB version; its changefeed writes ISO text");
                     }
                     Err(source) => {
@@ -695,23 +704,6 @@ impl OriginReport {
     }
 }
 
-/// The query for the server's current 64-bit transaction id (the next one
-/// to be assigned: every committed xid is below it). Read from a snapshot,
-/// so asking does not consume a transaction id. `pg_current_snapshot()`
-/// (xid8) on PostgreSQL 13 and later, `txid_current_snapshot()` before.
-async fn current_xid8_sql(client: &Client) -> Result<&'static str, PurgeError> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::INT4", &[])
-        .await
-        .map_err(db("reading server_version_num"))?
-        .get(0);
-    Ok(if version >= 130_000 {
-        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::INT8"
-    } else {
-        "SELECT txid_snapshot_xmax(txid_current_snapshot())::INT8"
-    })
-}
-
 struct Outcome {
     status: CheckpointStatus,
     counts: RowCounts,
@@ -724,9 +716,7 @@ struct Run<'a> {
     shutdown: CancellationToken,
     opts: &'a PurgeOptions,
     sql: PurgeSql,
-    key_columns: usize,
-    /// PostgreSQL: how to read the current 64-bit xid (see [`current_xid8_sql`]).
-    xid8_sql: Option<&'static str>,
+    layout: Layout,
     session: Session,
     size: Aimd,
     /// `None`: no rows-per-second limit.
@@ -781,24 +771,16 @@ impl Run<'_> {
                     "archived events without a version are never deleted: the CockroachDB changefeed must run \
                      WITH mvcc_timestamp (the PostgreSQL changefeed records the xid)");
                 }
-                if plan.open_transaction > 0 {
-                    tracing::warn!(checkpoint = %cp.path(), rows = plan.open_transaction, xid = ?cp.open_tail_xid,
-                    "the checkpoint ends inside this source transaction: its rows are kept (a later version of \
-                     them from the same transaction may be in the next checkpoint)");
-                }
-                if let Some(sql) = self.xid8_sql {
-                    let current = self.current_xid8(sql).await?;
-                    let held = plan.hold_xids_too_old(current);
-                    if held > 0 {
-                        tracing::warn!(checkpoint = %cp.path(), rows = held, current_xid8 = current,
-                        "archived transaction ids too old to compare (2^31 or more behind the server's current \
-                         xid, or ahead of it): rows kept");
+                if !self.layout.content.is_empty() {
+                    let reasons = plan.resolve_content(&self.layout.content);
+                    if !reasons.is_empty() {
+                        tracing::warn!(checkpoint = %cp.path(), reasons = ?reasons,
+                            "archived rows that cannot be compared with the table's current columns are kept \
+                             (a later archived version of them, complete, is purged; `cdc-archiver retouch` makes one)");
                     }
                 }
                 counts.rows = plan.rows;
                 counts.skipped_no_version = plan.no_version;
-                counts.skipped_open_transaction = plan.open_transaction;
-                counts.skipped_xid_too_old = plan.xid_too_old;
                 counts.superseded = plan.superseded;
                 self.bar.inc(plan.rows - plan.targets.len() as u64);
                 let depth = if self.opts.dry_run {
@@ -924,12 +906,12 @@ impl Run<'_> {
                     break;
                 }
                 let n = (self.size.current() as usize).min(targets.len() - next);
-                let (n, shape) = next_batch(&targets[next..], n);
+                let (n, shape) = next_batch(&targets[next..], n, self.session.uniform());
                 self.pace(n).await;
                 if self.shutdown.is_cancelled() {
                     break;
                 }
-                let cols = delete_params(&targets[next..next + n], self.key_columns, shape);
+                let cols = delete_params(&targets[next..next + n], &self.layout, shape);
                 let client = std::sync::Arc::clone(&self.session.client);
                 let stmt = self.session.delete_statement(shape).clone();
                 window.push_back(Sent {
@@ -1054,7 +1036,7 @@ impl Run<'_> {
     async fn explain(&mut self, batch: &[Target], deleted: u64) -> Result<BatchResult, PurgeError> {
         let mut delays = self.cfg.retry.backoff().build();
         loop {
-            match explain_kept(&self.session, self.key_columns, batch, deleted).await {
+            match explain_kept(&self.session, &self.layout, batch, deleted).await {
                 Ok(b) => return Ok(b),
                 Err(e) if e.is_retryable() => {
                     let Some(delay) = delays.next() else {
@@ -1096,17 +1078,17 @@ impl Run<'_> {
             let (n, shape) = if self.opts.dry_run {
                 (n, Shape::Paired)
             } else {
-                next_batch(rest, n)
+                next_batch(rest, n, self.session.uniform())
             };
             // Wait for the rate limit before opening any transaction.
             self.pace(n).await;
             let started = Instant::now();
             let attempt = if self.opts.dry_run {
-                probe(&self.session, self.key_columns, &rest[..n])
+                probe(&self.session, &self.layout, &rest[..n])
                     .await
                     .map(Attempt::Probed)
             } else {
-                delete(&self.session, self.key_columns, &rest[..n], shape)
+                delete(&self.session, &self.layout, &rest[..n], shape)
                     .await
                     .map(Attempt::Deleted)
             };
@@ -1144,39 +1126,6 @@ impl Run<'_> {
         }
     }
 
-    /// The server's current 64-bit xid, with the batches' retry policy.
-    async fn current_xid8(&mut self, sql: &str) -> Result<u64, PurgeError> {
-        let mut delays = self.cfg.retry.backoff().build();
-        loop {
-            match self.session.client.query_one(sql, &[]).await {
-                Ok(row) => {
-                    let x: i64 = row.get(0);
-                    return Ok(x as u64);
-                }
-                Err(e) if e.is_retryable() => {
-                    let Some(delay) = delays.next() else {
-                        return Err(PurgeError::Db {
-                            context: "reading the current transaction id, retries exhausted".into(),
-                            source: e,
-                        });
-                    };
-                    self.retries += 1;
-                    tracing::warn!(error = %e, ?delay, "reading the current transaction id failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    if self.session.client.is_closed() {
-                        self.reconnect(&mut delays).await?;
-                    }
-                }
-                Err(source) => {
-                    return Err(PurgeError::Db {
-                        context: "reading the current transaction id".into(),
-                        source,
-                    })
-                }
-            }
-        }
-    }
-
     async fn reconnect(
         &mut self,
         delays: &mut impl Iterator<Item = Duration>,
@@ -1210,13 +1159,17 @@ enum Shape {
     Paired,
 }
 
-/// The next batch from the front of `rest`, at most `n` targets: the run
-/// of targets sharing the first one's archived version, with the uniform
-/// statement, when that run is at least half of `n` (the usual case: the
-/// marker marks a batch of neighbouring rows in one transaction); otherwise
-/// all `n` with the paired statement. Either way one statement, in key
-/// order, with the full guard.
-fn next_batch(rest: &[Target], n: usize) -> (usize, Shape) {
+/// The next batch from the front of `rest`, at most `n` targets: where the
+/// uniform statement exists (`uniform`, CockroachDB), the run of targets
+/// sharing the first one's archived version, with the uniform statement,
+/// when that run is at least half of `n` (the usual case: the marker marks
+/// a batch of neighbouring rows in one transaction); otherwise all `n` with
+/// the paired statement. Either way one statement, in key order, with the
+/// full guard.
+fn next_batch(rest: &[Target], n: usize, uniform: bool) -> (usize, Shape) {
+    if !uniform {
+        return (n, Shape::Paired);
+    }
     let first = &rest[0].version;
     let run = rest[..n].iter().take_while(|t| &t.version == first).count();
     if 2 * run >= n {
@@ -1226,13 +1179,27 @@ fn next_batch(rest: &[Target], n: usize) -> (usize, Shape) {
     }
 }
 
+/// What a batch's parameters are made of: the key columns, then on
+/// CockroachDB the versions, on PostgreSQL one array per content column.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// Primary-key columns.
+    keys: usize,
+    /// PostgreSQL: the columns the content guard compares (empty on
+    /// CockroachDB).
+    content: Vec<ContentColumn>,
+}
+
 /// Owned statement parameters (pipelined batches move them into a task).
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
-/// The DELETE's parameters for `shape`: one `text[]` per key column, then
-/// the versions (`text[]`), or the one version (`text`) of a uniform batch.
-fn delete_params(batch: &[Target], keys: usize, shape: Shape) -> Params {
-    let mut cols = params(batch, keys);
+/// One `text[]` parameter (NULL elements for SQL NULL).
+type Column = Vec<Option<String>>;
+
+/// The DELETE's parameters for `shape`: [`params`], or for a uniform batch
+/// the key columns and the one version (`text`).
+fn delete_params(batch: &[Target], layout: &Layout, shape: Shape) -> Params {
+    let mut cols = params(batch, layout);
     if shape == Shape::Uniform {
         cols.pop();
     }
@@ -1247,21 +1214,33 @@ fn delete_params(batch: &[Target], keys: usize, shape: Shape) -> Params {
 }
 
 /// The batch as the statements' parameters: one `text[]` per key column,
-/// then the versions.
-fn params(targets: &[Target], keys: usize) -> Vec<Vec<String>> {
-    let mut cols: Vec<Vec<String>> = (0..=keys)
+/// then the versions (CockroachDB) or one `text[]` per content column
+/// (PostgreSQL).
+fn params(targets: &[Target], layout: &Layout) -> Vec<Column> {
+    let extra = if layout.content.is_empty() {
+        1
+    } else {
+        layout.content.len()
+    };
+    let mut cols: Vec<Column> = (0..layout.keys + extra)
         .map(|_| Vec::with_capacity(targets.len()))
         .collect();
     for t in targets {
         for (i, v) in t.key.iter().enumerate() {
-            cols[i].push(v.clone());
+            cols[i].push(Some(v.clone()));
         }
-        cols[keys].push(t.version.clone());
+        if layout.content.is_empty() {
+            cols[layout.keys].push(Some(t.version.clone()));
+        } else {
+            for (i, v) in t.content.iter().enumerate() {
+                cols[layout.keys + i].push(v.clone());
+            }
+        }
     }
     cols
 }
 
-fn refs(cols: &[Vec<String>]) -> Vec<&(dyn ToSql + Sync)> {
+fn refs(cols: &[Column]) -> Vec<&(dyn ToSql + Sync)> {
     cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
 }
 
@@ -1305,7 +1284,8 @@ async fn drain(window: std::collections::VecDeque<Sent>) {
 struct Session {
     client: std::sync::Arc<Client>,
     delete: Statement,
-    delete_uniform: Statement,
+    /// CockroachDB only (see [`PurgeSql::delete_uniform`]).
+    delete_uniform: Option<Statement>,
     probe: Statement,
 }
 
@@ -1327,10 +1307,10 @@ impl Session {
             }
         };
         let delete = client.prepare(&sql.delete).await.map_err(prep("DELETE"))?;
-        let delete_uniform = client
-            .prepare(&sql.delete_uniform)
-            .await
-            .map_err(prep("uniform DELETE"))?;
+        let delete_uniform = match &sql.delete_uniform {
+            Some(text) => Some(client.prepare(text).await.map_err(prep("uniform DELETE"))?),
+            None => None,
+        };
         let probe = client.prepare(&sql.probe).await.map_err(prep("probe"))?;
         Ok(Self {
             client: std::sync::Arc::new(client),
@@ -1341,10 +1321,15 @@ impl Session {
     }
 
     fn delete_statement(&self, shape: Shape) -> &Statement {
-        match shape {
-            Shape::Uniform => &self.delete_uniform,
-            Shape::Paired => &self.delete,
+        match (shape, &self.delete_uniform) {
+            (Shape::Uniform, Some(uniform)) => uniform,
+            _ => &self.delete,
         }
+    }
+
+    /// Whether batches of one version may use the uniform statement.
+    fn uniform(&self) -> bool {
+        self.delete_uniform.is_some()
     }
 }
 
@@ -1367,11 +1352,11 @@ enum Attempt {
 /// reconcile.
 async fn delete(
     s: &Session,
-    keys: usize,
+    layout: &Layout,
     batch: &[Target],
     shape: Shape,
 ) -> Result<u64, tokio_postgres::Error> {
-    let p = delete_params(batch, keys, shape);
+    let p = delete_params(batch, layout, shape);
     s.client.execute_raw(s.delete_statement(shape), p).await
 }
 
@@ -1379,13 +1364,13 @@ async fn delete(
 /// keys were not deleted, one SELECT says why (see [`kept`]).
 async fn explain_kept(
     s: &Session,
-    keys: usize,
+    layout: &Layout,
     batch: &[Target],
     deleted: u64,
 ) -> Result<BatchResult, tokio_postgres::Error> {
     let (mut unmarked, mut changed) = (0, 0);
     if batch.len() as u64 > deleted {
-        let cols = params(batch, keys);
+        let cols = params(batch, layout);
         for r in s.client.query(&s.probe, &refs(&cols)).await? {
             if r.get("present") {
                 if r.get("marked") {
@@ -1450,10 +1435,10 @@ fn crash_due(after: Option<u64>, dry_run: bool, batches: u64, in_flight: usize) 
 /// Dry run: classify every key, deleting nothing.
 async fn probe(
     s: &Session,
-    keys: usize,
+    layout: &Layout,
     batch: &[Target],
 ) -> Result<BatchResult, tokio_postgres::Error> {
-    let cols = params(batch, keys);
+    let cols = params(batch, layout);
     let mut result = BatchResult::default();
     for r in s.client.query(&s.probe, &refs(&cols)).await? {
         classify(
@@ -1486,29 +1471,61 @@ mod tests {
         Target {
             key: vec![key.to_string()],
             version: version.into(),
-            xid: None,
+            columns: Vec::new(),
+            content: Vec::new(),
         }
     }
 
     #[test]
     fn batches_take_the_uniform_statement_for_a_long_run_of_one_version() {
         let all_one: Vec<Target> = (0..10).map(|k| t(k, "7")).collect();
-        assert_eq!(next_batch(&all_one, 8), (8, Shape::Uniform));
-        assert_eq!(next_batch(&all_one[8..], 2), (2, Shape::Uniform));
+        assert_eq!(next_batch(&all_one, 8, true), (8, Shape::Uniform));
+        assert_eq!(next_batch(&all_one[8..], 2, true), (2, Shape::Uniform));
+        // Where there is no uniform statement (PostgreSQL), always paired.
+        assert_eq!(next_batch(&all_one, 8, false), (8, Shape::Paired));
         // A version change after half the batch: the run alone, uniform.
         let mut two = all_one.clone();
         for x in &mut two[5..] {
             x.version = "9".into();
         }
-        assert_eq!(next_batch(&two, 8), (5, Shape::Uniform));
-        assert_eq!(next_batch(&two[5..], 5), (5, Shape::Uniform));
+        assert_eq!(next_batch(&two, 8, true), (5, Shape::Uniform));
+        assert_eq!(next_batch(&two[5..], 5, true), (5, Shape::Uniform));
         // Mixed versions: the whole batch, paired.
         let mixed: Vec<Target> = (0..10).map(|k| t(k, &(k % 3).to_string())).collect();
-        assert_eq!(next_batch(&mixed, 8), (8, Shape::Paired));
-        assert_eq!(next_batch(&mixed, 1), (1, Shape::Uniform));
+        assert_eq!(next_batch(&mixed, 8, true), (8, Shape::Paired));
+        assert_eq!(next_batch(&mixed, 1, true), (1, Shape::Uniform));
         // Parameters: keys, then the one version or every version.
-        assert_eq!(delete_params(&two[..5], 1, Shape::Uniform).len(), 2);
-        assert_eq!(delete_params(&mixed[..8], 1, Shape::Paired).len(), 2);
+        let crdb = Layout {
+            keys: 1,
+            content: Vec::new(),
+        };
+        assert_eq!(delete_params(&two[..5], &crdb, Shape::Uniform).len(), 2);
+        assert_eq!(delete_params(&mixed[..8], &crdb, Shape::Paired).len(), 2);
+        // PostgreSQL: keys, then one array per content column.
+        let pg = Layout {
+            keys: 1,
+            content: vec![
+                ContentColumn {
+                    name: "id".into(),
+                    typeoid: 20,
+                },
+                ContentColumn {
+                    name: "note".into(),
+                    typeoid: 25,
+                },
+            ],
+        };
+        let mut rows = mixed[..2].to_vec();
+        rows[0].content = vec![Some("0".into()), None];
+        rows[1].content = vec![Some("1".into()), Some("n".into())];
+        assert_eq!(
+            params(&rows, &pg),
+            vec![
+                vec![Some("0".to_owned()), Some("1".to_owned())],
+                vec![Some("0".to_owned()), Some("1".to_owned())],
+                vec![None, Some("n".to_owned())],
+            ]
+        );
     }
 
     /// Every target the batch accounted for, as the summary adds it up.

@@ -1,23 +1,37 @@
 //! The purger's SQL, generated once per table. Pure text: no I/O.
 //!
-//! Every statement takes the batch as a few `text[]` parameters (one per
-//! primary-key column, then the archived versions), so a batch of any size
-//! is one statement with a fixed parameter count and a plan the server can
-//! cache. Each key value is cast from its text to the column's own type
-//! without its modifier (the name `format_type(oid, -1)` returned: `bpchar`
-//! for `char(3)`, `numeric` for `numeric(12,2)`), so the cast never cuts or
-//! rounds the archived text and comparisons use the primary-key index.
+//! Every statement takes the batch as a few `text[]` parameters, so a batch
+//! of any size is one statement with a fixed parameter count and a plan the
+//! server can cache. Each key value is cast from its text to the column's
+//! own type without its modifier (the name `format_type(oid, -1)` returned:
+//! `bpchar` for `char(3)`, `numeric` for `numeric(12,2)`), so the cast
+//! never cuts or rounds the archived text and comparisons use the
+//! primary-key index.
 //!
-//! Two DELETE shapes, both with the version guard and `AND archived`:
-//! - paired ([`PurgeSql::delete`]): keys and versions zipped by `unnest`
-//!   and joined to the table, so every key is compared with its own
-//!   archived version;
-//! - uniform ([`PurgeSql::delete_uniform`]): for a batch whose targets all
-//!   have the same archived version (rows the marker's one UPDATE
-//!   transaction marked share one `xmin`, one MVCC timestamp), that single
-//!   version is a scalar parameter and, for a one-column key, the keys are
-//!   an `= ANY(array)` index condition: the same guard, row for row, as the
-//!   paired form, and the plan of a plain `DELETE … WHERE pk IN (…)`.
+//! The guard, row by row, always with `AND archived`:
+//! - **CockroachDB** (a version guard): the row's MVCC timestamp equals the
+//!   archived event's. A CockroachDB changefeed emits one event per row per
+//!   transaction (its final state), so the version names that state.
+//! - **PostgreSQL** (a content guard): every column of the current row
+//!   prints exactly as the archived row's value printed when the changefeed
+//!   read it: `format('%s', col)` (the type's output function, under the
+//!   same pinned session settings) equals the archived value's output text
+//!   ([`cdc_changefeed::pgvalue::output_text`]), NULL only for NULL. wal2json
+//!   sends every change of a transaction, and `xmin` is the same for all of
+//!   them (or a subtransaction's), so a version guard could delete a row
+//!   whose archived copy is an intermediate state of its transaction (one
+//!   that reached another partition, a key re-spelled to an equal value);
+//!   equal content means the archive holds exactly what the row is now,
+//!   whatever wrote it (a savepoint, `pg_repack`, a transaction whose events
+//!   were split over checkpoints or partitions).
+//!
+//! Two DELETE shapes on CockroachDB: paired ([`PurgeSql::delete`]: keys and
+//! versions zipped by `unnest` and joined to the table) and uniform
+//! ([`PurgeSql::delete_uniform`], for a batch whose targets share one
+//! version: rows the marker's one UPDATE marked share one MVCC timestamp;
+//! that version is a scalar parameter and, for a one-column key, the keys
+//! an `= ANY(array)` index condition). PostgreSQL has the paired shape only
+//! (every row carries its own content).
 
 use cdc_common::db::Dialect;
 use cdc_common::ident::quote_ident;
@@ -33,62 +47,82 @@ pub struct KeyColumn {
     pub sql_type: String,
 }
 
+/// A column the PostgreSQL content guard compares: its name and type oid
+/// (the oid the changefeed saw, `atttypid`: a domain's own oid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentColumn {
+    /// Column name, unquoted.
+    pub name: String,
+    /// `pg_attribute.atttypid`.
+    pub typeoid: u32,
+}
+
 /// The generated statements for one table.
 #[derive(Debug, Clone)]
 pub struct PurgeSql {
     /// The guarded `DELETE` (its row count is the rows deleted). Parameters:
-    /// `$1..$k` key columns (`text[]`), `$k+1` versions (`text[]`).
+    /// `$1..$k` key columns (`text[]`), then on CockroachDB the versions
+    /// (`text[]`), on PostgreSQL one `text[]` per content column.
     pub delete: String,
-    /// The guarded `DELETE` for a batch whose targets all have one archived
-    /// version. Parameters: `$1..$k` key columns (`text[]`), `$k+1` the
-    /// version (`text`).
-    pub delete_uniform: String,
-    /// For each key given: is the row present, is it marked, does its
-    /// current version equal the archived one. Same parameters as `delete`.
-    /// Used to classify the rows a DELETE did not remove, and by the dry run.
+    /// CockroachDB: the guarded `DELETE` for a batch whose targets all have
+    /// one archived version. Parameters: `$1..$k` key columns (`text[]`),
+    /// `$k+1` the version (`text`). `None` on PostgreSQL.
+    pub delete_uniform: Option<String>,
+    /// For each key given: is the row present, is it marked, does it pass
+    /// the guard (`same_version`). Same parameters as `delete`. Used to
+    /// classify the rows a DELETE did not remove, and by the dry run.
     pub probe: String,
-    /// Number of key columns (the version parameter is `$keys+1`).
+    /// Number of key columns.
     pub keys: usize,
 }
 
-/// The expression comparing the row's current version with the archived
-/// one (`d.v`, text). CockroachDB: the MVCC timestamp of the row's latest
-/// write, a DECIMAL whose text is exactly the changefeed's HLC text
-/// `wall.logical`. PostgreSQL: the inserting transaction id of the tuple.
-pub fn version_guard(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Cockroach => "t.crdb_internal_mvcc_timestamp = d.v::DECIMAL",
-        Dialect::Postgres => "t.xmin = d.v::xid",
-    }
-}
-
-/// [`version_guard`] against one version for the whole batch, parameter
-/// `$n` (text).
-pub fn uniform_version_guard(dialect: Dialect, n: usize) -> String {
-    match dialect {
-        Dialect::Cockroach => format!("t.crdb_internal_mvcc_timestamp = ${n}::text::DECIMAL"),
-        Dialect::Postgres => format!("t.xmin = ${n}::text::xid"),
-    }
+/// The PostgreSQL content guard for `columns` (`d.c0`, `d.c1`, … the
+/// archived output texts): each column prints as archived, NULL only where
+/// the archive has NULL. `json` keeps its input text, which the changefeed
+/// trimmed of surrounding white space: it is compared trimmed.
+pub fn content_guard(columns: &[ContentColumn]) -> String {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let col = format!("t.{}", quote_ident(&c.name));
+            let text = if c.typeoid == cdc_changefeed::pgvalue::oid::JSON {
+                format!("btrim(format('%s', {col}), E' \\t\\n\\r')")
+            } else {
+                format!("format('%s', {col})")
+            };
+            format!("(CASE WHEN {col} IS NULL THEN d.c{i} IS NULL ELSE {text} IS NOT DISTINCT FROM d.c{i} END)")
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 impl PurgeSql {
     /// Builds the statements for `table` (already quoted, e.g.
-    /// `"public"."payments"`), its primary key and its archived column.
+    /// `"public"."payments"`), its primary key, its archived column and, on
+    /// PostgreSQL, the columns the content guard compares (every stored
+    /// column of the table; ignored on CockroachDB).
     pub fn new(
         dialect: Dialect,
         table_quoted: &str,
         keys: &[KeyColumn],
         archived_column: &str,
+        content: &[ContentColumn],
     ) -> Self {
         let k = keys.len();
-        let params: Vec<String> = (1..=k + 1).map(|i| format!("${i}::text[]")).collect();
         let names: Vec<String> = (0..k).map(|i| format!("k{i}")).collect();
+        // The batch's own columns after the keys: the versions, or one per
+        // content column.
+        let extra: Vec<String> = match dialect {
+            Dialect::Cockroach => vec!["v".to_owned()],
+            Dialect::Postgres => (0..content.len()).map(|i| format!("c{i}")).collect(),
+        };
+        let params: Vec<String> = (1..=k + extra.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
+        let columns: Vec<&str> = names.iter().chain(&extra).map(String::as_str).collect();
         // `unnest(a, b, …)` in FROM zips the arrays (PostgreSQL and CockroachDB).
-        let batch = format!(
-            "unnest({}) AS d({}, v)",
-            params.join(", "),
-            names.join(", ")
-        );
+        let batch = format!("unnest({}) AS d({})", params.join(", "), columns.join(", "));
         let join: Vec<String> = keys
             .iter()
             .zip(&names)
@@ -97,31 +131,36 @@ impl PurgeSql {
         let join = join.join(" AND ");
         let key_out: Vec<String> = names.iter().map(|n| format!("d.{n}")).collect();
         let key_out = key_out.join(", ");
-        let guard = version_guard(dialect);
+        let guard = match dialect {
+            Dialect::Cockroach => "t.crdb_internal_mvcc_timestamp = d.v::DECIMAL".to_owned(),
+            Dialect::Postgres => content_guard(content),
+        };
         let archived = format!("t.{}", quote_ident(archived_column));
         let delete = format!(
             "DELETE FROM {table_quoted} AS t USING {batch} WHERE {join} AND {guard} AND {archived}"
         );
-        // The uniform shape: the version is `$k+1`, a scalar.
-        let one = uniform_version_guard(dialect, k + 1);
-        let delete_uniform = match keys {
-            // `= ANY(array)`: an index condition, like `pk IN (…)`. Not for
-            // a key that is itself an array (an array of arrays is not an
-            // array of its values).
-            [c] if !c.sql_type.ends_with(']') => format!(
-                "DELETE FROM {table_quoted} AS t WHERE t.{} = ANY($1::text[]::{}[]) AND {one} AND {archived}",
-                quote_ident(&c.name),
-                c.sql_type
-            ),
-            _ => {
-                let key_params: Vec<String> = (1..=k).map(|i| format!("${i}::text[]")).collect();
-                format!(
-                    "DELETE FROM {table_quoted} AS t USING unnest({}) AS d({}) WHERE {join} AND {one} AND {archived}",
-                    key_params.join(", "),
-                    names.join(", ")
-                )
+        let delete_uniform = (dialect == Dialect::Cockroach).then(|| {
+            let one = format!("t.crdb_internal_mvcc_timestamp = ${}::text::DECIMAL", k + 1);
+            match keys {
+                // `= ANY(array)`: an index condition, like `pk IN (…)`. Not
+                // for a key that is itself an array (an array of arrays is
+                // not an array of its values).
+                [c] if !c.sql_type.ends_with(']') => format!(
+                    "DELETE FROM {table_quoted} AS t WHERE t.{} = ANY($1::text[]::{}[]) AND {one} AND {archived}",
+                    quote_ident(&c.name),
+                    c.sql_type
+                ),
+                _ => {
+                    let key_params: Vec<String> =
+                        (1..=k).map(|i| format!("${i}::text[]")).collect();
+                    format!(
+                        "DELETE FROM {table_quoted} AS t USING unnest({}) AS d({}) WHERE {join} AND {one} AND {archived}",
+                        key_params.join(", "),
+                        names.join(", ")
+                    )
+                }
             }
-        };
+        });
         // A primary-key column is never NULL, so a NULL first key column in
         // the outer join means "no such row".
         let present = format!("t.{} IS NOT NULL", quote_ident(&keys[0].name));
@@ -176,6 +215,7 @@ mod tests {
             "\"public\".\"payments\"",
             &keys(),
             "archived",
+            &[],
         );
         assert_eq!(
             sql.delete,
@@ -185,10 +225,10 @@ mod tests {
         );
         assert_eq!(sql.keys, 2);
         assert_eq!(
-            sql.delete_uniform,
-            "DELETE FROM \"public\".\"payments\" AS t USING unnest($1::text[], $2::text[]) AS d(k0, k1) \
+            sql.delete_uniform.as_deref(),
+            Some("DELETE FROM \"public\".\"payments\" AS t USING unnest($1::text[], $2::text[]) AS d(k0, k1) \
              WHERE t.\"region\" = d.k0::text AND t.\"id\" = d.k1::bigint \
-             AND t.crdb_internal_mvcc_timestamp = $3::text::DECIMAL AND t.\"archived\""
+             AND t.crdb_internal_mvcc_timestamp = $3::text::DECIMAL AND t.\"archived\"")
         );
         assert!(sql.probe.contains(
             "COALESCE(t.crdb_internal_mvcc_timestamp = d.v::DECIMAL, false) AS same_version"
@@ -199,34 +239,39 @@ mod tests {
     }
 
     #[test]
-    fn postgres_delete_guards_xmin() {
+    fn postgres_delete_guards_every_columns_printed_text() {
         let one = [KeyColumn {
             name: "id".into(),
-            sql_type: "integer".into(),
+            sql_type: "numeric".into(),
         }];
-        let sql = PurgeSql::new(Dialect::Postgres, "\"t\"", &one, "is \"old\"");
+        let content = [
+            ContentColumn {
+                name: "id".into(),
+                typeoid: 1700,
+            },
+            ContentColumn {
+                name: "doc".into(),
+                typeoid: 114,
+            },
+        ];
+        let sql = PurgeSql::new(Dialect::Postgres, "\"t\"", &one, "is \"old\"", &content);
         assert_eq!(
             sql.delete,
-            "DELETE FROM \"t\" AS t USING unnest($1::text[], $2::text[]) AS d(k0, v) \
-             WHERE t.\"id\" = d.k0::integer AND t.xmin = d.v::xid AND t.\"is \"\"old\"\"\""
+            "DELETE FROM \"t\" AS t USING unnest($1::text[], $2::text[], $3::text[]) AS d(k0, c0, c1) \
+             WHERE t.\"id\" = d.k0::numeric \
+             AND (CASE WHEN t.\"id\" IS NULL THEN d.c0 IS NULL ELSE format('%s', t.\"id\") IS NOT DISTINCT FROM d.c0 END) \
+             AND (CASE WHEN t.\"doc\" IS NULL THEN d.c1 IS NULL \
+             ELSE btrim(format('%s', t.\"doc\"), E' \\t\\n\\r') IS NOT DISTINCT FROM d.c1 END) \
+             AND t.\"is \"\"old\"\"\""
         );
         assert_eq!(
-            sql.delete_uniform,
-            "DELETE FROM \"t\" AS t WHERE t.\"id\" = ANY($1::text[]::integer[]) \
-             AND t.xmin = $2::text::xid AND t.\"is \"\"old\"\"\""
+            sql.delete_uniform, None,
+            "no version to share on PostgreSQL"
         );
-        let arr = [KeyColumn {
-            name: "tags".into(),
-            sql_type: "integer[]".into(),
-        }];
-        let sql = PurgeSql::new(Dialect::Postgres, "\"t\"", &arr, "archived");
-        assert!(
-            sql.delete_uniform
-                .contains("USING unnest($1::text[]) AS d(k0)")
-                && sql.delete_uniform.contains("t.xmin = $2::text::xid"),
-            "{}",
-            sql.delete_uniform
-        );
+        assert!(sql
+            .probe
+            .contains("LEFT JOIN \"t\" AS t ON t.\"id\" = d.k0::numeric"));
+        assert!(sql.probe.contains("COALESCE((CASE WHEN t.\"id\" IS NULL"));
     }
 
     #[test]
@@ -235,7 +280,7 @@ mod tests {
             name: "id\"; DROP TABLE x; --".into(),
             sql_type: "\"My Type\"".into(),
         }];
-        let sql = PurgeSql::new(Dialect::Cockroach, "\"t\"", &k, "archived");
+        let sql = PurgeSql::new(Dialect::Cockroach, "\"t\"", &k, "archived", &[]);
         assert!(
             sql.delete
                 .contains("t.\"id\"\"; DROP TABLE x; --\" = d.k0::\"My Type\""),

@@ -1,14 +1,19 @@
 //! From a segment's rows to the list of row versions to delete: one per
 //! key (the latest archived version of that key in the checkpoint), each
 //! key split into the text of its primary-key values, sorted in key order
-//! so that consecutive batches touch neighbouring ranges.
+//! so that consecutive batches touch neighbouring ranges. On PostgreSQL
+//! each target carries the archived row itself, as the output text of
+//! every column ([`Plan::resolve_content`]): what the content guard
+//! compares the current row with.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use cdc_changefeed::Hlc;
+use cdc_changefeed::{Hlc, Value};
 use cdc_common::db::Dialect;
 use serde_json::value::RawValue;
+
+use crate::sql::ContentColumn;
 
 /// One archived row event, as the purger needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,16 +28,20 @@ pub struct ArchivedVersion {
     pub pg_xid: Option<u64>,
     /// Kafka offset (a tie-breaker between versions of one key).
     pub offset: i64,
+    /// The archived row's `(column, value)`: read for PostgreSQL, whose
+    /// guard compares content; empty where the reader skipped values.
+    pub columns: Vec<(String, Value)>,
 }
 
-impl From<&cdc_segment::ArchivedRow> for ArchivedVersion {
-    fn from(r: &cdc_segment::ArchivedRow) -> Self {
+impl From<cdc_segment::ArchivedRow> for ArchivedVersion {
+    fn from(r: cdc_segment::ArchivedRow) -> Self {
         Self {
-            key_json: r.key_json.clone(),
+            key_json: r.key_json,
             updated: r.updated,
             mvcc_timestamp: r.mvcc_timestamp,
             pg_xid: r.pg_xid,
             offset: r.offset,
+            columns: r.columns,
         }
     }
 }
@@ -42,12 +51,16 @@ impl From<&cdc_segment::ArchivedRow> for ArchivedVersion {
 pub struct Target {
     /// Primary-key values as text, cast by the server to each column's type.
     pub key: Vec<String>,
-    /// The archived version as text (HLC `wall.logical`, or a 32-bit xid).
+    /// CockroachDB: the archived version as text (HLC `wall.logical`),
+    /// which the guard compares. PostgreSQL: the recording transaction's
+    /// 32-bit xid, for logs only (empty when the changefeed sent none).
     pub version: String,
-    /// PostgreSQL: the archived transaction id as recorded (32-bit, or
-    /// 64-bit `epoch << 32 | xid`), for the open-transaction and
-    /// wraparound checks. `None` on CockroachDB.
-    pub xid: Option<u64>,
+    /// PostgreSQL: the archived row's columns, until
+    /// [`Plan::resolve_content`] turns them into `content`.
+    pub columns: Vec<(String, Value)>,
+    /// PostgreSQL: the output text of every content column of the table
+    /// (`None`: NULL), in the table's column order: the guard's operands.
+    pub content: Vec<Option<String>>,
 }
 
 /// What a checkpoint's rows become.
@@ -57,83 +70,62 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// Rows in the segment (every event, duplicates included).
     pub rows: u64,
-    /// Keys whose latest archived event has no version for this dialect
-    /// (the changefeed ran without `mvcc_timestamp`): never deleted.
+    /// Keys whose latest archived event cannot be matched: on CockroachDB
+    /// it has no MVCC timestamp (the changefeed ran without
+    /// `mvcc_timestamp`); on PostgreSQL the archived row lacks a column of
+    /// the table (a large value the changefeed could not read, a column
+    /// added since) or holds a value whose text cannot be recovered. Never
+    /// deleted.
     pub no_version: u64,
     /// Segment rows that are not the chosen (latest) version of their key:
     /// older versions and redelivered duplicates. Not deleted by this
     /// checkpoint (there is nothing left of them to delete: a row has one
     /// current version). `rows = targets + no_version + superseded`.
     pub superseded: u64,
-    /// Targets held back because the checkpoint ends inside their
-    /// transaction (see [`Plan::hold_open_transaction`]).
-    pub open_transaction: u64,
-    /// Targets held back because their 64-bit xid is too far from the
-    /// server's current one (see [`Plan::hold_xids_too_old`]).
-    pub xid_too_old: u64,
     /// How many values every archived key has, and the first such key.
     pub key_shape: Option<(usize, String)>,
 }
 
-/// The low 32 bits: what `xmin` holds, and what the guard compares.
+/// The low 32 bits of a 64-bit xid (`epoch << 32 | xid`): what `xmin` holds.
 pub const XID32_MASK: u64 = 0xFFFF_FFFF;
 
-/// Transaction ids this far apart (or more) cannot be compared through
-/// their 32-bit form: PostgreSQL's own xid arithmetic is modulo 2^32 with a
-/// 2^31 horizon, and by then the old 32-bit value is on its way to being
-/// reused by a new transaction.
-pub const XID_HORIZON: u64 = 1 << 31;
-
 impl Plan {
-    /// Removes (and counts) the targets written by `open_tail_xid`, the
-    /// source transaction the checkpoint ends inside: the sink could not
-    /// fit all of that transaction's events into this checkpoint, so a
-    /// later version of the same row, written by the same transaction (the
-    /// same `xmin`), may be in the next checkpoint. Deleting by
-    /// `xmin = x AND archived` now could delete that final version, which
-    /// is not in this segment. Compared in the 32-bit form, as the guard
-    /// compares. Returns the count removed.
-    pub fn hold_open_transaction(&mut self, open_tail_xid: Option<u64>) -> u64 {
-        let Some(open) = open_tail_xid else {
-            return 0;
-        };
+    /// PostgreSQL: turns every target's archived row into the output text
+    /// of each of the table's `columns` ([`cdc_changefeed::pgvalue::output_text`]).
+    /// A target whose row lacks one of them, or holds a value with no
+    /// known text, cannot be compared: it is removed and counted in
+    /// `no_version`. Returns one example reason per kind, for the log.
+    pub fn resolve_content(&mut self, columns: &[ContentColumn]) -> Vec<String> {
+        let mut reasons: Vec<String> = Vec::new();
         let before = self.targets.len();
-        self.targets
-            .retain(|t| t.xid.is_none_or(|x| x & XID32_MASK != open & XID32_MASK));
-        let held = (before - self.targets.len()) as u64;
-        self.open_transaction += held;
-        held
+        self.targets.retain_mut(|t| {
+            let archived = std::mem::take(&mut t.columns);
+            let mut content = Vec::with_capacity(columns.len());
+            for c in columns {
+                let Some((_, v)) = archived.iter().find(|(n, _)| *n == c.name) else {
+                    let why = format!("column {:?} is not in the archived row", c.name);
+                    if !reasons.contains(&why) {
+                        reasons.push(why);
+                    }
+                    return false;
+                };
+                match cdc_changefeed::pgvalue::output_text(c.typeoid, v) {
+                    Ok(text) => content.push(text),
+                    Err(e) => {
+                        let why = format!("column {:?}: {e}", c.name);
+                        if reasons.len() < 8 {
+                            reasons.push(why);
+                        }
+                        return false;
+                    }
+                }
+            }
+            t.content = content;
+            true
+        });
+        self.no_version += (before - self.targets.len()) as u64;
+        reasons
     }
-
-    /// Removes (and counts) the targets whose archived xid cannot be
-    /// compared through `xmin` any more, given the server's current 64-bit
-    /// xid (see [`xid_too_old`]). Returns the count removed.
-    pub fn hold_xids_too_old(&mut self, current_xid8: u64) -> u64 {
-        let before = self.targets.len();
-        self.targets
-            .retain(|t| t.xid.is_none_or(|x| !xid_too_old(x, current_xid8)));
-        let held = (before - self.targets.len()) as u64;
-        self.xid_too_old += held;
-        held
-    }
-}
-
-/// Whether an archived PostgreSQL transaction id is unsafe to compare
-/// with `xmin` (32 bits) when the server's current 64-bit xid (the next
-/// one to be assigned) is `current_xid8`:
-///
-/// - a 64-bit value (`epoch << 32 | xid`, above 2^32 − 1), or any value
-///   while the server is still in epoch 0 (then every 32-bit value is its
-///   own 64-bit value): unsafe when it is [`XID_HORIZON`] (2^31) or more
-///   behind the current xid, or ahead of it (the archive does not come from
-///   this database's history: a restored backup, another cluster);
-/// - a legacy 32-bit value once the server is past epoch 0: its epoch is
-///   unknown, so it cannot be checked; it is compared as before (the risk:
-///   an archive more than ~2^31 transactions old whose 32-bit xid has been
-///   reused by a newer version of the same row).
-pub fn xid_too_old(archived: u64, current_xid8: u64) -> bool {
-    let comparable = archived > XID32_MASK || current_xid8 <= XID32_MASK;
-    comparable && (archived > current_xid8 || current_xid8 - archived >= XID_HORIZON)
 }
 
 /// A key that does not fit the table's primary key.
@@ -152,9 +144,14 @@ pub struct KeyMismatch {
 pub fn version_text(dialect: Dialect, v: &ArchivedVersion) -> Option<String> {
     match dialect {
         Dialect::Cockroach => v.mvcc_timestamp.map(|h| h.to_string()),
-        // `xmin` is the 32-bit transaction id; a changefeed that records
-        // the 64-bit form (epoch << 32 | xid) carries it in the low bits.
-        Dialect::Postgres => v.pg_xid.map(|x| (x & XID32_MASK).to_string()),
+        // For the logs: the content guard compares no version. `xmin` is
+        // the 32-bit transaction id; a changefeed that records the 64-bit
+        // form (epoch << 32 | xid) carries it in the low bits.
+        Dialect::Postgres => Some(
+            v.pg_xid
+                .map(|x| (x & XID32_MASK).to_string())
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -356,7 +353,8 @@ pub fn plan_keys(rows: &[ArchivedVersion], dialect: Dialect) -> Result<Plan, Key
                 Target {
                     key,
                     version,
-                    xid: r.pg_xid,
+                    columns: r.columns.clone(),
+                    content: Vec::new(),
                 },
             )),
             None => out.no_version += 1,
@@ -417,6 +415,10 @@ mod tests {
             mvcc_timestamp: Some(Hlc::new(updated, 3)),
             pg_xid: xid,
             offset,
+            columns: vec![(
+                "id".into(),
+                Value::Number(key.trim_matches(['[', ']']).into()),
+            )],
         }
     }
 
@@ -451,16 +453,26 @@ mod tests {
                 Target {
                     key: vec!["2".into()],
                     version: "101".into(),
-                    xid: Some(101),
+                    columns: vec![("id".into(), Value::Number("2".into()))],
+                    content: vec![],
+                },
+                Target {
+                    key: vec!["3".into()],
+                    version: String::new(),
+                    columns: vec![("id".into(), Value::Number("3".into()))],
+                    content: vec![],
                 },
                 Target {
                     key: vec!["10".into()],
                     version: "205".into(),
-                    xid: Some(205),
+                    columns: vec![("id".into(), Value::Number("10".into()))],
+                    content: vec![],
                 },
             ]
         );
-        assert_eq!(p.no_version, 1);
+        // PostgreSQL compares content: a row the changefeed sent without
+        // its xid is a target too.
+        assert_eq!(p.no_version, 0);
         // Two older versions of [10], one redelivery of [2].
         assert_eq!(p.superseded, 3);
         assert_eq!(p.rows, p.targets.len() as u64 + p.no_version + p.superseded);
@@ -471,53 +483,78 @@ mod tests {
     }
 
     #[test]
-    fn open_transaction_targets_are_held_back_by_their_32_bit_xid() {
+    fn content_is_every_columns_output_text_or_the_target_is_not_comparable() {
+        use cdc_changefeed::pgvalue::oid;
+        let row = |id: &str, cols: Vec<(&str, Value)>| ArchivedVersion {
+            columns: cols.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
+            ..v(id, 1, 1, Some(7))
+        };
         let rows = vec![
-            v("[1]", 5, 1, Some((2u64 << 32) | 900)),
-            v("[2]", 5, 2, Some(901)),
-            v("[3]", 5, 3, Some(900)),
-            v("[4]", 5, 4, Some((2u64 << 32) | 900)),
-            v("[4]", 6, 5, Some((2u64 << 32) | 902)), // later transaction: deletable
+            row(
+                "[1]",
+                vec![
+                    ("id", Value::Number("1".into())),
+                    ("note", Value::Null),
+                    ("at", Value::String("2025-06-10T10:00:00Z".into())),
+                ],
+            ),
+            row(
+                "[2]",
+                vec![
+                    ("id", Value::Number("2".into())),
+                    ("note", Value::String("x".into())),
+                ],
+            ),
+            row(
+                "[3]",
+                vec![
+                    ("id", Value::Number("3".into())),
+                    ("note", Value::Bool(true)),
+                    ("at", Value::Null),
+                ],
+            ),
+        ];
+        let columns = [
+            ContentColumn {
+                name: "id".into(),
+                typeoid: oid::INT8,
+            },
+            ContentColumn {
+                name: "note".into(),
+                typeoid: 25,
+            },
+            ContentColumn {
+                name: "at".into(),
+                typeoid: oid::TIMESTAMPTZ,
+            },
         ];
         let mut p = plan(&rows, Dialect::Postgres, 1).unwrap();
-        assert_eq!(p.hold_open_transaction(None), 0);
-        // The sink may record the 64-bit or the 32-bit form.
-        assert_eq!(p.hold_open_transaction(Some((2u64 << 32) | 900)), 2);
-        let keys: Vec<_> = p.targets.iter().map(|t| t.key[0].as_str()).collect();
-        assert_eq!(keys, ["2", "4"]);
-        assert_eq!(p.open_transaction, 2);
-        let mut p = plan(&rows, Dialect::Postgres, 1).unwrap();
-        assert_eq!(p.hold_open_transaction(Some(900)), 2);
-    }
-
-    #[test]
-    fn xids_beyond_the_horizon_are_not_compared() {
-        let epoch = |e: u64, x: u64| (e << 32) | x;
-        // 64-bit values: checked against the current xid8.
-        assert!(!xid_too_old(epoch(3, 100), epoch(3, 200)));
-        assert!(!xid_too_old(epoch(3, 100), epoch(3, 100) + XID_HORIZON - 1));
-        assert!(xid_too_old(epoch(3, 100), epoch(3, 100) + XID_HORIZON));
-        assert!(xid_too_old(epoch(2, 4_000_000_000), epoch(4, 0)));
-        // Ahead of the server: not from this database's history.
-        assert!(xid_too_old(epoch(1, 5), epoch(0, 1000)));
-        assert!(xid_too_old(epoch(3, 201), epoch(3, 200)));
-        // Epoch 0: a 32-bit value is its own 64-bit value.
-        assert!(!xid_too_old(700, 1000));
-        assert!(xid_too_old(1001, 1000));
-        assert!(xid_too_old(5, 5 + XID_HORIZON));
-        // Legacy 32-bit values after epoch 0: unknowable, compared as before.
-        assert!(!xid_too_old(700, epoch(5, 1000)));
-        assert!(!xid_too_old(4_000_000_000, epoch(5, 1000)));
-
-        let rows = vec![
-            v("[1]", 5, 1, Some(epoch(1, 10))),
-            v("[2]", 5, 2, Some(epoch(3, 10))),
-            v("[3]", 5, 3, Some(epoch(3, 11))),
-        ];
-        let mut p = plan(&rows, Dialect::Postgres, 1).unwrap();
-        assert_eq!(p.hold_xids_too_old(epoch(3, 500)), 1);
-        assert_eq!(p.targets.len(), 2);
-        assert_eq!(p.xid_too_old, 1);
+        let reasons = p.resolve_content(&columns);
+        assert_eq!(p.targets.len(), 1);
+        assert_eq!(
+            p.targets[0].content,
+            vec![
+                Some("1".into()),
+                None,
+                Some("2025-06-10 10:00:00+00".into())
+            ]
+        );
+        assert!(
+            p.targets[0].columns.is_empty(),
+            "the row is dropped once compared"
+        );
+        // [2] lacks `at`; [3] has a bool in a text column.
+        assert_eq!(p.no_version, 2);
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("\"at\" is not in the archived row")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("\"note\"")),
+            "{reasons:?}"
+        );
     }
 
     #[test]
