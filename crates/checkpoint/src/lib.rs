@@ -801,6 +801,11 @@ pub struct PurgeRecord {
     pub skipped_changed: u64,
     /// Rows no longer marked archived (kept).
     pub skipped_unmarked: u64,
+    /// Rows a child table still referenced (`NO ACTION`/`RESTRICT` foreign
+    /// key): kept, and re-touched for a later run. Absent from records
+    /// written before this field existed (such rows failed the purge then).
+    #[serde(default)]
+    pub skipped_referenced: u64,
     /// Keys whose latest archived event carries no version (kept). Records
     /// written before this field existed counted them in `skipped_changed`.
     #[serde(default)]
@@ -846,6 +851,7 @@ impl PurgeRecord {
             + self.already_gone
             + self.skipped_changed
             + self.skipped_unmarked
+            + self.skipped_referenced
             + self.skipped_no_version
             + self.skipped_open_transaction
             + self.skipped_xid_too_old

@@ -349,6 +349,7 @@ async fn purge_records(store: &ArchiveStore) {
         skipped_no_version: 0,
         skipped_open_transaction: 0,
         skipped_xid_too_old: 0,
+        skipped_referenced: 0,
         superseded: 0,
         dry_run: false,
         purger_id: "p1".into(),

@@ -53,26 +53,31 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 /// port of the same address (logged); any other failure is logged and the
 /// process runs without metrics. Returns the address served, if any.
 pub fn serve_metrics_or_fallback(addr: SocketAddr) -> Option<SocketAddr> {
-    let chosen = match std::net::TcpListener::bind(addr) {
-        Ok(l) => l.local_addr().ok(),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let free = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
-                .and_then(|l| l.local_addr())
-                .ok();
-            tracing::warn!(configured = %addr, serving = ?free,
+    let first = match serve_metrics(addr) {
+        Ok(()) => return Some(addr),
+        Err(e) => e,
+    };
+    // Taken (by another process, possibly one that started at the same
+    // moment): a free port of the same address, as the kernel picks it.
+    let taken = std::net::TcpListener::bind(addr)
+        .err()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse);
+    if !taken {
+        tracing::error!(%addr, error = %first, "cannot serve metrics: running without them");
+        return None;
+    }
+    let free = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+        .and_then(|l| l.local_addr())
+        .ok()?;
+    match serve_metrics(free) {
+        Ok(()) => {
+            tracing::warn!(configured = %addr, serving = %free,
                 "the metrics address is in use (another process on this machine?): serving on a free port instead; \
                  set metrics_addr to a port of its own to scrape it at a fixed address");
-            free
+            Some(free)
         }
         Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot bind the metrics address: running without metrics");
-            None
-        }
-    }?;
-    match serve_metrics(chosen) {
-        Ok(()) => Some(chosen),
-        Err(e) => {
-            tracing::error!(error = %e, "running without metrics");
+            tracing::error!(%addr, error = %e, "cannot serve metrics: running without them");
             None
         }
     }

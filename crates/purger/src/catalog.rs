@@ -289,6 +289,8 @@ pub struct ReferencingKey {
     pub child_table: String,
     /// Referencing columns, in constraint order.
     pub columns: Vec<String>,
+    /// The purged table's columns they reference, in the same order.
+    pub parent_columns: Vec<String>,
     /// `ON DELETE` action: `no action`, `restrict`, `cascade`, `set null`, `set default`.
     pub on_delete: String,
     /// Whether a usable index on the child (valid, not partial) starts
@@ -297,6 +299,24 @@ pub struct ReferencingKey {
 }
 
 impl ReferencingKey {
+    /// `EXISTS (…)`: a row of the child table references the purged
+    /// table's row `t`. A child row with a NULL in any referencing column
+    /// references nothing (`MATCH SIMPLE`); `=` never matches NULL.
+    pub fn exists(&self) -> String {
+        let on: Vec<String> = self
+            .columns
+            .iter()
+            .zip(&self.parent_columns)
+            .map(|(c, p)| format!("c.{} = t.{}", quote_ident(c), quote_ident(p)))
+            .collect();
+        format!(
+            "EXISTS (SELECT 1 FROM {}.{} AS c WHERE {})",
+            quote_ident(&self.child_schema),
+            quote_ident(&self.child_table),
+            on.join(" AND ")
+        )
+    }
+
     /// The statement that gives the child an index for this foreign key.
     /// On PostgreSQL `CREATE INDEX CONCURRENTLY` (builds without blocking
     /// writes to the child; it cannot run inside a transaction block, and a
@@ -380,7 +400,7 @@ pub async fn preflight(client: &Client, table: &TableName) -> Result<Preflight, 
     let rows = client
         .query(
             "SELECT con.conname::text, cn.nspname::text, cc.relname::text, con.conrelid::INT8, \
-                    con.conkey::INT2[], con.confdeltype::text \
+                    con.conkey::INT2[], con.confdeltype::text, con.confrelid::INT8, con.confkey::INT2[] \
              FROM pg_catalog.pg_constraint con \
              JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid \
              JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
@@ -397,21 +417,27 @@ pub async fn preflight(client: &Client, table: &TableName) -> Result<Preflight, 
         let child_oid: i64 = r.get(3);
         let conkey: Vec<i16> = r.get(4);
         let deltype: String = r.get(5);
-        let attrs = client
-            .query(
-                "SELECT attnum::INT2, attname::text FROM pg_catalog.pg_attribute \
-                 WHERE attrelid = $1::INT8::oid AND attnum > 0",
-                &[&child_oid],
-            )
-            .await
-            .map_err(db("reading the referencing table's columns"))?;
-        let name_of = |n: i16| {
+        let parent_oid: i64 = r.get(6);
+        let confkey: Vec<i16> = r.get(7);
+        let columns_of = |oid: i64| async move {
+            client
+                .query(
+                    "SELECT attnum::INT2, attname::text FROM pg_catalog.pg_attribute \
+                     WHERE attrelid = $1::INT8::oid AND attnum > 0",
+                    &[&oid],
+                )
+                .await
+                .map_err(db("reading the columns of a foreign key"))
+        };
+        let (attrs, parent_attrs) = (columns_of(child_oid).await?, columns_of(parent_oid).await?);
+        let name_in = |attrs: &[tokio_postgres::Row], n: i16| {
             attrs
                 .iter()
                 .find(|a| a.get::<_, i16>(0) == n)
                 .map(|a| a.get::<_, String>(1))
                 .unwrap_or_else(|| n.to_string())
         };
+        let name_of = |n: i16| name_in(&attrs, n);
         // int2vector prints as space-separated numbers on both servers.
         // Only indexes a lookup can use for every child row: valid (not a
         // failed or in-progress concurrent build) and not partial. Only
@@ -440,6 +466,7 @@ pub async fn preflight(client: &Client, table: &TableName) -> Result<Preflight, 
             child_schema: r.get(1),
             child_table: r.get(2),
             columns: conkey.iter().map(|&n| name_of(n)).collect(),
+            parent_columns: confkey.iter().map(|&n| name_in(&parent_attrs, n)).collect(),
             on_delete: on_delete_action(&deltype).to_owned(),
             indexed: has_leading_index(&indexes, &conkey),
         });
@@ -483,6 +510,7 @@ mod tests {
             child_schema: "public".into(),
             child_table: "child".into(),
             columns: vec!["parent_id".into()],
+            parent_columns: vec!["id".into()],
             on_delete: "no action".into(),
             indexed: false,
         };

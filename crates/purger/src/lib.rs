@@ -140,10 +140,10 @@ pub async fn purge(
         });
     }
     for fk in preflight.blocking() {
-        tracing::warn!(constraint = %fk.constraint, child = %format!("{}.{}", fk.child_schema, fk.child_table),
+        tracing::info!(constraint = %fk.constraint, child = %format!("{}.{}", fk.child_schema, fk.child_table),
             on_delete = %fk.on_delete,
-            "foreign key ON DELETE {}: a batch containing a parent row that still has children fails (SQLSTATE 23503) \
-             and stops the purge; archive and purge the children first", fk.on_delete.to_uppercase());
+            "foreign key ON DELETE {}: rows its child rows still reference are kept (counted as referenced) and \
+             purged by a later run once their children are gone", fk.on_delete.to_uppercase());
     }
     // Always `"schema"."table"`: the table the catalog checks looked at,
     // whatever the session's search_path says.
@@ -153,6 +153,7 @@ pub async fn purge(
         &table.keys,
         &cfg.archived_column,
         &table.columns,
+        &preflight.blocking().cloned().collect::<Vec<_>>(),
     );
     let session = Session::prepare(client, &sql).await?;
     tracing::debug!(keys = table.keys.len(), "catalog read, statements prepared");
@@ -167,6 +168,7 @@ pub async fn purge(
             keys: table.keys.len(),
             content: table.columns.clone(),
         },
+        referenced_keys: Vec::new(),
         session,
         // The marker's controllers, shared rather than written twice.
         size: Aimd::new(cfg.min_batch_size, cfg.batch_size, cfg.target_batch_latency),
@@ -198,6 +200,7 @@ pub async fn purge(
         interrupted: false,
         replication_origins: Vec::new(),
         replication_origin_warnings: Vec::new(),
+        retouched: 0,
     };
 
     // Every chain is read first (small JSON objects) so the progress bar
@@ -291,6 +294,12 @@ pub async fn purge(
         }
     }
     run.bar.finish_and_clear();
+    if !opts.dry_run && !run.referenced_keys.is_empty() {
+        summary.retouched = retouch(cfg, &table, &run.referenced_keys).await?;
+        tracing::info!(rows = summary.retouched,
+            "rows kept because child rows reference them were re-touched: the changefeed archives them again, \
+             and a later run purges them once their children are gone");
+    }
     summary.batches = run.batches;
     summary.retries = run.retries;
     summary.batch_size_cuts = run.size.decreases();
@@ -301,7 +310,7 @@ pub async fn purge(
         table = %summary.table, dry_run = summary.dry_run, deleted = summary.totals.deleted,
         would_delete = summary.totals.would_delete, already_gone = summary.totals.already_gone,
         skipped_changed = summary.totals.skipped_changed, skipped_unmarked = summary.totals.skipped_unmarked,
-        skipped_no_version = summary.totals.skipped_no_version,
+        skipped_referenced = summary.totals.skipped_referenced, skipped_no_version = summary.totals.skipped_no_version,
         skipped_open_transaction = summary.totals.skipped_open_transaction,
         skipped_xid_too_old = summary.totals.skipped_xid_too_old, superseded = summary.totals.superseded,
         refused = summary.refused.len(),
@@ -589,6 +598,7 @@ fn record_counts(r: &PurgeRecord) -> RowCounts {
         skipped_no_version: r.skipped_no_version,
         skipped_open_transaction: r.skipped_open_transaction,
         skipped_xid_too_old: r.skipped_xid_too_old,
+        skipped_referenced: r.skipped_referenced,
         superseded: r.superseded,
     }
 }
@@ -718,6 +728,8 @@ struct Run<'a> {
     sql: PurgeSql,
     layout: Layout,
     session: Session,
+    /// Keys of rows kept because child rows reference them.
+    referenced_keys: Vec<Vec<String>>,
     size: Aimd,
     /// `None`: no rows-per-second limit.
     rate: Option<Pacer>,
@@ -737,6 +749,10 @@ struct BatchResult {
     already_gone: u64,
     skipped_changed: u64,
     skipped_unmarked: u64,
+    skipped_referenced: u64,
+    /// The keys of the referenced rows (as the probe returned them), to be
+    /// re-touched once the purge is done.
+    referenced_keys: Vec<Vec<String>>,
 }
 
 impl BatchResult {
@@ -746,6 +762,7 @@ impl BatchResult {
         c.already_gone += self.already_gone;
         c.skipped_changed += self.skipped_changed;
         c.skipped_unmarked += self.skipped_unmarked;
+        c.skipped_referenced += self.skipped_referenced;
     }
 }
 
@@ -824,6 +841,7 @@ impl Run<'_> {
             skipped_no_version: counts.skipped_no_version,
             skipped_open_transaction: counts.skipped_open_transaction,
             skipped_xid_too_old: counts.skipped_xid_too_old,
+            skipped_referenced: counts.skipped_referenced,
             superseded: counts.superseded,
             dry_run: false,
             purger_id: self.purger_id.clone(),
@@ -839,6 +857,7 @@ impl Run<'_> {
         }
         tracing::info!(checkpoint = %cp.path(), deleted = counts.deleted, already_gone = counts.already_gone,
             skipped_changed = counts.skipped_changed, skipped_unmarked = counts.skipped_unmarked,
+            skipped_referenced = counts.skipped_referenced,
             skipped_no_version = counts.skipped_no_version,
             skipped_open_transaction = counts.skipped_open_transaction,
             skipped_xid_too_old = counts.skipped_xid_too_old, superseded = counts.superseded,
@@ -865,7 +884,7 @@ impl Run<'_> {
             }
             let (done, b) = self.batch(rest).await?;
             rest = &rest[done..];
-            b.add_to(counts);
+            self.account(b, counts);
             self.bar.inc(done as u64);
             self.crash_if_due(0);
         }
@@ -943,7 +962,7 @@ impl Run<'_> {
                             return Err(e);
                         }
                     };
-                    b.add_to(counts);
+                    self.account(b, counts);
                     self.bar.inc(sent.n as u64);
                     self.crash_if_due(window.len());
                 }
@@ -964,7 +983,7 @@ impl Run<'_> {
                         match self.batch(rest).await {
                             Ok((done, b)) => {
                                 rest = &rest[done..];
-                                b.add_to(counts);
+                                self.account(b, counts);
                                 self.bar.inc(done as u64);
                                 // Not while later batches are in flight:
                                 // their statements may have run already.
@@ -984,6 +1003,13 @@ impl Run<'_> {
             }
         }
         Ok(next == targets.len())
+    }
+
+    /// Adds a batch's result to `counts`, and keeps the keys of its rows
+    /// that child rows reference, for [`retouch`].
+    fn account(&mut self, b: BatchResult, counts: &mut RowCounts) {
+        b.add_to(counts);
+        self.referenced_keys.extend(b.referenced_keys);
     }
 
     /// Waits for the rate limit (before any statement is sent).
@@ -1368,20 +1394,27 @@ async fn explain_kept(
     batch: &[Target],
     deleted: u64,
 ) -> Result<BatchResult, tokio_postgres::Error> {
-    let (mut unmarked, mut changed) = (0, 0);
+    let mut present = Kept::default();
+    let mut referenced_keys = Vec::new();
     if batch.len() as u64 > deleted {
         let cols = params(batch, layout);
         for r in s.client.query(&s.probe, &refs(&cols)).await? {
             if r.get("present") {
-                if r.get("marked") {
-                    changed += 1;
+                if !r.get::<_, bool>("marked") {
+                    present.unmarked += 1;
+                } else if r.get("referenced") && r.get("same_version") {
+                    present.referenced += 1;
+                    referenced_keys.push((0..layout.keys).map(|i| r.get::<_, String>(i)).collect());
                 } else {
-                    unmarked += 1;
+                    present.changed += 1;
                 }
             }
         }
     }
-    Ok(kept(batch.len() as u64, deleted, unmarked, changed))
+    Ok(BatchResult {
+        referenced_keys,
+        ..kept(batch.len() as u64, deleted, present)
+    })
 }
 
 /// Accounts for a batch of `batch` targets whose DELETE removed `deleted`
@@ -1399,15 +1432,21 @@ async fn explain_kept(
 /// unmarked), then `changed`, and nothing counts as already gone. Every
 /// target is counted exactly once: `deleted + already_gone +
 /// skipped_unmarked + skipped_changed = batch`.
-fn kept(batch: u64, deleted: u64, unmarked: u64, changed: u64) -> BatchResult {
+fn kept(batch: u64, deleted: u64, found: Kept) -> BatchResult {
+    let Kept {
+        unmarked,
+        changed,
+        referenced,
+    } = found;
     let not_deleted = batch.saturating_sub(deleted);
     let mut r = BatchResult {
         deleted,
         skipped_unmarked: unmarked,
         skipped_changed: changed,
+        skipped_referenced: referenced,
         ..BatchResult::default()
     };
-    let present = unmarked + changed;
+    let present = unmarked + changed + referenced;
     if present <= not_deleted {
         r.already_gone = not_deleted - present;
     } else {
@@ -1421,9 +1460,76 @@ fn kept(batch: u64, deleted: u64, unmarked: u64, changed: u64) -> BatchResult {
         );
         let off_unmarked = excess.min(unmarked);
         r.skipped_unmarked -= off_unmarked;
-        r.skipped_changed -= excess - off_unmarked;
+        let off_changed = (excess - off_unmarked).min(changed);
+        r.skipped_changed -= off_changed;
+        r.skipped_referenced -= excess - off_unmarked - off_changed;
     }
     r
+}
+
+/// Re-touches the rows of `table` with these primary keys that are still
+/// marked: `UPDATE … SET archived = true`, a new version with the same
+/// values, which the changefeed sends to the archive again, so that a later
+/// run tries them again (rows kept for a reason that may pass: child rows
+/// that reference them). On a session of its own, without the purger's
+/// replication origin: the changefeed must see these updates. Returns the
+/// rows updated.
+pub async fn retouch(
+    cfg: &PurgerConfig,
+    table: &catalog::TableInfo,
+    keys: &[Vec<String>],
+) -> Result<u64, PurgeError> {
+    // `dry_run`: no replication origin is taken for this session.
+    let opened = open_session(cfg, true).await?;
+    let k = table.keys.len();
+    let params: Vec<String> = (1..=k).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (0..k).map(|i| format!("k{i}")).collect();
+    let join: Vec<String> = table
+        .keys
+        .iter()
+        .zip(&names)
+        .map(|(c, n)| {
+            format!(
+                "t.{} = d.{n}::{}",
+                cdc_common::ident::quote_ident(&c.name),
+                c.sql_type
+            )
+        })
+        .collect();
+    let archived = cdc_common::ident::quote_ident(&cfg.archived_column);
+    let sql = format!(
+        "UPDATE {} AS t SET {archived} = true FROM unnest({}) AS d({}) WHERE {} AND t.{archived}",
+        table.qualified(),
+        params.join(", "),
+        names.join(", "),
+        join.join(" AND ")
+    );
+    let mut total = 0;
+    for chunk in keys.chunks(cfg.batch_size.max(1) as usize) {
+        let cols: Vec<Vec<String>> = (0..k)
+            .map(|i| chunk.iter().map(|key| key[i].clone()).collect())
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        total += opened
+            .client
+            .execute(&sql, &refs)
+            .await
+            .map_err(db("re-touching rows kept for a later run"))?;
+    }
+    Ok(total)
+}
+
+/// The rows of a batch the probe found still present, by why they stayed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Kept {
+    /// Present with `archived = false`.
+    unmarked: u64,
+    /// Present and marked, but not the archived state (or, on CockroachDB,
+    /// not the archived version).
+    changed: u64,
+    /// Present, marked, the archived state, and referenced by a child row.
+    referenced: u64,
 }
 
 /// Whether the crash hook fires: at least `after` batches committed and
@@ -1446,16 +1552,25 @@ async fn probe(
             r.get("present"),
             r.get("marked"),
             r.get("same_version"),
+            r.get("referenced"),
         );
     }
     Ok(result)
 }
 
-fn classify(result: &mut BatchResult, present: bool, marked: bool, same_version: bool) {
+fn classify(
+    result: &mut BatchResult,
+    present: bool,
+    marked: bool,
+    same_version: bool,
+    referenced: bool,
+) {
     if !present {
         result.already_gone += 1;
     } else if !marked {
         result.skipped_unmarked += 1;
+    } else if same_version && referenced {
+        result.skipped_referenced += 1;
     } else if same_version {
         result.would_delete += 1;
     } else {
@@ -1551,38 +1666,58 @@ mod tests {
         }
     }
 
+    fn found(unmarked: u64, changed: u64, referenced: u64) -> Kept {
+        Kept {
+            unmarked,
+            changed,
+            referenced,
+        }
+    }
+
     #[test]
     fn kept_rows_are_classified_and_every_target_counted_once() {
-        // 10 targets, 7 deleted; of the 3 kept, 1 un-marked and 1 changed
-        // are still there, 1 was gone before.
-        let r = kept(10, 7, 1, 1);
-        assert_eq!(r, result(7, 1, 1, 1));
+        // 10 targets, 6 deleted; of the 4 kept, 1 un-marked, 1 changed and
+        // 1 referenced by a child row are still there, 1 was gone before.
+        let r = kept(10, 6, found(1, 1, 1));
+        assert_eq!(
+            r,
+            BatchResult {
+                skipped_referenced: 1,
+                ..result(6, 1, 1, 1)
+            }
+        );
         assert_eq!(total(&r), 10);
         // Everything deleted: nothing else.
-        let r = kept(10, 10, 0, 0);
+        let r = kept(10, 10, found(0, 0, 0));
         assert_eq!((r.deleted, total(&r)), (10, 10));
         // Nothing deleted, nothing there: all gone before.
-        assert_eq!(kept(4, 0, 0, 0).already_gone, 4);
+        assert_eq!(kept(4, 0, found(0, 0, 0)).already_gone, 4);
     }
 
     #[test]
     fn keys_inserted_again_between_the_delete_and_the_probe_are_not_counted_twice() {
         // 10 targets, 9 deleted, 1 kept (un-marked); two deleted keys were
         // inserted again before the probe: 3 present, 2 of them new rows.
-        let r = kept(10, 9, 3, 0);
+        let r = kept(10, 9, found(3, 0, 0));
         assert_eq!(r, result(9, 1, 0, 0));
         assert_eq!(total(&r), 10);
         // The excess is taken off un-marked first, then changed.
-        let r = kept(10, 8, 1, 3);
+        let r = kept(10, 8, found(1, 3, 0));
         assert_eq!(r, result(8, 0, 2, 0));
         assert_eq!(total(&r), 10);
         for batch in 0..6 {
             for deleted in 0..=batch {
                 for unmarked in 0..=batch {
                     for changed in 0..=batch - unmarked {
-                        let r = kept(batch, deleted, unmarked, changed);
-                        assert_eq!(total(&r), batch, "{batch} {deleted} {unmarked} {changed}");
-                        assert_eq!(r.deleted, deleted);
+                        for referenced in 0..=batch - unmarked - changed {
+                            let r = kept(batch, deleted, found(unmarked, changed, referenced));
+                            assert_eq!(
+                                total(&r),
+                                batch,
+                                "{batch} {deleted} {unmarked} {changed} {referenced}"
+                            );
+                            assert_eq!(r.deleted, deleted);
+                        }
                     }
                 }
             }

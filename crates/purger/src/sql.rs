@@ -36,6 +36,8 @@
 use cdc_common::db::Dialect;
 use cdc_common::ident::quote_ident;
 
+use crate::catalog::ReferencingKey;
+
 /// One primary-key column: its name and its SQL type (as
 /// `format_type(oid, -1)` prints it: no modifier, so a cast to it never
 /// changes the value; names quoted and qualified where needed).
@@ -69,8 +71,9 @@ pub struct PurgeSql {
     /// `$k+1` the version (`text`). `None` on PostgreSQL.
     pub delete_uniform: Option<String>,
     /// For each key given: is the row present, is it marked, does it pass
-    /// the guard (`same_version`). Same parameters as `delete`. Used to
-    /// classify the rows a DELETE did not remove, and by the dry run.
+    /// the guard (`same_version`), does a child row reference it
+    /// (`referenced`). Same parameters as `delete`. Used to classify the
+    /// rows a DELETE did not remove, and by the dry run.
     pub probe: String,
     /// Number of key columns.
     pub keys: usize,
@@ -101,13 +104,17 @@ impl PurgeSql {
     /// Builds the statements for `table` (already quoted, e.g.
     /// `"public"."payments"`), its primary key, its archived column and, on
     /// PostgreSQL, the columns the content guard compares (every stored
-    /// column of the table; ignored on CockroachDB).
+    /// column of the table; ignored on CockroachDB), and the foreign keys
+    /// whose child rows make a delete fail (`NO ACTION`, `RESTRICT`): a row
+    /// they still reference is not deleted (the rest of the batch is), and
+    /// the probe says so.
     pub fn new(
         dialect: Dialect,
         table_quoted: &str,
         keys: &[KeyColumn],
         archived_column: &str,
         content: &[ContentColumn],
+        blocking: &[ReferencingKey],
     ) -> Self {
         let k = keys.len();
         let names: Vec<String> = (0..k).map(|i| format!("k{i}")).collect();
@@ -135,7 +142,23 @@ impl PurgeSql {
             Dialect::Cockroach => "t.crdb_internal_mvcc_timestamp = d.v::DECIMAL".to_owned(),
             Dialect::Postgres => content_guard(content),
         };
-        let archived = format!("t.{}", quote_ident(archived_column));
+        let referenced = blocking
+            .iter()
+            .map(ReferencingKey::exists)
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        // Also in the uniform shape: `archived` then carries the clause.
+        let archived = if referenced.is_empty() {
+            format!("t.{}", quote_ident(archived_column))
+        } else {
+            format!("t.{} AND NOT ({referenced})", quote_ident(archived_column))
+        };
+        let referenced = if referenced.is_empty() {
+            "false".to_owned()
+        } else {
+            format!("COALESCE({referenced}, false)")
+        };
+        let marked = format!("t.{}", quote_ident(archived_column));
         let delete = format!(
             "DELETE FROM {table_quoted} AS t USING {batch} WHERE {join} AND {guard} AND {archived}"
         );
@@ -165,8 +188,8 @@ impl PurgeSql {
         // the outer join means "no such row".
         let present = format!("t.{} IS NOT NULL", quote_ident(&keys[0].name));
         let probe = format!(
-            "SELECT {key_out}, {present} AS present, COALESCE({archived}, false) AS marked, \
-             COALESCE({guard}, false) AS same_version \
+            "SELECT {key_out}, {present} AS present, COALESCE({marked}, false) AS marked, \
+             COALESCE({guard}, false) AS same_version, ({present} AND {referenced}) AS referenced \
              FROM {batch} LEFT JOIN {table_quoted} AS t ON {join}"
         );
         Self {
@@ -216,6 +239,7 @@ mod tests {
             &keys(),
             "archived",
             &[],
+            &[],
         );
         assert_eq!(
             sql.delete,
@@ -254,7 +278,14 @@ mod tests {
                 typeoid: 114,
             },
         ];
-        let sql = PurgeSql::new(Dialect::Postgres, "\"t\"", &one, "is \"old\"", &content);
+        let sql = PurgeSql::new(
+            Dialect::Postgres,
+            "\"t\"",
+            &one,
+            "is \"old\"",
+            &content,
+            &[],
+        );
         assert_eq!(
             sql.delete,
             "DELETE FROM \"t\" AS t USING unnest($1::text[], $2::text[], $3::text[]) AS d(k0, c0, c1) \
@@ -275,12 +306,54 @@ mod tests {
     }
 
     #[test]
+    fn rows_a_child_still_references_are_kept_and_probed() {
+        let one = [KeyColumn {
+            name: "id".into(),
+            sql_type: "bigint".into(),
+        }];
+        let fk = ReferencingKey {
+            constraint: "fk".into(),
+            child_schema: "public".into(),
+            child_table: "line".into(),
+            columns: vec!["order_id".into(), "region".into()],
+            parent_columns: vec!["id".into(), "region".into()],
+            on_delete: "no action".into(),
+            indexed: true,
+        };
+        let sql = PurgeSql::new(Dialect::Cockroach, "\"t\"", &one, "archived", &[], &[fk]);
+        let exists =
+            "EXISTS (SELECT 1 FROM \"public\".\"line\" AS c WHERE c.\"order_id\" = t.\"id\" \
+                      AND c.\"region\" = t.\"region\")";
+        assert!(
+            sql.delete
+                .ends_with(&format!("AND t.\"archived\" AND NOT ({exists})")),
+            "{}",
+            sql.delete
+        );
+        assert!(sql
+            .delete_uniform
+            .unwrap()
+            .ends_with(&format!("AND NOT ({exists})")));
+        assert!(
+            sql.probe.contains(&format!(
+                "(t.\"id\" IS NOT NULL AND COALESCE({exists}, false)) AS referenced"
+            )),
+            "{}",
+            sql.probe
+        );
+        let plain = PurgeSql::new(Dialect::Cockroach, "\"t\"", &one, "archived", &[], &[]);
+        assert!(plain
+            .probe
+            .contains("(t.\"id\" IS NOT NULL AND false) AS referenced"));
+    }
+
+    #[test]
     fn hostile_column_names_stay_quoted() {
         let k = [KeyColumn {
             name: "id\"; DROP TABLE x; --".into(),
             sql_type: "\"My Type\"".into(),
         }];
-        let sql = PurgeSql::new(Dialect::Cockroach, "\"t\"", &k, "archived", &[]);
+        let sql = PurgeSql::new(Dialect::Cockroach, "\"t\"", &k, "archived", &[], &[]);
         assert!(
             sql.delete
                 .contains("t.\"id\"\"; DROP TABLE x; --\" = d.k0::\"My Type\""),

@@ -7,8 +7,8 @@ use crate::catalog::Preflight;
 
 /// Row counts of one checkpoint (or of the whole run). They reconcile:
 /// `rows = deleted (or would_delete) + already_gone + skipped_changed +
-/// skipped_unmarked + skipped_no_version + skipped_open_transaction +
-/// skipped_xid_too_old + superseded`.
+/// skipped_unmarked + skipped_referenced + skipped_no_version +
+/// skipped_open_transaction + skipped_xid_too_old + superseded`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RowCounts {
     /// Rows in the checkpoints' segments (every archived event,
@@ -25,16 +25,20 @@ pub struct RowCounts {
     pub skipped_changed: u64,
     /// Rows whose archived column is no longer true (kept: a legal hold).
     pub skipped_unmarked: u64,
+    /// Rows a child table still references through a `NO ACTION` /
+    /// `RESTRICT` foreign key (kept, still marked; re-touched so that a
+    /// later run archives and tries them again).
+    pub skipped_referenced: u64,
     /// Keys whose archived event carries no version (the changefeed must
     /// run `WITH mvcc_timestamp`; the PostgreSQL changefeed records the
     /// xid): never deleted.
     pub skipped_no_version: u64,
-    /// PostgreSQL: keys kept because their archived version was written by
-    /// the transaction the checkpoint ends inside (`open_tail_xid`).
+    /// Earlier versions (PostgreSQL's version guard, replaced by the content
+    /// guard): keys kept because their archived version was written by the
+    /// transaction the checkpoint ends inside. Only in old purge records.
     pub skipped_open_transaction: u64,
-    /// PostgreSQL: keys kept because their archived 64-bit xid is 2^31 or
-    /// more behind the server's current xid (or ahead of it): too old to
-    /// compare through the 32-bit `xmin`.
+    /// Earlier versions: keys kept because their archived 64-bit xid was
+    /// too far from the server's to compare. Only in old purge records.
     pub skipped_xid_too_old: u64,
     /// Older versions and redelivered duplicates of a key whose latest
     /// version in the same checkpoint was the one purged.
@@ -50,6 +54,7 @@ impl RowCounts {
         self.already_gone += o.already_gone;
         self.skipped_changed += o.skipped_changed;
         self.skipped_unmarked += o.skipped_unmarked;
+        self.skipped_referenced += o.skipped_referenced;
         self.skipped_no_version += o.skipped_no_version;
         self.skipped_open_transaction += o.skipped_open_transaction;
         self.skipped_xid_too_old += o.skipped_xid_too_old;
@@ -60,6 +65,7 @@ impl RowCounts {
     pub fn skipped(&self) -> u64 {
         self.skipped_changed
             + self.skipped_unmarked
+            + self.skipped_referenced
             + self.skipped_no_version
             + self.skipped_open_transaction
             + self.skipped_xid_too_old
@@ -166,6 +172,10 @@ pub struct PurgeSummary {
     /// that took no origin (so its deletes reached the changefeed), why and
     /// what fixes it; in a dry run, the privileges a real run would lack.
     pub replication_origin_warnings: Vec<String>,
+    /// Rows kept because child rows reference them, re-touched after the
+    /// purge (a new version the changefeed archives again) so that a later
+    /// run tries them again.
+    pub retouched: u64,
 }
 
 impl PurgeSummary {
@@ -195,7 +205,7 @@ impl PurgeSummary {
         );
         let _ = writeln!(
             s,
-            "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
             "part",
             "first_offset",
             "last_offset",
@@ -205,16 +215,15 @@ impl PurgeSummary {
             "gone",
             "changed",
             "unmarked",
+            "refd",
             "no_ver",
-            "open_tx",
-            "old_xid",
             "supersed"
         );
         for c in &self.checkpoints {
             let n = &c.counts;
             let _ = writeln!(
                 s,
-                "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "{:>4} {:>20} {:>20} {:<15} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
                 c.partition,
                 c.first_offset,
                 c.last_offset,
@@ -228,25 +237,24 @@ impl PurgeSummary {
                 n.already_gone,
                 n.skipped_changed,
                 n.skipped_unmarked,
-                n.skipped_no_version,
-                n.skipped_open_transaction,
-                n.skipped_xid_too_old,
+                n.skipped_referenced,
+                // Old records' version-guard reasons are "no version" too.
+                n.skipped_no_version + n.skipped_open_transaction + n.skipped_xid_too_old,
                 n.superseded
             );
         }
         let t = &self.totals;
         let _ = writeln!(
             s,
-            "total: {} rows, {verb} {}, already gone {}, skipped (changed {}, unmarked {}, no version {}, \
-             open transaction {}, xid too old to compare {}), superseded {}; {} batches, {} retries",
+            "total: {} rows, {verb} {}, already gone {}, skipped (changed {}, unmarked {}, referenced by child rows {}, \
+             no complete version archived {}), superseded {}; {} batches, {} retries",
             t.rows,
             if self.dry_run { t.would_delete } else { t.deleted },
             t.already_gone,
             t.skipped_changed,
             t.skipped_unmarked,
-            t.skipped_no_version,
-            t.skipped_open_transaction,
-            t.skipped_xid_too_old,
+            t.skipped_referenced,
+            t.skipped_no_version + t.skipped_open_transaction + t.skipped_xid_too_old,
             t.superseded,
             self.batches,
             self.retries
