@@ -59,8 +59,12 @@ pub enum Command {
     /// Find archived rows by key, key prefix, updated range or a column
     /// predicate (JSON lines or CSV; exit 4 when nothing matches).
     Retrieve(commands::retrieve::RetrieveArgs),
-    /// Write archived rows back into a table, idempotently.
+    /// Write archived rows back into a table, idempotently (each restored
+    /// row is held: no later run archives it again until released).
     Restore(commands::retrieve::RestoreArgs),
+    /// Rows kept in their table whatever the cutoff says: `list`, `add`,
+    /// `release`.
+    Holds(commands::holds::HoldsArgs),
     /// Flip `archived` to true for rows past the cutoff, in small keyset
     /// batches that retry contention and never wait on foreground writers.
     Mark(commands::mark::MarkArgs),

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod db;
+pub mod holds;
 pub mod ident;
 pub mod progress;
 pub mod retry;

@@ -112,5 +112,7 @@ pub async fn resolve(
         cutoff_column: cutoff.column().to_owned(),
         cutoff_is_interval: matches!(cutoff, Cutoff::OlderThan { .. }),
         predicate: cfg.predicate.clone(),
+        // Set once the holds table is known to exist.
+        holds: false,
     })
 }

@@ -94,6 +94,9 @@ pub enum MarkError {
     /// The database could not be reached.
     #[error(transparent)]
     Connect(#[from] DbError),
+    /// The table of holds (rows never to mark) could not be made ready.
+    #[error(transparent)]
+    Holds(#[from] cdc_common::holds::HoldsError),
     /// A statement failed.
     #[error("{context}: {source}")]
     Db {
@@ -376,9 +379,13 @@ where
     }
 }
 
+/// Connects, resolves the table and readies its holds table (created if
+/// missing; a dry run, which writes nothing, only looks: without one there
+/// is no hold to honour, and the statements it shows leave the clause out).
 async fn prepare(
     url: &str,
     cfg: &MarkerConfig,
+    dry_run: bool,
 ) -> Result<(Session, Dialect, TableSql, Cutoff), MarkError> {
     let cutoff = cfg.validate()?;
     let mut session = Session {
@@ -396,14 +403,20 @@ async fn prepare(
     )
     .await?;
     let dialect = cdc_common::db::detect_dialect(&client).await?;
-    let table = catalog::resolve(&client, cfg, &cutoff).await?;
+    let mut table = catalog::resolve(&client, cfg, &cutoff).await?;
+    table.holds = if dry_run {
+        cdc_common::holds::exists(&client, &table.schema, &table.table).await?
+    } else {
+        cdc_common::holds::ensure(&client, &table.schema, &table.table).await?;
+        true
+    };
     Ok((session, dialect, table, cutoff))
 }
 
 /// Shows what a run would do: the SQL, the plan, the eligible count, and
 /// the index to create when the plan is a full scan. Writes nothing.
 pub async fn dry_run(url: &str, cfg: &MarkerConfig) -> Result<DryRun, MarkError> {
-    let (mut session, dialect, table, cutoff) = prepare(url, cfg).await?;
+    let (mut session, dialect, table, cutoff) = prepare(url, cfg, true).await?;
     let client = session.client().await?;
     let value = cutoff.value().to_owned();
     let limit = i64::from(cfg.batch_size);
@@ -519,7 +532,7 @@ pub async fn mark(
 ) -> Result<MarkSummary, MarkError> {
     let started_at = Utc::now();
     let start = Instant::now();
-    let (mut session, dialect, table, cutoff) = prepare(url, cfg).await?;
+    let (mut session, dialect, table, cutoff) = prepare(url, cfg, false).await?;
     let value = cutoff.value().to_owned();
     let mut retries = 0u64;
 

@@ -6,6 +6,10 @@
 //! - then the keyset cursor (one parameter per key column), then (CockroachDB
 //!   write only) the window's upper key.
 //!
+//! A held row ([`cdc_common::holds`]) is never eligible: the condition
+//! every writing statement re-checks includes `NOT EXISTS` against the
+//! table's holds table.
+//!
 //! The operator's extra predicate is the one piece of SQL text taken from
 //! configuration as is (trusted, like a cron job's WHERE clause); it is
 //! always wrapped in parentheses so it cannot change the precedence of the
@@ -33,6 +37,9 @@ pub struct TableSql {
     pub cutoff_is_interval: bool,
     /// Operator-trusted extra condition.
     pub predicate: Option<String>,
+    /// The table's holds table exists: a held row is not eligible
+    /// ([`cdc_common::holds`]).
+    pub holds: bool,
 }
 
 impl TableSql {
@@ -81,6 +88,14 @@ impl TableSql {
         );
         if let Some(p) = &self.predicate {
             c.push_str(&format!(" AND ({p})"));
+        }
+        if self.holds {
+            c.push_str(" AND ");
+            c.push_str(&cdc_common::holds::not_held(
+                &self.schema,
+                &self.table,
+                &self.keys,
+            ));
         }
         c
     }
@@ -307,7 +322,26 @@ mod tests {
             cutoff_column: "created_at".into(),
             cutoff_is_interval: true,
             predicate: None,
+            holds: false,
         }
+    }
+
+    #[test]
+    fn held_rows_are_never_eligible() {
+        let s = TableSql {
+            holds: true,
+            ..sample(&["region", "id"])
+        };
+        let held =
+            "NOT EXISTS (SELECT 1 FROM \"cdc_archiver\".\"holds:public.orders\" AS cdc_hold \
+                    WHERE cdc_hold.hold_key = jsonb_build_array(\"public\".\"orders\".\"region\", \
+                    \"public\".\"orders\".\"id\")::text)";
+        assert!(s.condition().ends_with(held), "{}", s.condition());
+        // Every statement that writes re-checks it.
+        for sql in [s.pg_batch(true), s.pg_revisit(2), s.crdb_write(true)] {
+            assert!(sql.matches(held).count() >= 1, "{sql}");
+        }
+        assert!(!sample(&["id"]).condition().contains("cdc_hold"));
     }
 
     #[test]
@@ -364,6 +398,7 @@ mod tests {
             cutoff_column: "when".into(),
             cutoff_is_interval: true,
             predicate: None,
+            holds: true,
         };
         let sql = s.pg_batch(true);
         assert!(

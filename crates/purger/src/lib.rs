@@ -168,7 +168,7 @@ pub async fn purge(
             keys: table.keys.len(),
             content: table.columns.clone(),
         },
-        referenced_keys: Vec::new(),
+        kept_keys: KeptKeys::default(),
         session,
         // The marker's controllers, shared rather than written twice.
         size: Aimd::new(cfg.min_batch_size, cfg.batch_size, cfg.target_batch_latency),
@@ -201,6 +201,7 @@ pub async fn purge(
         replication_origins: Vec::new(),
         replication_origin_warnings: Vec::new(),
         retouched: 0,
+        held: 0,
     };
 
     // Every chain is read first (small JSON objects) so the progress bar
@@ -294,11 +295,19 @@ pub async fn purge(
         }
     }
     run.bar.finish_and_clear();
-    if !opts.dry_run && !run.referenced_keys.is_empty() {
-        summary.retouched = retouch(cfg, &table, &run.referenced_keys).await?;
+    if !opts.dry_run && !run.kept_keys.referenced.is_empty() {
+        summary.retouched = retouch(cfg, &table, &run.kept_keys.referenced).await?;
         tracing::info!(rows = summary.retouched,
             "rows kept because child rows reference them were re-touched: the changefeed archives them again, \
              and a later run purges them once their children are gone");
+    }
+    if !opts.dry_run && !run.kept_keys.unmarked.is_empty() {
+        summary.held = hold(cfg, &table, &run.kept_keys.unmarked).await?;
+        tracing::info!(
+            rows = summary.held,
+            "rows un-marked after they were archived are held: no later run marks them again \
+             (`cdc-archiver holds list`, `holds release`)"
+        );
     }
     summary.batches = run.batches;
     summary.retries = run.retries;
@@ -728,8 +737,8 @@ struct Run<'a> {
     sql: PurgeSql,
     layout: Layout,
     session: Session,
-    /// Keys of rows kept because child rows reference them.
-    referenced_keys: Vec<Vec<String>>,
+    /// Keys of rows kept for a reason acted on when the purge is done.
+    kept_keys: KeptKeys,
     size: Aimd,
     /// `None`: no rows-per-second limit.
     rate: Option<Pacer>,
@@ -750,9 +759,25 @@ struct BatchResult {
     skipped_changed: u64,
     skipped_unmarked: u64,
     skipped_referenced: u64,
-    /// The keys of the referenced rows (as the probe returned them), to be
-    /// re-touched once the purge is done.
-    referenced_keys: Vec<Vec<String>>,
+    /// Keys of the rows kept for a reason that is acted on once the purge
+    /// is done (as the probe returned them).
+    kept_keys: KeptKeys,
+}
+
+/// Keys of kept rows that the purge acts on when it is done.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct KeptKeys {
+    /// Referenced by child rows: re-touched ([`retouch`]).
+    referenced: Vec<Vec<String>>,
+    /// Un-marked after they were archived: held ([`hold`]).
+    unmarked: Vec<Vec<String>>,
+}
+
+impl KeptKeys {
+    fn extend(&mut self, other: KeptKeys) {
+        self.referenced.extend(other.referenced);
+        self.unmarked.extend(other.unmarked);
+    }
 }
 
 impl BatchResult {
@@ -1009,7 +1034,7 @@ impl Run<'_> {
     /// that child rows reference, for [`retouch`].
     fn account(&mut self, b: BatchResult, counts: &mut RowCounts) {
         b.add_to(counts);
-        self.referenced_keys.extend(b.referenced_keys);
+        self.kept_keys.extend(b.kept_keys);
     }
 
     /// Waits for the rate limit (before any statement is sent).
@@ -1395,16 +1420,18 @@ async fn explain_kept(
     deleted: u64,
 ) -> Result<BatchResult, tokio_postgres::Error> {
     let mut present = Kept::default();
-    let mut referenced_keys = Vec::new();
+    let mut kept_keys = KeptKeys::default();
     if batch.len() as u64 > deleted {
         let cols = params(batch, layout);
         for r in s.client.query(&s.probe, &refs(&cols)).await? {
             if r.get("present") {
+                let key = || (0..layout.keys).map(|i| r.get::<_, String>(i)).collect();
                 if !r.get::<_, bool>("marked") {
                     present.unmarked += 1;
+                    kept_keys.unmarked.push(key());
                 } else if r.get("referenced") && r.get("same_version") {
                     present.referenced += 1;
-                    referenced_keys.push((0..layout.keys).map(|i| r.get::<_, String>(i)).collect());
+                    kept_keys.referenced.push(key());
                 } else {
                     present.changed += 1;
                 }
@@ -1412,7 +1439,7 @@ async fn explain_kept(
         }
     }
     Ok(BatchResult {
-        referenced_keys,
+        kept_keys,
         ..kept(batch.len() as u64, deleted, present)
     })
 }
@@ -1471,13 +1498,68 @@ fn kept(batch: u64, deleted: u64, found: Kept) -> BatchResult {
 /// marked: `UPDATE … SET archived = true`, a new version with the same
 /// values, which the changefeed sends to the archive again, so that a later
 /// run tries them again (rows kept for a reason that may pass: child rows
-/// that reference them). On a session of its own, without the purger's
-/// replication origin: the changefeed must see these updates. Returns the
-/// rows updated.
+/// that reference them). Returns the rows updated.
 pub async fn retouch(
     cfg: &PurgerConfig,
     table: &catalog::TableInfo,
     keys: &[Vec<String>],
+) -> Result<u64, PurgeError> {
+    let archived = cdc_common::ident::quote_ident(&cfg.archived_column);
+    for_keys(
+        cfg,
+        table,
+        keys,
+        "re-touching rows kept for a later run",
+        |batch, join| {
+            format!(
+                "UPDATE {} AS t SET {archived} = true FROM {batch} WHERE {join} AND t.{archived}",
+                table.qualified()
+            )
+        },
+    )
+    .await
+}
+
+/// Holds the rows of `table` with these primary keys that are not marked
+/// (see [`cdc_common::holds`]): they were un-marked after they were
+/// archived, so someone needs them in the table; the marker never marks a
+/// held row again. Returns the holds added.
+pub async fn hold(
+    cfg: &PurgerConfig,
+    table: &catalog::TableInfo,
+    keys: &[Vec<String>],
+) -> Result<u64, PurgeError> {
+    let opened = open_session(cfg, true).await?;
+    cdc_common::holds::ensure(&opened.client, &table.schema, &table.name)
+        .await
+        .map_err(|e| PurgeError::Config(e.to_string()))?;
+    let archived = cdc_common::ident::quote_ident(&cfg.archived_column);
+    let key_names: Vec<String> = table.keys.iter().map(|k| k.name.clone()).collect();
+    let key = cdc_common::holds::key_expr_of("t", &key_names);
+    let holds = cdc_common::holds::qualified(&table.schema, &table.name);
+    for_keys(cfg, table, keys, "recording holds", |batch, join| {
+        format!(
+            "INSERT INTO {holds} (hold_key, hold_reason) \
+             SELECT {key}, 'un-marked after it was archived (found by the purger)' \
+             FROM {} AS t, {batch} WHERE {join} AND NOT t.{archived} \
+             ON CONFLICT (hold_key) DO NOTHING",
+            table.qualified()
+        )
+    })
+    .await
+}
+
+/// Runs the statement `sql(batch, join)` builds over `keys` in chunks of
+/// `batch_size`, where `batch` is the keys as `unnest(…) AS d(k0, …)` and
+/// `join` matches them to `t`'s primary key; on a session of its own,
+/// without the purger's replication origin (the changefeed must see what
+/// it writes). Returns the rows affected.
+async fn for_keys(
+    cfg: &PurgerConfig,
+    table: &catalog::TableInfo,
+    keys: &[Vec<String>],
+    what: &'static str,
+    sql: impl Fn(&str, &str) -> String,
 ) -> Result<u64, PurgeError> {
     // `dry_run`: no replication origin is taken for this session.
     let opened = open_session(cfg, true).await?;
@@ -1496,14 +1578,8 @@ pub async fn retouch(
             )
         })
         .collect();
-    let archived = cdc_common::ident::quote_ident(&cfg.archived_column);
-    let sql = format!(
-        "UPDATE {} AS t SET {archived} = true FROM unnest({}) AS d({}) WHERE {} AND t.{archived}",
-        table.qualified(),
-        params.join(", "),
-        names.join(", "),
-        join.join(" AND ")
-    );
+    let batch = format!("unnest({}) AS d({})", params.join(", "), names.join(", "));
+    let sql = sql(&batch, &join.join(" AND "));
     let mut total = 0;
     for chunk in keys.chunks(cfg.batch_size.max(1) as usize) {
         let cols: Vec<Vec<String>> = (0..k)
@@ -1511,11 +1587,7 @@ pub async fn retouch(
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> =
             cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        total += opened
-            .client
-            .execute(&sql, &refs)
-            .await
-            .map_err(db("re-touching rows kept for a later run"))?;
+        total += opened.client.execute(&sql, &refs).await.map_err(db(what))?;
     }
     Ok(total)
 }

@@ -176,6 +176,9 @@ pub struct PurgeSummary {
     /// purge (a new version the changefeed archives again) so that a later
     /// run tries them again.
     pub retouched: u64,
+    /// Rows found un-marked after they were archived, now held: no later
+    /// run marks them again (`cdc-archiver holds`).
+    pub held: u64,
 }
 
 impl PurgeSummary {

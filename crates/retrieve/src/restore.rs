@@ -77,6 +77,16 @@ pub struct RestoreOptions {
     pub batch_size: usize,
 }
 
+/// A row restore did not write, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotRestored {
+    /// The row's key, as archived.
+    pub key: String,
+    /// Why: a row with this primary key is in the table, or another unique
+    /// constraint of the table holds a conflicting row.
+    pub reason: String,
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct RestoreSummary {
@@ -89,8 +99,14 @@ pub struct RestoreSummary {
     pub older_versions_skipped: u64,
     /// Rows inserted.
     pub inserted: u64,
-    /// Rows whose key was already in the table (left untouched).
+    /// Rows not written because the table already holds a conflicting row
+    /// (same primary key, or another unique constraint), left untouched.
     pub already_present: u64,
+    /// Each of those, with its key and the reason.
+    pub not_restored: Vec<NotRestored>,
+    /// Holds recorded for the restored rows (with the archived flag reset):
+    /// no later run marks them again (`cdc-archiver holds`).
+    pub held: u64,
     /// Distinct column sets among the restored rows (one INSERT shape each).
     pub column_sets: u64,
     /// Transactions committed.
@@ -105,6 +121,12 @@ pub enum RestoreError {
     /// The target table does not exist.
     #[error("restore target table {0} does not exist")]
     NoTable(String),
+    /// The target table has no primary key.
+    #[error("restore target table {0} has no primary key: restore needs one to know which rows it wrote")]
+    NoPrimaryKey(String),
+    /// The holds table could not be made ready.
+    #[error("{0}")]
+    Holds(String),
     /// An archived column has no counterpart in the target table.
     #[error("archived column {column:?} does not exist in restore target {table}; restore into a table with the archived columns")]
     MissingColumn {
@@ -150,6 +172,8 @@ impl Retryable for RestoreError {
             RestoreError::Db { source, .. } => source.is_retryable(),
             RestoreError::Connect(e) => e.is_retryable(),
             RestoreError::NoTable(_)
+            | RestoreError::NoPrimaryKey(_)
+            | RestoreError::Holds(_)
             | RestoreError::MissingColumn { .. }
             | RestoreError::DoesNotFit { .. } => false,
         }
@@ -189,6 +213,15 @@ const COLUMNS_SQL_COCKROACH: &str =
      FROM pg_catalog.pg_attribute a \
      WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
      ORDER BY a.attnum";
+
+/// The target's primary-key columns, in key order (both dialects).
+const PRIMARY_KEY_SQL: &str = "SELECT k.column_name::text \
+     FROM information_schema.table_constraints c \
+     JOIN information_schema.key_column_usage k \
+       ON k.constraint_schema = c.constraint_schema AND k.constraint_name = c.constraint_name \
+      AND k.table_schema = c.table_schema AND k.table_name = c.table_name \
+     WHERE c.constraint_type = 'PRIMARY KEY' AND c.table_schema = $1 AND c.table_name = $2 \
+     ORDER BY k.ordinal_position";
 
 /// A target column's types, from the catalog.
 #[derive(Debug, Clone)]
@@ -343,7 +376,18 @@ fn value_text(v: &Value) -> Option<String> {
 /// The INSERT for one batch: one text array per column, unnested and cast
 /// to the column's type by the server, so every value is a bound
 /// parameter and exact text (a NUMERIC never passes through a float).
-fn insert_sql(table: &TableName, columns: &[(String, String)]) -> String {
+/// Rows that conflict with a row already in the table are left out
+/// (`ON CONFLICT DO NOTHING`); the statement returns each of them, by its
+/// position in the batch, with whether a row with its primary key was
+/// there (else another unique constraint conflicted). With `holds`, every
+/// row written gets a hold in the same transaction.
+fn insert_sql(
+    table: &TableName,
+    columns: &[(String, String)],
+    key: &[(usize, String)],
+    holds: Option<&str>,
+) -> String {
+    let t = table.quoted();
     let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
     let arrays: Vec<String> = (1..=columns.len())
         .map(|i| format!("${i}::text[]"))
@@ -354,13 +398,36 @@ fn insert_sql(table: &TableName, columns: &[(String, String)]) -> String {
         .enumerate()
         .map(|(i, (_, ty))| format!("u.c{i}::{ty}"))
         .collect();
+    // The key as the table holds it: cast with its declared type (values
+    // were checked to fit it exactly), so `char(n)` is padded as stored.
+    let batch_key: Vec<String> = key
+        .iter()
+        .map(|(i, declared)| format!("u.c{i}::{declared}"))
+        .collect();
+    let row_key: Vec<String> = key.iter().map(|(i, _)| names[*i].clone()).collect();
+    let present: Vec<String> = key
+        .iter()
+        .map(|(i, declared)| format!("t.{} = u.c{i}::{declared}", names[*i]))
+        .collect();
+    let hold = holds.map_or_else(String::new, |h| {
+        format!(
+            ", cdc_hold AS (INSERT INTO {h} (hold_key, hold_reason) \
+             SELECT k, 'restored from the archive' FROM cdc_ins ON CONFLICT (hold_key) DO NOTHING)"
+        )
+    });
     format!(
-        "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT DO NOTHING",
-        table.quoted(),
-        names.join(", "),
-        casts.join(", "),
-        arrays.join(", "),
-        aliases.join(", ")
+        "WITH u AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({aliases}, n)), \
+         cdc_ins AS (INSERT INTO {t} ({names}) SELECT {casts} FROM u ON CONFLICT DO NOTHING \
+         RETURNING jsonb_build_array({row_key})::text AS k){hold} \
+         SELECT u.n, EXISTS (SELECT 1 FROM {t} AS t WHERE {present}) AS same_key FROM u \
+         WHERE jsonb_build_array({batch_key})::text NOT IN (SELECT k FROM cdc_ins) ORDER BY u.n",
+        arrays = arrays.join(", "),
+        aliases = aliases.join(", "),
+        names = names.join(", "),
+        casts = casts.join(", "),
+        row_key = row_key.join(", "),
+        present = present.join(" AND "),
+        batch_key = batch_key.join(", "),
     )
 }
 
@@ -620,23 +687,84 @@ async fn restore_on(
         }
     }
 
+    // The target's primary key, to say which rows were not written; and,
+    // for rows restored un-marked, its holds table.
+    let schema = opts.table.schema_or_public().to_owned();
+    let name = opts.table.name.clone();
+    let primary_key: Vec<String> = with_retry(
+        session,
+        retry,
+        &mut summary.retries,
+        "reading the target's primary key",
+        |c| {
+            let (schema, name) = (&schema, &name);
+            async move {
+                let rows = c
+                    .query(PRIMARY_KEY_SQL, &[schema, name])
+                    .await
+                    .map_err(db)?;
+                if reset_flag {
+                    cdc_common::holds::ensure(&c, schema, name)
+                        .await
+                        .map_err(|e| RestoreError::Holds(e.to_string()))?;
+                }
+                Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+            }
+        },
+    )
+    .await?;
+    if primary_key.is_empty() {
+        return Err(RestoreError::NoPrimaryKey(table.clone()));
+    }
+    let holds = reset_flag.then(|| cdc_common::holds::qualified(&schema, &name));
     for group in &groups {
-        let sql = insert_sql(&opts.table, &group.columns);
+        let key: Vec<(usize, String)> = primary_key
+            .iter()
+            .map(|k| {
+                let i = group.columns.iter().position(|(n, _)| n == k);
+                i.map(|i| (i, types[k].declared.clone())).ok_or_else(|| {
+                    RestoreError::MissingColumn {
+                        table: table.clone(),
+                        column: k.clone(),
+                    }
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let sql = insert_sql(&opts.table, &group.columns, &key, holds.as_deref());
         for chunk in group.rows.chunks(opts.batch_size.max(1)) {
             let arrays = column_arrays(&group.columns, chunk, opts, reset_flag);
-            let inserted = with_retry(
+            let left_out = with_retry(
                 session,
                 retry,
                 &mut summary.retries,
                 "inserting a batch",
                 |c| {
                     let (sql, arrays) = (&sql, &arrays);
-                    async move { c.execute(sql.as_str(), &params(arrays)).await.map_err(db) }
+                    async move { c.query(sql.as_str(), &params(arrays)).await.map_err(db) }
                 },
             )
             .await?;
+            for r in &left_out {
+                let n = usize::try_from(r.get::<_, i64>(0)).unwrap_or(0);
+                let same_key: bool = r.get(1);
+                summary.not_restored.push(NotRestored {
+                    key: chunk
+                        .get(n.saturating_sub(1))
+                        .map_or_else(String::new, |f| f.row.key_json.clone()),
+                    reason: if same_key {
+                        "a row with this primary key is already in the table".into()
+                    } else {
+                        "a row already in the table conflicts with it on another unique constraint"
+                            .into()
+                    },
+                });
+            }
+            let inserted = (chunk.len() - left_out.len()) as u64;
             summary.inserted += inserted;
-            summary.already_present += chunk.len() as u64 - inserted;
+            if reset_flag {
+                summary.held += inserted;
+            }
+            summary.already_present += left_out.len() as u64;
             summary.batches += 1;
         }
     }
@@ -711,11 +839,19 @@ mod tests {
                 ("id".into(), "uuid".into()),
                 ("a\"b".into(), "numeric".into()),
             ],
+            &[(0, "uuid".into())],
+            Some("\"cdc_archiver\".\"holds:public.Odd \"\"Table\"\"\""),
         );
         assert_eq!(
             sql,
-            "INSERT INTO \"public\".\"Odd \"\"Table\"\"\" (\"id\", \"a\"\"b\") SELECT u.c0::uuid, u.c1::numeric \
-             FROM unnest($1::text[], $2::text[]) AS u(c0, c1) ON CONFLICT DO NOTHING"
+            "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(c0, c1, n)), \
+             cdc_ins AS (INSERT INTO \"public\".\"Odd \"\"Table\"\"\" (\"id\", \"a\"\"b\") \
+             SELECT u.c0::uuid, u.c1::numeric FROM u ON CONFLICT DO NOTHING \
+             RETURNING jsonb_build_array(\"id\")::text AS k), \
+             cdc_hold AS (INSERT INTO \"cdc_archiver\".\"holds:public.Odd \"\"Table\"\"\" (hold_key, hold_reason) \
+             SELECT k, 'restored from the archive' FROM cdc_ins ON CONFLICT (hold_key) DO NOTHING) \
+             SELECT u.n, EXISTS (SELECT 1 FROM \"public\".\"Odd \"\"Table\"\"\" AS t WHERE t.\"id\" = u.c0::uuid) AS same_key \
+             FROM u WHERE jsonb_build_array(u.c0::uuid)::text NOT IN (SELECT k FROM cdc_ins) ORDER BY u.n"
         );
     }
 }

@@ -128,6 +128,11 @@ pub struct VerifyReport {
     /// The child tables of those foreign keys (`schema.table`).
     #[serde(default)]
     pub referenced_by: Vec<String>,
+    /// Rows of the table with a hold (restored, or un-marked after they
+    /// were archived): never marked by a run until released
+    /// (`cdc-archiver holds`).
+    #[serde(default)]
+    pub rows_held: u64,
     /// Problems found, in words.
     pub problems: Vec<String>,
 }
@@ -411,6 +416,24 @@ async fn verify(
             Ok(row) => {
                 v.rows_still_marked = row.get::<_, i64>(0).max(0) as u64;
                 v.rows_referenced = row.get::<_, i64>(1).max(0) as u64;
+                let (schema, table) = (
+                    plan.marker.table.schema_or_public(),
+                    &plan.marker.table.name,
+                );
+                match cdc_common::holds::exists(&client, schema, table).await {
+                    Ok(true) => {
+                        let sql = format!(
+                            "SELECT count(*) FROM {}",
+                            cdc_common::holds::qualified(schema, table)
+                        );
+                        match client.query_one(&sql, &[]).await {
+                            Ok(r) => v.rows_held = r.get::<_, i64>(0).max(0) as u64,
+                            Err(e) => v.problems.push(format!("counting holds: {e}")),
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => v.problems.push(format!("looking for holds: {e}")),
+                }
             }
             Err(e) => v.problems.push(format!("counting rows still marked: {e}")),
         },
@@ -817,7 +840,7 @@ impl fmt::Display for RunReport {
             if let Some(v) = &t.verify {
                 writeln!(
                     f,
-                    "    {:<9} chains {} over {} partition(s); {} row(s) still marked in the table{}  {:.1}s",
+                    "    {:<9} chains {} over {} partition(s); {} row(s) still marked in the table{}; {} held  {:.1}s",
                     "verified",
                     if v.chains_ok { "contiguous" } else { "BROKEN" },
                     v.partitions,
@@ -831,6 +854,7 @@ impl fmt::Display for RunReport {
                     } else {
                         String::new()
                     },
+                    v.rows_held,
                     t.stage_secs.verify
                 )?;
             }

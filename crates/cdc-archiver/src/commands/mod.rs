@@ -7,6 +7,7 @@ use crate::cli::{Cli, Command};
 
 pub mod changefeed;
 pub mod check;
+pub mod holds;
 pub mod mark;
 pub mod pg_changefeed;
 pub mod purge;
@@ -21,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&cli.global, args).await,
         Command::Retrieve(args) => retrieve::retrieve(&cli.global, args).await,
         Command::Restore(args) => retrieve::restore(&cli.global, args).await,
+        Command::Holds(args) => holds::run(&cli.global, args).await,
         Command::Mark(args) => mark::run(&cli.global, args).await,
         Command::Purge(args) => purge::run(&cli.global, args).await,
         Command::Changefeed(args) => changefeed::run(&cli.global, args).await,

@@ -103,6 +103,11 @@ pub struct RestoreArgs {
     /// Rows per transaction.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
+    /// Rows the table already holds a conflicting row for are left out
+    /// without failing (they are still listed). Without it, restore exits
+    /// 5 when any row was not written.
+    #[arg(long)]
+    pub skip_existing: bool,
 }
 
 fn parse_instant(text: &str) -> anyhow::Result<Hlc> {
@@ -249,7 +254,7 @@ fn print<T>(
     }
     out.flush()?;
     Ok(if found.is_empty() {
-        ExitCode::from(4)
+        crate::exit::Exit::NoMatch.into()
     } else {
         ExitCode::SUCCESS
     })
@@ -306,14 +311,28 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<E
     let retry = cdc_common::retry::RetryConfig::default();
     let summary = cdc_retrieve::restore_url(&url, &found, &opts, &retry).await?;
     println!(
-        "restored into {}: {} row(s) inserted, {} already present (left untouched), {} transaction(s), {} retried, {} column set(s)",
+        "restored into {}: {} row(s) inserted, {} not restored (a conflicting row is in the table), \
+         {} held (no later run marks them again; `cdc-archiver holds list`), {} transaction(s), {} retried, \
+         {} column set(s)",
         opts.table,
         summary.inserted,
         summary.already_present,
+        summary.held,
         summary.batches,
         summary.retries,
         summary.column_sets
     );
+    for n in &summary.not_restored {
+        eprintln!("not restored: key {}: {}", n.key, n.reason);
+    }
     println!("{}", serde_json::to_string(&summary)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(if summary.not_restored.is_empty() || args.skip_existing {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "{} row(s) were not restored (listed above); rerun with --skip-existing to accept that",
+            summary.not_restored.len()
+        );
+        crate::exit::Exit::NotRestored.into()
+    })
 }

@@ -4,7 +4,7 @@
 //! `orphan_grace` and only below the chain end) segments that no
 //! checkpoint names.
 //!
-//! Exit codes: 0 clean stop; 3 when a partition was stopped (offset gap,
+//! Exit codes: 0 clean stop; 6 when a partition was stopped (offset gap,
 //! chain ahead of Kafka, broken chain: see the logs); 1 on failure.
 
 use std::process::ExitCode;
@@ -95,6 +95,6 @@ pub async fn run(global: &GlobalArgs, args: SinkArgs) -> anyhow::Result<ExitCode
                 reason.label()
             );
         }
-        Ok(ExitCode::from(3))
+        Ok(crate::exit::Exit::PartitionStopped.into())
     }
 }
