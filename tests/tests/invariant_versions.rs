@@ -394,3 +394,50 @@ async fn referenced_parents_are_kept_the_rest_purged_and_they_follow_later() {
         .unwrap();
     p.stop().await;
 }
+
+/// A column added after rows were archived: their archived copies lack it,
+/// so no guard can match them and they stay marked (counted as having no
+/// complete archived version). `cdc-archiver retouch` gives each a new
+/// version, which the changefeed archives whole, and the next purge
+/// deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_archived_before_a_column_was_added_leave_after_a_retouch() {
+    let p = Pipeline::start(
+        "inv_added",
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, note text, archived bool NOT NULL DEFAULT false);
+         ALTER TABLE {t} REPLICA IDENTITY FULL;",
+        2,
+        100,
+    )
+    .await;
+    let q = p.qt.clone();
+    p.client
+        .batch_execute(&format!(
+            "INSERT INTO {q} (id, note) SELECT g, 'n' || g FROM generate_series(1, 100) g;
+             UPDATE {q} SET archived = true;"
+        ))
+        .await
+        .unwrap();
+    p.wait_archived(p.db_now().await).await;
+    p.client
+        .batch_execute(&format!(
+            "ALTER TABLE {q} ADD COLUMN region text NOT NULL DEFAULT 'eu'"
+        ))
+        .await
+        .unwrap();
+    let s = p.purge(&p.purger(50)).await;
+    assert_eq!(
+        (s.totals.deleted, s.totals.skipped_no_version),
+        (0, 100),
+        "{}",
+        s.render()
+    );
+
+    let cfg = p.purger(50);
+    assert_eq!(cdc_purger::retouch_marked(&cfg).await.unwrap(), 100);
+    p.wait_archived(p.db_now().await).await;
+    let s = p.purge(&p.purger(50)).await;
+    assert_eq!(s.totals.deleted, 100, "{}", s.render());
+    assert_eq!(p.count("true").await, 0);
+    p.stop().await;
+}

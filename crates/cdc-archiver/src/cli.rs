@@ -65,6 +65,10 @@ pub enum Command {
     /// Rows kept in their table whatever the cutoff says: `list`, `add`,
     /// `release`.
     Holds(commands::holds::HoldsArgs),
+    /// Give every row that is still marked a new version, so the next run
+    /// archives its current state and purges it (the way out for marked
+    /// rows whose archived copy no longer matches).
+    Retouch(commands::retouch::RetouchArgs),
     /// Flip `archived` to true for rows past the cutoff, in small keyset
     /// batches that retry contention and never wait on foreground writers.
     Mark(commands::mark::MarkArgs),

@@ -252,6 +252,13 @@ pub struct Checkpoint {
     /// checkpoint's rows of that transaction id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_tail_xid: Option<u64>,
+    /// The fingerprint of the Kafka message at `last_offset`
+    /// ([`message_fingerprint`], hex): a sink resuming the chain checks that
+    /// Kafka still holds that message there, so a topic deleted and
+    /// recreated (offsets from 0 again) is refused instead of skipped.
+    /// Absent from checkpoints written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<String>,
 }
 
 impl Checkpoint {
@@ -563,6 +570,28 @@ pub async fn latest(
         Some(&first) => read(store, table, partition, first).await,
         None => Ok(None),
     }
+}
+
+/// The fingerprint of a Kafka message: FNV-1a (64 bits) over the key's and
+/// the value's lengths and bytes, as 16 hex digits. Not a checksum against
+/// tampering: it tells one topic's message at an offset from another's.
+pub fn message_fingerprint(key: Option<&[u8]>, value: Option<&[u8]>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    for part in [key, value] {
+        match part {
+            None => eat(&[0xff; 8]),
+            Some(b) => {
+                eat(&(b.len() as u64).to_be_bytes());
+                eat(b);
+            }
+        }
+    }
+    format!("{h:016x}")
 }
 
 /// Where each partition's chain stands: what the watermark is computed from.

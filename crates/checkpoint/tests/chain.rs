@@ -38,6 +38,7 @@ fn checkpoint(
         created_at: now_rfc3339(),
         key_filter: None,
         open_tail_xid: None,
+        last_message: None,
     }
 }
 

@@ -1504,20 +1504,24 @@ pub async fn retouch(
     table: &catalog::TableInfo,
     keys: &[Vec<String>],
 ) -> Result<u64, PurgeError> {
+    let opened = open_session(cfg, true).await?;
+    retouch_on(&opened.client, cfg, table, keys).await
+}
+
+async fn retouch_on(
+    client: &Client,
+    cfg: &PurgerConfig,
+    table: &catalog::TableInfo,
+    keys: &[Vec<String>],
+) -> Result<u64, PurgeError> {
     let archived = cdc_common::ident::quote_ident(&cfg.archived_column);
-    for_keys(
-        cfg,
-        table,
-        keys,
-        "re-touching rows kept for a later run",
-        |batch, join| {
-            format!(
-                "UPDATE {} AS t SET {archived} = true FROM {batch} WHERE {join} AND t.{archived}",
-                table.qualified()
-            )
-        },
-    )
-    .await
+    let sql = |batch: &str, join: &str| {
+        format!(
+            "UPDATE {} AS t SET {archived} = true FROM {batch} WHERE {join} AND t.{archived}",
+            table.qualified()
+        )
+    };
+    for_keys(client, cfg, table, keys, "re-touching rows", sql).await
 }
 
 /// Holds the rows of `table` with these primary keys that are not marked
@@ -1537,15 +1541,22 @@ pub async fn hold(
     let key_names: Vec<String> = table.keys.iter().map(|k| k.name.clone()).collect();
     let key = cdc_common::holds::key_expr_of("t", &key_names);
     let holds = cdc_common::holds::qualified(&table.schema, &table.name);
-    for_keys(cfg, table, keys, "recording holds", |batch, join| {
-        format!(
-            "INSERT INTO {holds} (hold_key, hold_reason) \
+    for_keys(
+        &opened.client,
+        cfg,
+        table,
+        keys,
+        "recording holds",
+        |batch, join| {
+            format!(
+                "INSERT INTO {holds} (hold_key, hold_reason) \
              SELECT {key}, 'un-marked after it was archived (found by the purger)' \
              FROM {} AS t, {batch} WHERE {join} AND NOT t.{archived} \
              ON CONFLICT (hold_key) DO NOTHING",
-            table.qualified()
-        )
-    })
+                table.qualified()
+            )
+        },
+    )
     .await
 }
 
@@ -1555,14 +1566,13 @@ pub async fn hold(
 /// without the purger's replication origin (the changefeed must see what
 /// it writes). Returns the rows affected.
 async fn for_keys(
+    client: &Client,
     cfg: &PurgerConfig,
     table: &catalog::TableInfo,
     keys: &[Vec<String>],
     what: &'static str,
     sql: impl Fn(&str, &str) -> String,
 ) -> Result<u64, PurgeError> {
-    // `dry_run`: no replication origin is taken for this session.
-    let opened = open_session(cfg, true).await?;
     let k = table.keys.len();
     let params: Vec<String> = (1..=k).map(|i| format!("${i}::text[]")).collect();
     let names: Vec<String> = (0..k).map(|i| format!("k{i}")).collect();
@@ -1587,9 +1597,75 @@ async fn for_keys(
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> =
             cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        total += opened.client.execute(&sql, &refs).await.map_err(db(what))?;
+        total += client.execute(&sql, &refs).await.map_err(db(what))?;
     }
     Ok(total)
+}
+
+/// `cdc-archiver retouch`: gives every row of the table that is still
+/// marked a new version (`UPDATE … SET archived = true`), which the
+/// changefeed sends to the archive, so that the next run archives each in
+/// its current state and purges it. The way out for marked rows whose
+/// archived state can no longer be matched: a column added since, a
+/// replication slot that was lost, a recreated topic. Walks the table in
+/// primary-key order, `batch_size` rows per statement. Returns the rows
+/// re-touched.
+pub async fn retouch_marked(cfg: &PurgerConfig) -> Result<u64, PurgeError> {
+    // No replication origin: the changefeed must see these updates.
+    let opened = open_session(cfg, true).await?;
+    let client = &opened.client;
+    let table = catalog::resolve(client, opened.dialect, &cfg.table, &cfg.archived_column).await?;
+    let k = table.keys.len();
+    let cols: Vec<String> = table
+        .keys
+        .iter()
+        .map(|c| format!("t.{}", cdc_common::ident::quote_ident(&c.name)))
+        .collect();
+    let texts: Vec<String> = cols.iter().map(|c| format!("{c}::text")).collect();
+    let cursor: Vec<String> = table
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::text::{}", i + 2, c.sql_type))
+        .collect();
+    let archived = cdc_common::ident::quote_ident(&cfg.archived_column);
+    let select = |after: bool| {
+        format!(
+            "SELECT {} FROM {} AS t WHERE t.{archived}{} ORDER BY {} LIMIT $1",
+            texts.join(", "),
+            table.qualified(),
+            if after {
+                format!(" AND ({}) > ({})", cols.join(", "), cursor.join(", "))
+            } else {
+                String::new()
+            },
+            cols.join(", ")
+        )
+    };
+    let (first, next) = (select(false), select(true));
+    let limit = i64::from(cfg.batch_size.max(1));
+    let mut last: Option<Vec<String>> = None;
+    let mut total = 0;
+    loop {
+        let rows = match &last {
+            None => client.query(&first, &[&limit]).await,
+            Some(key) => {
+                let mut p: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+                p.extend(key.iter().map(|v| v as &(dyn ToSql + Sync)));
+                client.query(&next, &p).await
+            }
+        }
+        .map_err(db("reading marked rows"))?;
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let keys: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| (0..k).map(|i| r.get::<_, String>(i)).collect())
+            .collect();
+        total += retouch_on(client, cfg, &table, &keys).await?;
+        last = keys.last().cloned();
+    }
 }
 
 /// The rows of a batch the probe found still present, by why they stayed.

@@ -77,6 +77,7 @@ async fn write(
         created_at: cdc_checkpoint::now_rfc3339(),
         key_filter: None,
         open_tail_xid: None,
+        last_message: None,
     };
     cdc_checkpoint::create(&f.store, &cp).await.unwrap();
     cp

@@ -281,19 +281,37 @@ async fn unindexed_foreign_key_refuses_with_the_create_index_statement() {
 }
 
 #[tokio::test]
-async fn restrict_foreign_keys_are_reported_and_block_only_their_rows_batch() {
+async fn restrict_foreign_keys_keep_only_the_referenced_rows() {
     let f = Fixture::archived(5).await;
     let (_, qc) = f
         .child_table("RESTRICT", " INSERT INTO {c} VALUES (1, 3);")
         .await;
     let mut o = opts();
     o.allow_unindexed_foreign_keys = true;
-    let err = f.purge(&o).await.unwrap_err();
-    assert!(err.to_string().contains("foreign key"), "{err}");
-    assert_eq!(f.snapshot().await.len(), 5, "the failed batch rolled back");
-    let s = f.dry_run(&o).await.unwrap();
-    assert!(s.preflight.referencing[0].blocks_deletes());
-    assert!(s.render().contains("ON DELETE RESTRICT"), "{}", s.render());
+    let dry = f.dry_run(&o).await.unwrap();
+    assert!(dry.preflight.referencing[0].blocks_deletes());
+    assert!(
+        dry.render().contains("ON DELETE RESTRICT"),
+        "{}",
+        dry.render()
+    );
+    assert_eq!(
+        (dry.totals.would_delete, dry.totals.skipped_referenced),
+        (4, 1)
+    );
+    let s = f.purge(&o).await.unwrap();
+    assert_eq!(
+        (s.totals.deleted, s.totals.skipped_referenced, s.retouched),
+        (4, 1, 1),
+        "{}",
+        s.render()
+    );
+    assert_eq!(
+        f.snapshot().await.keys().copied().collect::<Vec<_>>(),
+        vec![3],
+        "only the referenced row stays"
+    );
+    assert_eq!(f.purge_record(0, 0).await.unwrap().skipped_referenced, 1);
     let _ = f.client.batch_execute(&format!("DROP TABLE {qc}")).await;
     f.drop().await;
 }

@@ -391,6 +391,32 @@ impl Sink {
                 },
             );
         }
+        // The message the chain's last checkpoint ends with must still be
+        // there: a topic deleted and recreated starts again at offset 0 and,
+        // once past the chain's end, would otherwise be taken for the rest
+        // of the old one.
+        if let (Some(end), Some(want)) = (
+            chain.end(),
+            chain.last().and_then(|c| c.last_message.clone()),
+        ) {
+            if (low..high).contains(&end) {
+                match self.message_at(&topic, partition, end).await {
+                    Some(found) if found != want => {
+                        let msg = format!(
+                            "Kafka's message at offset {end} (fingerprint {found}) is not the one the chain \
+                             archived there ({want}): the topic was deleted and recreated, or rewritten. \
+                             Its chain is kept as it is; to archive the new topic, give it a new archive \
+                             table (topics[].table, and purger.archive_table) as the README's \"A recreated topic\" says"
+                        );
+                        self.stop(&key, StopReason::TopicChanged, msg);
+                        return Ok(());
+                    }
+                    Some(_) => {}
+                    None => tracing::warn!(%topic, partition, offset = end,
+                        "cannot read the chain's last message back from Kafka to check the topic's identity; resuming"),
+                }
+            }
+        }
         let start = match start_offset(chain.end(), low, high, self.config.start) {
             Ok(s) => s,
             Err((reason, msg)) => {
@@ -423,6 +449,42 @@ impl Sink {
         buffer.events_counter = metrics::counter!(metric::EVENTS, "table" => buffer.table.clone());
         self.parts.insert(key, State::Active(Box::new(buffer)));
         Ok(())
+    }
+
+    /// The fingerprint of the message at `offset` of a partition, read with
+    /// a consumer of its own (no group), or `None` if Kafka does not give
+    /// it within a few seconds.
+    async fn message_at(&self, topic: &str, partition: i32, offset: i64) -> Option<String> {
+        let mut cc = ClientConfig::new();
+        for (k, v) in &self.config.kafka {
+            cc.set(k, v);
+        }
+        cc.set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", "cdc-archiver-sink-identity-check")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let t = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let consumer: rdkafka::consumer::BaseConsumer = cc.create().ok()?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&t, partition, Offset::Offset(offset))
+                .ok()?;
+            consumer.assign(&tpl).ok()?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) if m.offset() == offset => {
+                        return Some(cdc_checkpoint::message_fingerprint(m.key(), m.payload()))
+                    }
+                    Some(Ok(_)) => return None,
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Seeks, retrying while the partition's fetcher is still starting
@@ -561,6 +623,10 @@ impl Sink {
         let Some(State::Active(buffer)) = self.parts.get_mut(&key) else {
             return Ok(());
         };
+        buffer.note_fingerprint(
+            offset,
+            cdc_checkpoint::message_fingerprint(m.key(), m.payload()),
+        );
         let outcome = buffer.push(offset, event, &self.config.archived_column);
         if matches!(outcome, Outcome::Archived | Outcome::Delete)
             && (buffer.rows >= self.config.flush_rows || buffer.bytes >= self.config.flush_bytes)
@@ -741,16 +807,20 @@ impl Sink {
                 known
             }
         };
+        let mut fingerprints = Vec::with_capacity(runs.len());
         if let Some(State::Active(b)) = self.parts.get_mut(key) {
             b.partitions = partitions;
+            for run in &runs {
+                fingerprints.push(run.last.and_then(|l| b.take_fingerprint(l)));
+            }
         }
         let mut committed_to = None;
         let mut resolved = None;
-        for run in runs {
+        for (run, last_message) in runs.into_iter().zip(fingerprints) {
             let last = run.last.expect("taken runs are sealed");
             let run_resolved = run.resolved;
             match self
-                .write_run(&table, &topic, partition, partitions, run)
+                .write_run(&table, &topic, (partition, partitions), run, last_message)
                 .await
             {
                 Ok(()) => {
@@ -901,13 +971,15 @@ impl Sink {
         }
     }
 
+    /// Writes one run: delete file, segment, then the checkpoint, which
+    /// records `last_message`, the fingerprint of the run's last message.
     async fn write_run(
         &mut self,
         table: &str,
         topic: &str,
-        partition: i32,
-        partitions: i32,
+        (partition, partitions): (i32, i32),
         run: Run,
+        last_message: Option<String>,
     ) -> Result<(), SinkError> {
         let last = run.last.expect("sealed");
         let rows = run.rows.len() as u64;
@@ -974,6 +1046,7 @@ impl Sink {
             created_at: cdc_checkpoint::now_rfc3339(),
             key_filter,
             open_tail_xid,
+            last_message,
         };
         (|| cdc_checkpoint::create(&self.store, &checkpoint))
             .retry(self.config.retry.backoff())

@@ -21,6 +21,9 @@ pub enum StopReason {
     ChainAhead,
     /// The chain in the archive is broken (gap/overlap between checkpoints).
     ChainBroken,
+    /// Kafka holds another message at the chain's last offset than the one
+    /// archived: the topic was deleted and recreated (or rewritten).
+    TopicChanged,
 }
 
 impl StopReason {
@@ -30,6 +33,7 @@ impl StopReason {
             StopReason::OffsetGap => "offset_gap",
             StopReason::ChainAhead => "chain_ahead",
             StopReason::ChainBroken => "chain_broken",
+            StopReason::TopicChanged => "topic_changed",
         }
     }
 }
@@ -272,6 +276,10 @@ pub struct PartitionBuffer {
     pub last_checkpoint: Option<Instant>,
     /// `cdc_sink_events_total{table}`, counted on arrival.
     pub events_counter: metrics::Counter,
+    /// Fingerprints of the buffered messages, by offset (see
+    /// [`cdc_checkpoint::message_fingerprint`]): a checkpoint records the
+    /// one of its last message.
+    fingerprints: std::collections::VecDeque<(i64, String)>,
 }
 
 fn counts_sub(a: Counts, b: Counts) -> Counts {
@@ -324,7 +332,30 @@ impl PartitionBuffer {
             checkpointed_resolved: resolved,
             last_checkpoint: None,
             events_counter: metrics::Counter::noop(),
+            fingerprints: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Records the fingerprint of the message at `offset` (before
+    /// [`PartitionBuffer::push`]ing it).
+    pub fn note_fingerprint(&mut self, offset: i64, fingerprint: String) {
+        self.fingerprints.push_back((offset, fingerprint));
+    }
+
+    /// The fingerprint of the message at `offset`, forgetting those before
+    /// and at it (runs are taken in offset order).
+    pub fn take_fingerprint(&mut self, offset: i64) -> Option<String> {
+        let mut found = None;
+        while let Some((o, _)) = self.fingerprints.front() {
+            if *o > offset {
+                break;
+            }
+            let (o, f) = self.fingerprints.pop_front().expect("front exists");
+            if o == offset {
+                found = Some(f);
+            }
+        }
+        found
     }
 
     /// Events buffered and not yet checkpointed.

@@ -97,6 +97,7 @@ async fn lag_and_watermark_age_move_on_the_tick_and_events_count_on_arrival() {
             key_filter: None,
             deletes: None,
             open_tail_xid: None,
+            last_message: None,
         },
     )
     .await

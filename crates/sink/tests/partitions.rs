@@ -129,6 +129,7 @@ fn fake_checkpoint(table: &str, partition: i32, first: i64, last: i64) -> Checkp
         key_filter: None,
         deletes: None,
         open_tail_xid: None,
+        last_message: None,
     }
 }
 
@@ -358,4 +359,81 @@ async fn expired_offsets_stop_the_partition_with_an_offset_gap() {
     assert_eq!(p0.end(), Some(9), "nothing archived across the gap");
     let p1 = cdc_checkpoint::read_chain(&store, &topic, 1).await.unwrap();
     assert_eq!(p1.end(), Some(29));
+}
+
+/// A topic deleted and recreated under the same name starts again at
+/// offset 0; once it has grown past where the old chain ended, resuming
+/// after the chain would skip its first messages as "already archived".
+/// The sink checks the message at the chain's last offset and stops the
+/// partition (`topic_changed`) instead; the old chain stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_is_refused_not_skipped() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::ClientConfig;
+
+    let topic = cdc_tests::unique("recreated");
+    cdc_tests::create_topic(&topic, 1).await;
+    let old: Vec<OwnedRecord> = (0..10).map(|o| row(&topic, 0, o, "1.00", true)).collect();
+    produce(&old).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let store = ArchiveStore::open(&storage).unwrap();
+    let cfg = config(&topic, storage);
+    run_until_archived(&cfg, &store, &topic, 1).await;
+    let chain = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
+    assert_eq!(chain.end(), Some(9));
+    assert!(chain.last().unwrap().last_message.is_some());
+
+    // Restarted on the same topic: resumes (the check passes).
+    let summary = run_until_archived(&cfg, &store, &topic, 1).await;
+    assert!(summary.stopped.is_empty(), "{:?}", summary.stopped);
+
+    // The topic is deleted and created again, and grows past offset 9
+    // with other messages.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cdc_tests::kafka_brokers())
+        .create()
+        .unwrap();
+    admin
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    let mut created = false;
+    for _ in 0..100 {
+        let t =
+            rdkafka::admin::NewTopic::new(&topic, 1, rdkafka::admin::TopicReplication::Fixed(1));
+        let r = admin
+            .create_topics([&t], &AdminOptions::new())
+            .await
+            .unwrap();
+        if r.iter().all(Result::is_ok) {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(created, "the topic could not be created again");
+    let new: Vec<OwnedRecord> = (0..20).map(|o| row(&topic, 0, o, "9.99", true)).collect();
+    produce(&new).await;
+
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let (cancel, cfg) = (cancel.clone(), cfg.clone());
+        async move { cdc_sink::run(&cfg, cancel).await }
+    });
+    // The partition is looked at when it is assigned.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cancel.cancel();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.stopped.len(), 1, "{:?}", summary.stopped);
+    let (_, p, reason, msg) = &summary.stopped[0];
+    assert_eq!((*p, *reason), (0, StopReason::TopicChanged));
+    assert!(msg.contains("recreated"), "{msg}");
+    let chain = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
+    assert_eq!(
+        chain.end(),
+        Some(9),
+        "nothing of the new topic was archived"
+    );
 }

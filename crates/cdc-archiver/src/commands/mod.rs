@@ -11,6 +11,7 @@ pub mod holds;
 pub mod mark;
 pub mod pg_changefeed;
 pub mod purge;
+pub mod retouch;
 pub mod retrieve;
 pub mod run;
 pub mod sink;
@@ -23,6 +24,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retrieve(args) => retrieve::retrieve(&cli.global, args).await,
         Command::Restore(args) => retrieve::restore(&cli.global, args).await,
         Command::Holds(args) => holds::run(&cli.global, args).await,
+        Command::Retouch(args) => retouch::run(&cli.global, args).await,
         Command::Mark(args) => mark::run(&cli.global, args).await,
         Command::Purge(args) => purge::run(&cli.global, args).await,
         Command::Changefeed(args) => changefeed::run(&cli.global, args).await,

@@ -368,6 +368,7 @@ pub async fn write_checkpoint_to(
         key_filter: None,
         deletes: None,
         open_tail_xid,
+        last_message: None,
     };
     cdc_checkpoint::create(store, &cp).await.unwrap();
     cp

@@ -241,6 +241,7 @@ impl Archive {
             key_filter,
             deletes,
             open_tail_xid: None,
+            last_message: None,
         };
         cdc_checkpoint::create(&self.store, &cp)
             .await
