@@ -441,3 +441,143 @@ async fn rows_archived_before_a_column_was_added_leave_after_a_retouch() {
     assert_eq!(p.count("true").await, 0);
     p.stop().await;
 }
+
+/// One transaction writes row 1 twice (`first`, then `final`) around many
+/// other changes; the changefeed dies between the two and sends the whole
+/// transaction again after its restart. Retrieval and restore answer with
+/// the state the transaction left, `final`, whatever the deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retrieve_and_restore_return_the_state_a_transaction_left_across_redelivery() {
+    let mut p = Pipeline::start(
+        "inv_redeliver",
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, note text, archived bool NOT NULL DEFAULT true);
+         ALTER TABLE {t} REPLICA IDENTITY FULL;",
+        2,
+        5_000,
+    )
+    .await;
+    let q = p.qt.clone();
+    p.client
+        .batch_execute(&format!(
+            "INSERT INTO {q} (id, note) SELECT g, 'start' FROM generate_series(1, 30000) g"
+        ))
+        .await
+        .unwrap();
+    p.wait_archived(p.db_now().await).await;
+    let topic = p.sink_cfg.topics[0].name.clone();
+    let watermarks: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cdc_tests::kafka_brokers())
+        .create()
+        .unwrap();
+    let published = || -> i64 {
+        (0..2)
+            .map(|part| {
+                rdkafka::consumer::Consumer::fetch_watermarks(
+                    &watermarks,
+                    &topic,
+                    part,
+                    Duration::from_secs(5),
+                )
+                .map_or(0, |(_, h)| h)
+            })
+            .sum()
+    };
+    let before = published();
+    // The transaction, while the feed runs: killed after ~2,000 of its
+    // 30,001 changes reached Kafka.
+    let writer = cdc_tests::pg().await;
+    let tx = tokio::spawn(async move {
+        writer
+            .batch_execute(&format!(
+                "BEGIN; UPDATE {q} SET note = 'first' WHERE id = 1;
+                 UPDATE {q} SET note = 'touched' WHERE id > 1;
+                 UPDATE {q} SET note = 'final' WHERE id = 1; COMMIT;"
+            ))
+            .await
+            .unwrap();
+    });
+    tx.await.unwrap();
+    let start = Instant::now();
+    while published() < before + 2_000 {
+        assert!(
+            start.elapsed() < common::LIMIT,
+            "the transaction never reached Kafka"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    p.kill_feed().await;
+    let cut = published() - before;
+    p.start_feed().await;
+    p.wait_archived(p.db_now().await).await;
+    eprintln!("first delivery cut after {cut} changes");
+
+    let (found, stats) = cdc_retrieve::retrieve(
+        &p.archive,
+        &cdc_retrieve::Query {
+            table: p.table.clone(),
+            selector: cdc_retrieve::Selector::Key(cdc_retrieve::parse_key_arg("[1]").unwrap()),
+            all_versions: false,
+            limit: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.len(), 1);
+    let note = found[0]
+        .row
+        .columns
+        .iter()
+        .find(|(c, _)| c == "note")
+        .unwrap();
+    assert_eq!(
+        note.1,
+        cdc_changefeed::Value::String("final".into()),
+        "{stats:?}"
+    );
+    // Restored into an empty copy of the table: the same state.
+    let copy = format!("{}_copy", p.table);
+    p.client
+        .batch_execute(&format!(
+            "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
+            cdc_common::ident::quote_ident(&copy),
+            p.qt
+        ))
+        .await
+        .unwrap();
+    let opts = cdc_retrieve::RestoreOptions {
+        table: cdc_common::ident::TableName::parse(&format!("public.{copy}")).unwrap(),
+        archived_column: "archived".into(),
+        keep_archived_flag: true,
+        batch_size: 10,
+    };
+    let s = cdc_retrieve::restore_url(
+        &cdc_tests::pg_url(),
+        &found,
+        &opts,
+        &cdc_common::retry::RetryConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.inserted, 1);
+    let restored: String = p
+        .client
+        .query_one(
+            &format!(
+                "SELECT note FROM {} WHERE id = 1",
+                cdc_common::ident::quote_ident(&copy)
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(restored, "final");
+    p.client
+        .batch_execute(&format!(
+            "DROP TABLE {}",
+            cdc_common::ident::quote_ident(&copy)
+        ))
+        .await
+        .unwrap();
+    p.stop().await;
+}

@@ -15,6 +15,19 @@ pub use cdc_changefeed::pgvalue::{
 
 use crate::hlc::Hlc;
 
+/// The timestamp of a resolved message's value (`{"resolved":"…"}`), if
+/// that is what `value` is.
+pub fn parse_resolved(value: &[u8]) -> Result<Option<Hlc>, ()> {
+    #[derive(serde::Deserialize)]
+    struct Resolved {
+        resolved: String,
+    }
+    match serde_json::from_slice::<Resolved>(value) {
+        Ok(r) => r.resolved.parse::<Hlc>().map(Some).map_err(|_| ()),
+        Err(_) => Ok(None),
+    }
+}
+
 /// A row as CockroachDB writes it: keys sorted, `", "`/`": "` separators.
 /// `cols` maps column name to already-encoded JSON text.
 pub fn row_object(cols: &BTreeMap<String, String>) -> String {

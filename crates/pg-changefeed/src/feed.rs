@@ -26,15 +26,20 @@
 //!    transaction (`pg_logical_emit_message(true, 'cdc-archiver', ...)`,
 //!    which touches no table); it arrives through the slot like any other
 //!    transaction and resolved advances to its `updated` by (2).
-//! 4. Across restarts, the clock starts above the database's
-//!    `clock_timestamp()` at start-up. Every resolved sent by an earlier
-//!    process is the `updated` of a transaction that had committed, so it
-//!    is below that start-up time, and every event of the new process
-//!    (including re-sent ones) is above it. The price: events re-sent after
-//!    a restart carry the restart time in `updated` rather than their first
-//!    `updated`; `pg_xid`/`pg_lsn` still name the row version exactly.
-//!    (This assumes the database clock does not step back across the
-//!    restart by more than the restart took.)
+//! 4. Across restarts, the clock starts at the latest resolved timestamp an
+//!    earlier process sent (read back from the topics: every resolved goes
+//!    to every partition, partition 0 first, so the newest one is in
+//!    partition 0), so every event of the new process is above every
+//!    resolved ever sent. Every resolved sent is the `updated` of a
+//!    transaction the slot had advanced past, and the slot re-sends only
+//!    transactions after that, so a re-sent transaction gets what its
+//!    first delivery got: its commit time (unless commit times ran
+//!    backwards there, when both deliveries were bumped just above the
+//!    previous transaction, by a few logical ticks at most). Like
+//!    CockroachDB's `updated`, it does not change across re-deliveries.
+//!    When the topics cannot be read back, the clock starts above the
+//!    database's `clock_timestamp()` at start-up instead (honest, but
+//!    re-sent events then carry the restart time).
 //!
 //! # Why an archived row is complete (or carries no version)
 //!
@@ -229,6 +234,23 @@ async fn run_session(
              without pg_xid and the purger keeps those rows; upgrade wal2json to archive them",
             wal2json::NUMERIC_AS_STRING
         );
+    }
+    if clock.is_none() {
+        match resolved_floor(config, &topics).await {
+            Some(Some(floor)) => {
+                info!(%floor, "clock continues from the latest resolved timestamp in the topics");
+                *clock = Some(HlcClock::new(floor));
+            }
+            // No resolved was ever sent: nothing to stay above; `updated`
+            // is each transaction's commit time.
+            Some(None) => {
+                *clock = Some(HlcClock::new(Hlc {
+                    wall: 0,
+                    logical: 0,
+                }))
+            }
+            None => {}
+        }
     }
     if clock.is_none() {
         let now_us: i64 = client
@@ -1070,6 +1092,100 @@ async fn topic_partitions(producer: &FutureProducer, topic: &str) -> Result<i32,
                 .into(),
         }),
     }
+}
+
+/// How far back [`resolved_floor`] reads a partition at most.
+const FLOOR_SEARCH_LIMIT: i64 = 1 << 20;
+
+/// The latest resolved timestamp an earlier changefeed sent to `topics`:
+/// the last resolved message of each topic's partition 0 (resolved
+/// timestamps go to every partition, partition 0 first), read backwards in
+/// growing windows from the end. `None` when a topic cannot be read, or
+/// holds none within [`FLOOR_SEARCH_LIMIT`] messages (`Some(None)`: a new
+/// topic, no earlier resolved to stay above). `None` when a topic cannot
+/// be read.
+async fn resolved_floor(
+    config: &PgChangefeedConfig,
+    topics: &BTreeMap<String, i32>,
+) -> Option<Option<Hlc>> {
+    let brokers = config.brokers.clone();
+    let topics: Vec<String> = topics.keys().cloned().collect();
+    let found = tokio::task::spawn_blocking(move || -> Option<Option<Hlc>> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Message as _;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "cdc-archiver-pgcf-floor")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .ok()?;
+        let timeout = Duration::from_secs(10);
+        let mut floor: Option<Hlc> = None;
+        for topic in &topics {
+            let (low, high) = match consumer.fetch_watermarks(topic, 0, timeout) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(%topic, error = %e, "reading the topic's watermarks for its latest resolved timestamp");
+                    return None;
+                }
+            };
+            let mut window = 1024;
+            let mut end = high;
+            while end > low {
+                let start = (end - window).max(low);
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(start))
+                    .ok()?;
+                consumer.assign(&tpl).ok()?;
+                let mut last: Option<Hlc> = None;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if Instant::now() > deadline {
+                        return None;
+                    }
+                    match consumer.poll(Duration::from_millis(500)) {
+                        Some(Ok(m)) => {
+                            if m.offset() >= end {
+                                break;
+                            }
+                            if m.key().is_none() {
+                                if let Some(Ok(Some(h))) = m.payload().map(encode::parse_resolved) {
+                                    last = Some(h);
+                                }
+                            }
+                            if m.offset() + 1 >= end {
+                                break;
+                            }
+                        }
+                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                        Some(Err(e)) => {
+                            warn!(%topic, error = %e, "reading the topic back for its latest resolved timestamp");
+                            return None;
+                        }
+                        None => {}
+                    }
+                }
+                if let Some(h) = last {
+                    floor = floor.max(Some(h));
+                    break;
+                }
+                if high - start >= FLOOR_SEARCH_LIMIT {
+                    break;
+                }
+                end = start;
+                window *= 4;
+            }
+        }
+        Some(floor)
+    })
+    .await
+    .ok()
+    .flatten();
+    if found.is_none() {
+        warn!("could not read the topics back for their latest resolved timestamp; the clock starts at the database's clock");
+    }
+    found
 }
 
 /// Creates the slot with wal2json if it is missing; refuses a slot of

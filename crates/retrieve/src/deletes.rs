@@ -47,6 +47,9 @@ impl Hit for FoundDelete {
     fn event(&self) -> &dyn Event {
         &self.delete
     }
+    fn set_updated(&mut self, updated: Option<cdc_changefeed::Hlc>) {
+        self.delete.updated = updated;
+    }
 }
 
 /// What a delete look-up cost, and what it could not see.

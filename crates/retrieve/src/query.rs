@@ -255,6 +255,9 @@ pub(crate) trait Event {
 /// One archived event found, and where.
 pub(crate) trait Hit {
     fn event(&self) -> &dyn Event;
+    /// Sets the event's `updated` (the first delivery's, for a copy kept
+    /// from a later delivery).
+    fn set_updated(&mut self, updated: Option<Hlc>);
 }
 
 /// The [`Event`] accessors of a type with the archive's meta fields
@@ -291,6 +294,9 @@ impl Event for ArchivedRow {
 impl Hit for Found {
     fn event(&self) -> &dyn Event {
         &self.row
+    }
+    fn set_updated(&mut self, updated: Option<Hlc>) {
+        self.row.updated = updated;
     }
 }
 
@@ -498,21 +504,27 @@ fn version_of(event: &dyn Event) -> Version {
     }
 }
 
-/// Whether `new` is a better copy of one version than `old`: the earliest
-/// delivery (smallest `updated`, so re-sent copies lose), and within one
-/// delivery the first copy, except for a PostgreSQL transaction that wrote
-/// the row more than once, whose last event (the highest offset) is the
-/// state the transaction left.
+/// Whether `new` is a better copy of one version than `old`.
+///
+/// A PostgreSQL transaction (`pg_xid`) may write a row several times, and
+/// a delivery of it may have been cut short (the changefeed killed between
+/// two of its changes) and sent again whole: the state the transaction
+/// left is its last change in the last delivery, i.e. the highest Kafka
+/// position (deliveries of one key follow each other in one partition),
+/// whatever the deliveries' `updated` say (before the changefeed kept
+/// `updated` across restarts, a re-sent copy carried the restart time).
+///
+/// Otherwise (one event per version: CockroachDB's MVCC timestamp) the
+/// earliest delivery (smallest `updated`), and within it the first copy.
 fn better_copy(new: &dyn Event, old: &dyn Event) -> bool {
     let position = new.position().cmp(&old.position());
-    let within_delivery = match version_of(new) {
-        Version::Xid(_) => position == Ordering::Greater,
-        _ => position == Ordering::Less,
-    };
+    if let Version::Xid(_) = version_of(new) {
+        return position == Ordering::Greater;
+    }
     match new.updated().cmp(&old.updated()) {
         Ordering::Less => true,
         Ordering::Greater => false,
-        Ordering::Equal => within_delivery,
+        Ordering::Equal => position == Ordering::Less,
     }
 }
 
@@ -543,9 +555,13 @@ pub(crate) fn dedupe<T: Hit>(found: impl IntoIterator<Item = T>) -> (Vec<T>, usi
         match by_version.entry(identity(f.event())) {
             Entry::Occupied(mut e) => {
                 dropped += 1;
+                // The version's `updated` is its first delivery's, whichever
+                // copy's content is kept (it orders the versions of a key).
+                let first = e.get().event().updated().min(f.event().updated());
                 if better_copy(f.event(), e.get().event()) {
                     e.insert(f);
                 }
+                e.get_mut().set_updated(first);
             }
             Entry::Vacant(e) => {
                 e.insert(f);
@@ -855,7 +871,9 @@ mod tests {
     #[test]
     fn copies_re_sent_with_a_new_updated_are_one_version() {
         // PostgreSQL: xid 7 first at offset 1, re-sent after a restart at
-        // offset 5 with a later `updated`; spacing of the key differs.
+        // offset 5 with a later `updated` (as changefeeds before 0.2 did);
+        // spacing of the key differs. The last delivery's copy is kept, with
+        // the first delivery's `updated`.
         let (mut v, dropped) = dedupe([
             row("[1, \"a\"]", 5, 500, None, Some(7)),
             row("[1,\"a\"]", 1, 100, None, Some(7)),
@@ -863,10 +881,34 @@ mod tests {
         ]);
         sort_by_key_and_version(&mut v);
         assert_eq!(dropped, 1);
-        let offsets: Vec<i64> = v.iter().map(|f| f.row.offset).collect();
-        assert_eq!(offsets, [1, 3], "the first delivery is kept");
+        let kept: Vec<(i64, i64)> = v
+            .iter()
+            .map(|f| (f.row.offset, f.row.updated.unwrap().wall))
+            .collect();
+        assert_eq!(kept, [(5, 100), (3, 300)]);
         let (latest, older) = latest_per_key(v);
         assert_eq!((latest[0].row.offset, older), (3, 1));
+    }
+
+    #[test]
+    fn a_transaction_that_wrote_a_row_twice_is_its_last_change_whatever_the_deliveries() {
+        // Xid 7 writes `first`, then `final`. Its first delivery was cut
+        // short (only `first`, offset 2); it was sent again whole (offsets
+        // 10 and 11), with the same `updated`.
+        let mut first = row("[1]", 2, 100, None, Some(7));
+        first.row.columns = vec![("v".into(), Value::String("first".into()))];
+        let mut again = row("[1]", 10, 100, None, Some(7));
+        again.row.columns = vec![("v".into(), Value::String("first".into()))];
+        let mut last = row("[1]", 11, 100, None, Some(7));
+        last.row.columns = vec![("v".into(), Value::String("final".into()))];
+        for order in [
+            vec![first.clone(), again.clone(), last.clone()],
+            vec![last.clone(), first.clone(), again.clone()],
+        ] {
+            let (v, dropped) = dedupe(order);
+            assert_eq!((v.len(), dropped), (1, 2));
+            assert_eq!(v[0].row.columns[0].1, Value::String("final".into()));
+        }
     }
 
     #[test]

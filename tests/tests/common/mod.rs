@@ -172,6 +172,15 @@ impl Pipeline {
         .await;
     }
 
+    /// Ends the changefeed as abruptly as `kill -9` does to the process:
+    /// its task is aborted, nothing is drained or advanced.
+    pub async fn kill_feed(&mut self) {
+        if let Some(f) = self.feed.take() {
+            f.task.abort();
+            let _ = f.task.await;
+        }
+    }
+
     /// Starts (or restarts) the sink, in the same consumer group.
     pub fn start_sink(&mut self) {
         let cfg = self.sink_cfg.clone();
