@@ -17,15 +17,16 @@ use crate::hlc::Hlc;
 
 /// The timestamp of a resolved message's value (`{"resolved":"…"}`), if
 /// that is what `value` is.
-pub fn parse_resolved(value: &[u8]) -> Result<Option<Hlc>, ()> {
+pub fn parse_resolved(value: &[u8]) -> Option<Hlc> {
     #[derive(serde::Deserialize)]
     struct Resolved {
         resolved: String,
     }
-    match serde_json::from_slice::<Resolved>(value) {
-        Ok(r) => r.resolved.parse::<Hlc>().map(Some).map_err(|_| ()),
-        Err(_) => Ok(None),
-    }
+    serde_json::from_slice::<Resolved>(value)
+        .ok()?
+        .resolved
+        .parse::<Hlc>()
+        .ok()
 }
 
 /// A row as CockroachDB writes it: keys sorted, `", "`/`": "` separators.

@@ -1150,7 +1150,7 @@ async fn resolved_floor(
                                 break;
                             }
                             if m.key().is_none() {
-                                if let Some(Ok(Some(h))) = m.payload().map(encode::parse_resolved) {
+                                if let Some(h) = m.payload().and_then(encode::parse_resolved) {
                                     last = Some(h);
                                 }
                             }
