@@ -336,6 +336,28 @@ async fn create_object(
     }
 }
 
+/// Checks that the store refuses to create an object that exists (a
+/// conditional create: `If-None-Match: *` on S3): the chain's single-writer
+/// guarantee (a zombie sink's checkpoint is refused) rests on it, and some
+/// S3-compatible stores ignore the condition and overwrite. Writes two
+/// different bodies to one probe object under `_probe/`, expects the
+/// second refused, and removes the probe. `Ok(false)`: the store
+/// overwrote.
+pub async fn conditional_create_holds(store: &ArchiveStore) -> Result<bool, CheckpointError> {
+    let relative = format!(
+        "_probe/conditional-create-{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let first = create_object(store, &relative, b"first".to_vec()).await?;
+    let second = create_object(store, &relative, b"second".to_vec()).await?;
+    let path = store.path(&relative);
+    let kept = get_bytes(store, &path).await?;
+    let _ = store.store.delete(&path).await;
+    Ok(matches!(first, Ok(Created::Created))
+        && second.is_err()
+        && kept.as_deref() == Some(b"first".as_slice()))
+}
+
 /// Creates the checkpoint, never overwriting. An existing different
 /// checkpoint at the same first offset is a [`CheckpointError::Conflict`]:
 /// another writer extended the chain first. Safe to retry: an identical

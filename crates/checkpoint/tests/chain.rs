@@ -378,6 +378,18 @@ async fn purge_records(store: &ArchiveStore) {
     );
 }
 
+/// The store refuses a second create of one object (what the sink checks
+/// at start), and the probe leaves nothing behind.
+async fn conditional_create_is_honoured(store: &ArchiveStore) {
+    assert!(conditional_create_holds(store).await.unwrap());
+    let left = store
+        .store
+        .list_with_delimiter(Some(&store.path("_probe")))
+        .await
+        .unwrap();
+    assert!(left.objects.is_empty(), "{left:?}");
+}
+
 #[tokio::test]
 async fn local_file_system() {
     let (store, _dir) = cdc_tests::local_archive();
@@ -387,6 +399,7 @@ async fn local_file_system() {
     orphans_beyond_the_chain_end_are_kept(&store).await;
     long_chain_reads_in_order(&store).await;
     purge_records(&store).await;
+    conditional_create_is_honoured(&store).await;
 }
 
 #[tokio::test]
@@ -398,4 +411,5 @@ async fn s3_compatible_server() {
     orphans_beyond_the_chain_end_are_kept(&store).await;
     long_chain_reads_in_order(&store).await;
     purge_records(&store).await;
+    conditional_create_is_honoured(&store).await;
 }

@@ -47,6 +47,17 @@ pub struct TableName {
 }
 
 impl TableName {
+    /// The name a table gets where none is configured (its Kafka topic, its
+    /// folder in the archive): the table's own name in schema `public` (as
+    /// always), `schema.name` in any other, so that `a.t` and `b.t` never
+    /// share a topic or an archive.
+    pub fn default_archive_name(&self) -> String {
+        match self.schema.as_deref() {
+            None | Some("public") => self.name.clone(),
+            Some(s) => format!("{s}.{}", self.name),
+        }
+    }
+
     /// Parses `table`, `schema.table` or the quoted forms `"a.b"."c"`.
     pub fn parse(text: &str) -> Result<Self, InvalidIdent> {
         let parts = split_qualified(text).ok_or_else(|| InvalidIdent(text.to_owned()))?;
@@ -150,6 +161,15 @@ fn split_qualified(text: &str) -> Option<Vec<String>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn default_names_keep_schemas_apart() {
+        let name = |t: &str| TableName::parse(t).unwrap().default_archive_name();
+        assert_eq!(name("payments"), "payments");
+        assert_eq!(name("public.payments"), "payments");
+        assert_eq!(name("billing.payments"), "billing.payments");
+        assert_ne!(name("a.t"), name("b.t"));
+    }
 
     #[test]
     fn quotes_hostile_names() {

@@ -99,8 +99,10 @@ fn yes() -> bool {
 
 impl TableConfig {
     /// The topic this table's messages go to.
-    pub fn topic(&self) -> &str {
-        self.topic.as_deref().unwrap_or(&self.name.name)
+    pub fn topic(&self) -> String {
+        self.topic
+            .clone()
+            .unwrap_or_else(|| self.name.default_archive_name())
     }
 }
 
@@ -131,10 +133,20 @@ impl PgChangefeedConfig {
             ));
         }
         let mut seen = std::collections::HashSet::new();
+        let mut topics: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
         for t in &self.tables {
             let key = (t.name.schema_or_public().to_owned(), t.name.name.clone());
             if !seen.insert(key) {
                 return bad(format!("table {} is listed twice", t.name));
+            }
+            if let Some(other) = topics.insert(t.topic(), t.name.to_string()) {
+                return bad(format!(
+                    "tables {other} and {} both go to topic {:?}: one topic (and one archive) per table; \
+                     set `topic` on one of them",
+                    t.name,
+                    t.topic()
+                ));
             }
         }
         Ok(())
@@ -144,6 +156,23 @@ impl PgChangefeedConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_tables_never_share_a_topic() {
+        let c: PgChangefeedConfig =
+            toml::from_str("tables = [{ name = \"a.t\" }, { name = \"b.t\" }]").unwrap();
+        assert_eq!(
+            (c.tables[0].topic(), c.tables[1].topic()),
+            ("a.t".to_owned(), "b.t".to_owned())
+        );
+        c.validate().unwrap();
+        let c: PgChangefeedConfig = toml::from_str(
+            "tables = [{ name = \"a.t\", topic = \"x\" }, { name = \"b.t\", topic = \"x\" }]",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("both go to topic"), "{err}");
+    }
 
     #[test]
     fn parses_and_defaults() {

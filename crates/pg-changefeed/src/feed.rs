@@ -191,7 +191,7 @@ async fn run_session(
     let mut topics: BTreeMap<String, i32> = BTreeMap::new();
     for t in &config.tables {
         let info = catalog::inspect(&client, t).await?;
-        let topic = t.topic().to_owned();
+        let topic = t.topic();
         let partitions = match topics.get(&topic) {
             Some(p) => *p,
             None => topic_partitions(&producer, &topic).await?,

@@ -145,8 +145,10 @@ impl PurgerConfig {
     }
 
     /// The table's directory name in the archive.
-    pub fn archive_table(&self) -> &str {
-        self.archive_table.as_deref().unwrap_or(&self.table.name)
+    pub fn archive_table(&self) -> String {
+        self.archive_table
+            .clone()
+            .unwrap_or_else(|| self.table.default_archive_name())
     }
 
     /// Loads the `[purger]` table of `file` (if any), then the

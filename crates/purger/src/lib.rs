@@ -89,7 +89,7 @@ pub async fn purge(
     let (client, dialect) = (opened.client, opened.dialect);
     let mut origins = OriginReport::default();
     origins.add(opened.origin);
-    let archive_table = cfg.archive_table().to_owned();
+    let archive_table = cfg.archive_table();
     // The archive side starts now, while the catalog is checked: it only
     // reads (chains, purge records, segments) and plans; nothing is deleted
     // before every check below has passed. Dropping the guard (an error

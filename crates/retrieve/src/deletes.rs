@@ -50,6 +50,9 @@ impl Hit for FoundDelete {
     fn set_updated(&mut self, updated: Option<cdc_changefeed::Hlc>) {
         self.delete.updated = updated;
     }
+    fn last_change_wins(&self) -> bool {
+        false
+    }
 }
 
 /// What a delete look-up cost, and what it could not see.

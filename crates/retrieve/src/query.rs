@@ -5,7 +5,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use cdc_changefeed::{Hlc, Value};
-use cdc_checkpoint::key_filter::{canonical_key, canonical_of, parse_key, KeyFilter};
+use cdc_checkpoint::key_filter::{canonical_of, parse_key, value_key, value_of, KeyFilter};
 use cdc_checkpoint::{Checkpoint, CheckpointError};
 use cdc_common::retry::Retryable;
 use cdc_common::storage::ArchiveStore;
@@ -258,6 +258,12 @@ pub(crate) trait Hit {
     /// Sets the event's `updated` (the first delivery's, for a copy kept
     /// from a later delivery).
     fn set_updated(&mut self, updated: Option<Hlc>);
+    /// Whether, of one PostgreSQL transaction's events, the last one is the
+    /// version (row versions: the state the transaction left) rather than
+    /// the first delivered (deletes: one per row and transaction).
+    fn last_change_wins(&self) -> bool {
+        true
+    }
 }
 
 /// The [`Event`] accessors of a type with the archive's meta fields
@@ -373,9 +379,13 @@ pub fn parse_key_arg(text: &str) -> Result<Vec<Value>, RetrieveError> {
 /// A [`Selector`] prepared for matching: key texts made canonical once.
 #[derive(Clone)]
 pub(crate) enum Matcher {
-    Key(String),
+    /// The key's values, and their value text (`1250` = `1250.00`).
+    Key(Vec<Value>, String),
     Prefix(Vec<String>),
-    Updated { from: Option<Hlc>, to: Option<Hlc> },
+    Updated {
+        from: Option<Hlc>,
+        to: Option<Hlc>,
+    },
     Column(Predicate),
     All(Vec<Matcher>),
 }
@@ -392,7 +402,7 @@ pub(crate) struct Ignoring {
 impl Matcher {
     pub(crate) fn new(selector: &Selector) -> Self {
         match selector {
-            Selector::Key(k) => Matcher::Key(canonical_key(k)),
+            Selector::Key(k) => Matcher::Key(k.clone(), value_key(k)),
             Selector::KeyPrefix(p) => Matcher::Prefix(p.iter().map(Value::to_json_text).collect()),
             Selector::Updated { from, to } => Matcher::Updated {
                 from: *from,
@@ -436,11 +446,11 @@ impl Matcher {
     /// record no key range or column statistics.
     fn may_match(&self, cp: &Checkpoint) -> bool {
         match self {
-            Matcher::Key(k) => cp
+            Matcher::Key(k, _) => cp
                 .key_filter
                 .as_deref()
                 .and_then(KeyFilter::decode)
-                .is_none_or(|f| f.may_contain(k)),
+                .is_none_or(|f| f.may_contain_key(k)),
             Matcher::Updated { from, to } => {
                 let below =
                     matches!((cp.max_updated, from), (Some(max), Some(from)) if max < *from);
@@ -459,7 +469,7 @@ impl Matcher {
     /// Whether `event` matches, taking the parts in `ignoring` as matched.
     pub(crate) fn eval(&self, event: &dyn Event, ignoring: Ignoring) -> bool {
         match self {
-            Matcher::Key(k) => canonical_of(event.key_json()) == *k,
+            Matcher::Key(_, k) => value_of(event.key_json()) == *k,
             Matcher::Prefix(prefix) => parse_key(event.key_json()).is_some_and(|k| {
                 k.len() >= prefix.len() && k.iter().zip(prefix).all(|(a, b)| a.to_json_text() == *b)
             }),
@@ -516,9 +526,9 @@ fn version_of(event: &dyn Event) -> Version {
 ///
 /// Otherwise (one event per version: CockroachDB's MVCC timestamp) the
 /// earliest delivery (smallest `updated`), and within it the first copy.
-fn better_copy(new: &dyn Event, old: &dyn Event) -> bool {
+fn better_copy(new: &dyn Event, old: &dyn Event, last_change_wins: bool) -> bool {
     let position = new.position().cmp(&old.position());
-    if let Version::Xid(_) = version_of(new) {
+    if let (Version::Xid(_), true) = (version_of(new), last_change_wins) {
         return position == Ordering::Greater;
     }
     match new.updated().cmp(&old.updated()) {
@@ -558,7 +568,7 @@ pub(crate) fn dedupe<T: Hit>(found: impl IntoIterator<Item = T>) -> (Vec<T>, usi
                 // The version's `updated` is its first delivery's, whichever
                 // copy's content is kept (it orders the versions of a key).
                 let first = e.get().event().updated().min(f.event().updated());
-                if better_copy(f.event(), e.get().event()) {
+                if better_copy(f.event(), e.get().event(), f.last_change_wins()) {
                     e.insert(f);
                 }
                 e.get_mut().set_updated(first);
@@ -663,7 +673,7 @@ pub async fn retrieve(
         let keys: HashSet<String> = hits
             .iter()
             .filter(|f| matches!(version_of(&f.row), Version::Xid(_)))
-            .map(|f| canonical_of(&f.row.key_json))
+            .map(|f| f.row.key_json.clone())
             .collect();
         // Probing every filter for every key costs more than reading the
         // segments once the answer is large: then read them all.
@@ -674,7 +684,7 @@ pub async fn retrieve(
                     .key_filter
                     .as_deref()
                     .and_then(KeyFilter::decode)
-                    .is_none_or(|filter| keys.iter().any(|k| filter.may_contain(k)))
+                    .is_none_or(|filter| keys.iter().any(|k| filter.may_contain_archived(k)))
         };
         let second: Vec<Checkpoint> = if keys.is_empty() {
             Vec::new()

@@ -448,11 +448,7 @@ async fn run_table(
     store: &ArchiveStore,
     shutdown: &CancellationToken,
 ) -> TableReport {
-    let archive_table = plan
-        .purger
-        .archive_table
-        .clone()
-        .unwrap_or_else(|| plan.purger.table.name.clone());
+    let archive_table = plan.purger.archive_table();
     let mut report = TableReport {
         table: plan.marker.table.to_string(),
         archive_table: archive_table.clone(),

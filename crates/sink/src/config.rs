@@ -247,6 +247,17 @@ impl SinkConfig {
                 ));
             }
         }
+        let mut tables: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for t in &self.topics {
+            if let Some(other) = tables.insert(t.table(), &t.name) {
+                return Err(format!(
+                    "topics {other:?} and {:?} both archive into table {:?}: one archive per topic; \
+                     set `table` on one of them",
+                    t.name,
+                    t.table()
+                ));
+            }
+        }
         for t in &self.topics {
             let table = t.table();
             if t.op_column.as_deref() == Some("") {
@@ -318,6 +329,18 @@ mod tests {
         assert!(c.validate().is_err());
         let id = c.writer_id();
         assert!(id.contains(&std::process::id().to_string()), "{id}");
+    }
+
+    #[test]
+    fn two_topics_never_share_an_archive_table() {
+        let c: SinkConfig = toml::from_str(
+            "[[topics]]\nname = \"a\"\ntable = \"t\"\n[[topics]]\nname = \"b\"\ntable = \"t\"",
+        )
+        .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("both archive into table"));
     }
 
     #[test]

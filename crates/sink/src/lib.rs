@@ -178,6 +178,20 @@ struct Sink {
 pub async fn run(config: &SinkConfig, cancel: CancellationToken) -> Result<SinkSummary, SinkError> {
     config.validate().map_err(SinkError::Config)?;
     let store = ArchiveStore::open(&config.storage)?;
+    // The chain's one-writer guarantee rests on conditional creates: a
+    // store that overwrites instead is refused before anything is written.
+    if !(|| cdc_checkpoint::conditional_create_holds(&store))
+        .retry(config.retry.backoff())
+        .when(Retryable::is_retryable)
+        .await?
+    {
+        return Err(SinkError::Config(format!(
+            "the archive at {} does not honour conditional creates (a second create of one object \
+             overwrote it instead of failing): two sinks could both extend a chain. Use a store that \
+             supports If-None-Match on PUT (AWS S3, MinIO, Ceph RGW recent versions, a local directory)",
+            store.url
+        )));
+    }
     let writer_id = config.writer_id();
     let context = SinkContext::default();
     let mut cc = ClientConfig::new();

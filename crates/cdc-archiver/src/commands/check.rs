@@ -194,5 +194,13 @@ async fn check_archive(url: &str) -> anyhow::Result<String> {
     let back = store.store.get(&path).await.context("get")?.bytes().await?;
     store.store.delete(&path).await.context("delete")?;
     anyhow::ensure!(back.as_ref() == b"ok", "read back different bytes");
-    Ok(format!("put/get/delete round trip at {}", store.url))
+    anyhow::ensure!(
+        cdc_checkpoint::conditional_create_holds(&store).await?,
+        "the store does not honour conditional creates (a second create of one object overwrote it): \
+         the sink refuses it; use a store that supports If-None-Match on PUT"
+    );
+    Ok(format!(
+        "put/get/delete round trip and conditional create at {}",
+        store.url
+    ))
 }

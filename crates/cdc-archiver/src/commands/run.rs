@@ -84,10 +84,18 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         if let Some(url) = &args.archive_url {
             purger.storage.url.clone_from(url);
         }
-        let archive_table = purger
-            .archive_table
-            .clone()
-            .unwrap_or_else(|| purger.table.name.clone());
+        let archive_table = purger.archive_table();
+        if let Some(other) = plans
+            .iter()
+            .find(|p: &&TablePlan| p.purger.archive_table() == archive_table)
+        {
+            anyhow::bail!(
+                "tables {} and {} both use archive table {archive_table:?}: give one of them its own \
+                 (purger.archive_table, and the sink topic's `table`)",
+                other.marker.table,
+                marker.table
+            );
+        }
         let watch = sink.as_ref().and_then(|s| {
             let topic = s.topics.iter().find(|t| t.table() == archive_table)?;
             Some(cdc_run::SinkWatch {
