@@ -53,6 +53,14 @@ pub struct PgChangefeedConfig {
     /// ([`cdc_common::db::PURGER_REPLICATION_ORIGIN`], the purger's
     /// default).
     pub filter_origins: Vec<String>,
+    /// Create the replication slot even though the topics already hold
+    /// messages, i.e. an earlier slot of this changefeed is gone (dropped,
+    /// or lost with a failover): the changes made in between never reach
+    /// Kafka, so marked rows they touched must be re-touched afterwards
+    /// (`cdc-archiver retouch`). Without it such a start is refused.
+    /// Default: false (flag `--recreate-slot`).
+    #[serde(default)]
+    pub recreate_slot: bool,
 }
 
 impl Default for PgChangefeedConfig {
@@ -69,6 +77,7 @@ impl Default for PgChangefeedConfig {
             delivery_timeout: Duration::from_secs(60),
             retry: RetryConfig::default(),
             filter_origins: vec![cdc_common::db::PURGER_REPLICATION_ORIGIN.to_owned()],
+            recreate_slot: false,
         }
     }
 }

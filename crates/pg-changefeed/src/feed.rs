@@ -210,6 +210,7 @@ async fn run_session(
     }
     // Where the slot stands: how much WAL a peek that found nothing has
     // read in vain (see `SKIP_HEARTBEAT_BYTES`).
+    refuse_lost_slot(&client, &producer, config, &topics).await?;
     let mut confirmed = ensure_slot(&client, &config.slot_name).await?;
     let filter_origins = !config.filter_origins.is_empty()
         && {
@@ -1186,6 +1187,66 @@ async fn resolved_floor(
         warn!("could not read the topics back for their latest resolved timestamp; the clock starts at the database's clock");
     }
     found
+}
+
+/// A missing slot is created only for topics that hold nothing yet (a new
+/// changefeed), or with `recreate_slot`: topics that hold messages mean an
+/// earlier slot of this changefeed is gone, and the changes made since it
+/// went never reach Kafka, silently, if a new slot is simply created.
+async fn refuse_lost_slot(
+    client: &Client,
+    producer: &FutureProducer,
+    config: &PgChangefeedConfig,
+    topics: &BTreeMap<String, i32>,
+) -> Result<(), ChangefeedError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.slot_name],
+        )
+        .await?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let mut used = Vec::new();
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            let (c, t) = (producer.clone(), topic.clone());
+            let high = tokio::task::spawn_blocking(move || {
+                c.client()
+                    .fetch_watermarks(&t, p, Duration::from_secs(10))
+                    .map(|(_, h)| h)
+            })
+            .await
+            .map_err(|e| ChangefeedError::Topic {
+                topic: topic.clone(),
+                reason: format!("watermark lookup failed: {e}"),
+            })??;
+            if high > 0 {
+                used.push(topic.clone());
+                break;
+            }
+        }
+    }
+    if used.is_empty() {
+        return Ok(());
+    }
+    if config.recreate_slot {
+        warn!(slot = %config.slot_name, topics = ?used,
+            "creating the replication slot again (--recreate-slot): changes made while there was none are not \
+             in Kafka; run `cdc-archiver retouch` for each table so that its marked rows are archived again");
+        return Ok(());
+    }
+    Err(ChangefeedError::Slot {
+        slot: config.slot_name.clone(),
+        reason: format!(
+            "does not exist, but topics {used:?} already hold this changefeed's messages: the slot was dropped \
+             or lost (a failover), and the changes made since are not in Kafka. Start once with \
+             `--recreate-slot` (config `recreate_slot = true`), then run `cdc-archiver retouch --table <t>` \
+             for each table, so that rows marked meanwhile are archived from their current state"
+        ),
+    })
 }
 
 /// Creates the slot with wal2json if it is missing; refuses a slot of

@@ -23,6 +23,11 @@ pub struct PgChangefeedArgs {
     /// Replication slot (overrides `slot_name`).
     #[arg(long)]
     pub slot_name: Option<String>,
+    /// Create the replication slot although the topics already hold this
+    /// changefeed's messages (its earlier slot is gone); then run
+    /// `cdc-archiver retouch` for each table.
+    #[arg(long)]
+    pub recreate_slot: bool,
 }
 
 pub async fn run(global: &GlobalArgs, args: PgChangefeedArgs) -> anyhow::Result<ExitCode> {
@@ -37,6 +42,9 @@ pub async fn run(global: &GlobalArgs, args: PgChangefeedArgs) -> anyhow::Result<
     }
     if let Some(v) = args.brokers {
         config.brokers = v;
+    }
+    if args.recreate_slot {
+        config.recreate_slot = true;
     }
     if let Some(v) = args.slot_name {
         config.slot_name = v;
