@@ -585,12 +585,24 @@ async fn run_table(
         report.error.get_or_insert_with(|| v.problems.join("; "));
     } else if v.rows_still_marked > 0 {
         report.outcome = report.outcome.worst(Outcome::Partial);
+        let no_copy = report
+            .purge
+            .as_ref()
+            .map_or(0, |p| p.totals.skipped_no_version);
+        let table = plan.marker.table.to_string();
         report.error.get_or_insert_with(|| {
-            format!(
+            let mut why = format!(
                 "{} row(s) are still marked archived in the table after the purge \
                  (changed after they were archived, or not yet archived); a later run purges them",
                 v.rows_still_marked
-            )
+            );
+            if no_copy > 0 {
+                why.push_str(&format!(
+                    "; {no_copy} archived row(s) could not be compared with the table (a column added since, \
+                     an incomplete copy): `cdc-archiver retouch --table {table}` archives them again whole"
+                ));
+            }
+            why
         });
     }
     report.verify = Some(v);
