@@ -123,9 +123,53 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Opens a session and spawns its connection task. The task ends (and is
-/// logged) when the connection drops; the client then returns
-/// `is_closed()` errors, which are retryable.
+/// The settings every cdc-archiver session pins, so that values print and
+/// parse the same whatever the role's or database's defaults (`ALTER ROLE
+/// … SET TimeZone …`, a `DateStyle` in the connection URL): the changefeed
+/// reads values under them, the purger compares current rows with what it
+/// read, holds are keyed by `jsonb_build_array(<key>)::text` (timestamps in
+/// UTC), restore casts archived text back. UTC timestamps, ISO dates read
+/// year first, PostgreSQL's interval style, floats in their shortest exact
+/// form (`extra_float_digits > 0`; `3` also gives every digit before 12),
+/// hex bytea.
+pub const SESSION_SETTINGS: [(&str, &str); 5] = [
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
+/// Settings a CockroachDB version may not know (its changefeed writes ISO
+/// text and hex bytes either way): refused ones are skipped there.
+const OPTIONAL_SETTINGS: [&str; 3] = ["DateStyle", "IntervalStyle", "bytea_output"];
+
+/// Pins [`SESSION_SETTINGS`]: one round trip on PostgreSQL; on a server
+/// that refuses one of the optional settings (CockroachDB), each one on
+/// its own, skipping those.
+pub async fn pin_session(client: &Client) -> Result<(), DbError> {
+    // Values are constants; names are plain identifiers.
+    let set = |(name, value): &(&str, &str)| format!("SET {name} = '{value}'");
+    let all: Vec<String> = SESSION_SETTINGS.iter().map(set).collect();
+    if client.batch_execute(&all.join("; ")).await.is_ok() {
+        return Ok(());
+    }
+    for s in &SESSION_SETTINGS {
+        match client.batch_execute(&set(s)).await {
+            Ok(()) => {}
+            Err(e) if OPTIONAL_SETTINGS.contains(&s.0) && !e.is_closed() => {
+                tracing::debug!(setting = s.0, error = %e, "session setting not supported here");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Opens a session with [`SESSION_SETTINGS`] pinned and spawns its
+/// connection task. The task ends (and is logged) when the connection
+/// drops; the client then returns `is_closed()` errors, which are
+/// retryable.
 pub async fn connect(url: &str, application_name: &str) -> Result<Client, DbError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|source| DbError::Connect {
         redacted_url: redact_url(url),
@@ -144,6 +188,7 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, DbErro
             tracing::warn!(error = %e, "database connection ended");
         }
     });
+    pin_session(&client).await?;
     Ok(client)
 }
 

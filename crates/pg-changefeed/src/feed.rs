@@ -99,16 +99,6 @@ use crate::xid;
 /// this changefeed).
 pub const HEARTBEAT_PREFIX: &str = "cdc-archiver";
 
-/// Session settings of the feed's database session, pinned so that value
-/// text is canonical whatever the role's or database's defaults: wal2json
-/// renders values with the session's output functions, and the purger
-/// casts key text back. UTC timestamps; ISO dates (which any `DateStyle`
-/// reads back unambiguously); PostgreSQL's interval style; floats in their
-/// shortest exact form (`extra_float_digits > 0`; `3` also gives every
-/// digit on servers before 12); hex bytea, which wal2json assumes.
-pub const SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
-     SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'";
-
 /// Runs the changefeed until `cancel` fires (then it finishes the current
 /// batch, advances the slot to what Kafka acknowledged and returns `Ok`),
 /// or until an error that a retry cannot heal. Retryable errors (database or
@@ -180,7 +170,8 @@ async fn run_session(
     // terminate) exactly this feed's session.
     let app = format!("cdc-pgcf:{}", config.slot_name);
     let client = cdc_common::db::connect(&config.database_url, &app).await?;
-    client.batch_execute(SESSION_SETTINGS).await?;
+    // Session settings (values print as the purger reads them back):
+    // pinned by `cdc_common::db::connect`.
     let server_version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int4", &[])
         .await?
@@ -1099,18 +1090,20 @@ async fn topic_partitions(producer: &FutureProducer, topic: &str) -> Result<i32,
 const FLOOR_SEARCH_LIMIT: i64 = 1 << 20;
 
 /// The latest resolved timestamp an earlier changefeed sent to `topics`:
-/// the last resolved message of each topic's partition 0 (resolved
-/// timestamps go to every partition, partition 0 first), read backwards in
-/// growing windows from the end. `None` when a topic cannot be read, or
-/// holds none within [`FLOOR_SEARCH_LIMIT`] messages (`Some(None)`: a new
-/// topic, no earlier resolved to stay above). `None` when a topic cannot
-/// be read.
+/// the greatest of the last resolved message of every partition (each is
+/// sent to every partition, and a crash may have stopped that part way),
+/// each read backwards in growing windows from the end. `Some(None)`: the
+/// topics hold messages of no resolved timestamp at all (a new changefeed:
+/// nothing to stay above). `None` (the caller falls back to the database
+/// clock): a topic cannot be read, or a partition that holds messages has
+/// no resolved one within its last [`FLOOR_SEARCH_LIMIT`] (one may lie
+/// further back, or have expired).
 async fn resolved_floor(
     config: &PgChangefeedConfig,
     topics: &BTreeMap<String, i32>,
 ) -> Option<Option<Hlc>> {
     let brokers = config.brokers.clone();
-    let topics: Vec<String> = topics.keys().cloned().collect();
+    let topics: BTreeMap<String, i32> = topics.clone();
     let found = tokio::task::spawn_blocking(move || -> Option<Option<Hlc>> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::message::Message as _;
@@ -1123,8 +1116,13 @@ async fn resolved_floor(
             .ok()?;
         let timeout = Duration::from_secs(10);
         let mut floor: Option<Hlc> = None;
-        for topic in &topics {
-            let (low, high) = match consumer.fetch_watermarks(topic, 0, timeout) {
+        let partitions: Vec<(String, i32)> = topics
+            .iter()
+            .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
+            .collect();
+        for (topic, partition) in &partitions {
+            let (topic, partition) = (topic, *partition);
+            let (low, high) = match consumer.fetch_watermarks(topic, partition, timeout) {
                 Ok(w) => w,
                 Err(e) => {
                     warn!(%topic, error = %e, "reading the topic's watermarks for its latest resolved timestamp");
@@ -1136,7 +1134,7 @@ async fn resolved_floor(
             while end > low {
                 let start = (end - window).max(low);
                 let mut tpl = rdkafka::TopicPartitionList::new();
-                tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(start))
+                tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(start))
                     .ok()?;
                 consumer.assign(&tpl).ok()?;
                 let mut last: Option<Hlc> = None;
@@ -1172,7 +1170,8 @@ async fn resolved_floor(
                     break;
                 }
                 if high - start >= FLOOR_SEARCH_LIMIT {
-                    break;
+                    warn!(%topic, partition, "no resolved timestamp in the last {FLOOR_SEARCH_LIMIT} messages");
+                    return None;
                 }
                 end = start;
                 window *= 4;

@@ -145,6 +145,18 @@ pub async fn purge(
             "foreign key ON DELETE {}: rows its child rows still reference are kept (counted as referenced) and \
              purged by a later run once their children are gone", fk.on_delete.to_uppercase());
     }
+    // Held rows stay (see `cdc_common::holds`): the holds table is made
+    // ready here (a dry run, which writes nothing, uses it if it exists).
+    let holds = if opts.dry_run {
+        cdc_common::holds::exists(&client, &table.schema, &table.name)
+            .await?
+            .then(|| cdc_common::holds::qualified(&table.schema, &table.name))
+    } else {
+        cdc_common::holds::ensure(&client, &table.schema, &table.name)
+            .await
+            .map_err(|e| PurgeError::Config(e.to_string()))?;
+        Some(cdc_common::holds::qualified(&table.schema, &table.name))
+    };
     // Always `"schema"."table"`: the table the catalog checks looked at,
     // whatever the session's search_path says.
     let sql = PurgeSql::new(
@@ -154,6 +166,7 @@ pub async fn purge(
         &cfg.archived_column,
         &table.columns,
         &preflight.blocking().cloned().collect::<Vec<_>>(),
+        holds.as_deref(),
     );
     let session = Session::prepare(client, &sql).await?;
     tracing::debug!(keys = table.keys.len(), "catalog read, statements prepared");
@@ -167,8 +180,12 @@ pub async fn purge(
         layout: Layout {
             keys: table.keys.len(),
             content: table.columns.clone(),
+            table: table.qualified(),
         },
         kept_keys: KeptKeys::default(),
+        table: table.clone(),
+        retouched: 0,
+        held: 0,
         session,
         // The marker's controllers, shared rather than written twice.
         size: Aimd::new(cfg.min_batch_size, cfg.batch_size, cfg.target_batch_latency),
@@ -295,20 +312,8 @@ pub async fn purge(
         }
     }
     run.bar.finish_and_clear();
-    if !opts.dry_run && !run.kept_keys.referenced.is_empty() {
-        summary.retouched = retouch(cfg, &table, &run.kept_keys.referenced).await?;
-        tracing::info!(rows = summary.retouched,
-            "rows kept because child rows reference them were re-touched: the changefeed archives them again, \
-             and a later run purges them once their children are gone");
-    }
-    if !opts.dry_run && !run.kept_keys.unmarked.is_empty() {
-        summary.held = hold(cfg, &table, &run.kept_keys.unmarked).await?;
-        tracing::info!(
-            rows = summary.held,
-            "rows un-marked after they were archived are held: no later run marks them again \
-             (`cdc-archiver holds list`, `holds release`)"
-        );
-    }
+    summary.retouched = run.retouched;
+    summary.held = run.held;
     summary.batches = run.batches;
     summary.retries = run.retries;
     summary.batch_size_cuts = run.size.decreases();
@@ -612,19 +617,6 @@ fn record_counts(r: &PurgeRecord) -> RowCounts {
     }
 }
 
-/// The settings every purger session pins, so that the archived key text
-/// casts back to the same value whatever the role's or database's defaults
-/// (`ALTER ROLE … SET DateStyle …`, a `TimeZone` in the connection URL):
-/// ISO dates read year first, intervals in PostgreSQL's own style, times
-/// in UTC, floats with every digit.
-pub const SESSION_SETTINGS: [(&str, &str); 5] = [
-    ("DateStyle", "ISO, YMD"),
-    ("IntervalStyle", "postgres"),
-    ("TimeZone", "UTC"),
-    ("extra_float_digits", "3"),
-    ("bytea_output", "hex"),
-];
-
 /// A purger session, as [`open_session`] opened it.
 pub struct OpenedSession {
     /// The connection, with the purger's settings.
@@ -639,10 +631,8 @@ pub struct OpenedSession {
 
 /// Opens a session with the purger's settings and says which dialect the
 /// server speaks. Called again after a dropped connection, so every
-/// session setting lives here: [`SESSION_SETTINGS`] (on CockroachDB
-/// `TimeZone` and `extra_float_digits` must succeed, `DateStyle` and
-/// `IntervalStyle` are applied where the version supports them: its
-/// changefeed writes ISO text either way), and, when
+/// session setting lives here: [`cdc_common::db::SESSION_SETTINGS`]
+/// (pinned by `connect`), and, when
 /// `disable_changefeed_replication` is on, on CockroachDB
 /// `SET disable_changefeed_replication = true`, on PostgreSQL a
 /// replication origin of the configured pool ([`origin`]; a dry run,
@@ -650,42 +640,7 @@ pub struct OpenedSession {
 pub async fn open_session(cfg: &PurgerConfig, dry_run: bool) -> Result<OpenedSession, PurgeError> {
     let client = cdc_common::db::connect(&cfg.database_url, "cdc-archiver-purge").await?;
     let dialect = cdc_common::db::detect_dialect(&client).await?;
-    // Values are constants; names are plain identifiers.
-    let set = |(name, value): (&str, &str)| format!("SET {name} = '{value}'");
-    match dialect {
-        // One round trip; every setting exists on every supported version.
-        Dialect::Postgres => {
-            let all: Vec<String> = SESSION_SETTINGS.into_iter().map(set).collect();
-            let stmt = all.join("; ");
-            client
-                .batch_execute(&stmt)
-                .await
-                .map_err(|source| PurgeError::Db {
-                    context: stmt,
-                    source,
-                })?;
-        }
-        Dialect::Cockroach => {
-            for (name, value) in SESSION_SETTINGS {
-                let stmt = set((name, value));
-                match client.batch_execute(&stmt).await {
-                    Ok(()) => {}
-                    Err(e)
-                        if matches!(name, "DateStyle" | "IntervalStyle" | "bytea_output")
-                            && !e.is_closed() =>
-                    {
-                        tracing::debug!(error = %e, "{stmt}: not supported by this CockroachDB version; its changefeed writes ISO text");
-                    }
-                    Err(source) => {
-                        return Err(PurgeError::Db {
-                            context: stmt,
-                            source,
-                        })
-                    }
-                }
-            }
-        }
-    }
+    // Session settings: pinned by `cdc_common::db::connect`.
     let mut origin = None;
     if cfg.disable_changefeed_replication {
         match dialect {
@@ -737,8 +692,13 @@ struct Run<'a> {
     sql: PurgeSql,
     layout: Layout,
     session: Session,
-    /// Keys of rows kept for a reason acted on when the purge is done.
+    /// Keys of rows kept for a reason acted on when their checkpoint is done.
     kept_keys: KeptKeys,
+    /// The table, for those actions.
+    table: catalog::TableInfo,
+    /// Rows re-touched and held so far.
+    retouched: u64,
+    held: u64,
     size: Aimd,
     /// `None`: no rows-per-second limit.
     rate: Option<Pacer>,
@@ -851,6 +811,9 @@ impl Run<'_> {
                 refusal: None,
             });
         }
+        // Before the record, which says the checkpoint is done: the rows it
+        // kept for a reason a later run acts on get what they need now.
+        self.act_on_kept().await?;
         let deletes_done = clock.elapsed();
         let record = PurgeRecord {
             format_version: cdc_checkpoint::FORMAT_VERSION,
@@ -991,7 +954,7 @@ impl Run<'_> {
                     self.bar.inc(sent.n as u64);
                     self.crash_if_due(window.len());
                 }
-                Err(e) if e.is_retryable() => {
+                Err(e) if batch_retryable(&e) => {
                     self.retries += 1;
                     self.size.on_retry();
                     tracing::warn!(error = %e, rows = sent.n, next_size = self.size.current(),
@@ -1028,6 +991,30 @@ impl Run<'_> {
             }
         }
         Ok(next == targets.len())
+    }
+
+    /// Re-touches the rows kept because child rows reference them (a later
+    /// run tries them again) and holds the rows found un-marked after they
+    /// were archived (no later run marks them again).
+    async fn act_on_kept(&mut self) -> Result<(), PurgeError> {
+        let kept = std::mem::take(&mut self.kept_keys);
+        if !kept.referenced.is_empty() {
+            let n = retouch(self.cfg, &self.table, &kept.referenced).await?;
+            self.retouched += n;
+            tracing::info!(rows = n,
+                "rows kept because child rows reference them were re-touched: the changefeed archives them again, \
+                 and a later run purges them once their children are gone");
+        }
+        if !kept.unmarked.is_empty() {
+            let n = hold(self.cfg, &self.table, &kept.unmarked).await?;
+            self.held += n;
+            tracing::info!(
+                rows = n,
+                "rows un-marked after they were archived are held: no later run marks them again \
+                 (`cdc-archiver holds list`, `holds release`)"
+            );
+        }
+        Ok(())
     }
 
     /// Adds a batch's result to `counts`, and keeps the keys of its rows
@@ -1154,7 +1141,7 @@ impl Run<'_> {
                     let result = self.explain(&rest[..n], deleted).await?;
                     return Ok((n, result));
                 }
-                Err(e) if e.is_retryable() => {
+                Err(e) if batch_retryable(&e) => {
                     let Some(delay) = delays.next() else {
                         return Err(PurgeError::Db {
                             context: format!("batch of {n} rows, retries exhausted"),
@@ -1231,7 +1218,8 @@ fn next_batch(rest: &[Target], n: usize, uniform: bool) -> (usize, Shape) {
 }
 
 /// What a batch's parameters are made of: the key columns, then on
-/// CockroachDB the versions, on PostgreSQL one array per content column.
+/// CockroachDB the versions, on PostgreSQL one array per content column
+/// and the table's name and column signature.
 #[derive(Debug, Clone)]
 struct Layout {
     /// Primary-key columns.
@@ -1239,6 +1227,8 @@ struct Layout {
     /// PostgreSQL: the columns the content guard compares (empty on
     /// CockroachDB).
     content: Vec<ContentColumn>,
+    /// `"schema"."table"`.
+    table: String,
 }
 
 /// Owned statement parameters (pipelined batches move them into a task).
@@ -1247,27 +1237,51 @@ type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 /// One `text[]` parameter (NULL elements for SQL NULL).
 type Column = Vec<Option<String>>;
 
-/// The DELETE's parameters for `shape`: [`params`], or for a uniform batch
-/// the key columns and the one version (`text`).
-fn delete_params(batch: &[Target], layout: &Layout, shape: Shape) -> Params {
-    let mut cols = params(batch, layout);
-    if shape == Shape::Uniform {
-        cols.pop();
+/// A batch's parameters: the arrays, then (PostgreSQL) the table's name
+/// and column signature ([`sql::column_set_check`]).
+struct BatchParams {
+    arrays: Vec<Column>,
+    scalars: Vec<String>,
+}
+
+impl BatchParams {
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let arrays = self.arrays.iter().map(|c| c as &(dyn ToSql + Sync));
+        arrays
+            .chain(self.scalars.iter().map(|s| s as &(dyn ToSql + Sync)))
+            .collect()
     }
-    let mut out: Params = cols
+}
+
+/// The DELETE's parameters for `shape`: [`params`], or for a uniform batch
+/// (CockroachDB) the key columns and the one version (`text`).
+fn delete_params(batch: &[Target], layout: &Layout, shape: Shape) -> Params {
+    let BatchParams {
+        mut arrays,
+        scalars,
+    } = params(batch, layout);
+    if shape == Shape::Uniform {
+        arrays.pop();
+    }
+    let mut out: Params = arrays
         .into_iter()
         .map(|c| Box::new(c) as Box<dyn ToSql + Sync + Send>)
         .collect();
     if shape == Shape::Uniform {
         out.push(Box::new(batch[0].version.clone()));
     }
+    out.extend(
+        scalars
+            .into_iter()
+            .map(|s| Box::new(s) as Box<dyn ToSql + Sync + Send>),
+    );
     out
 }
 
 /// The batch as the statements' parameters: one `text[]` per key column,
 /// then the versions (CockroachDB) or one `text[]` per content column
-/// (PostgreSQL).
-fn params(targets: &[Target], layout: &Layout) -> Vec<Column> {
+/// (PostgreSQL) and the scalars of the column-set check.
+fn params(targets: &[Target], layout: &Layout) -> BatchParams {
     let extra = if layout.content.is_empty() {
         1
     } else {
@@ -1288,11 +1302,23 @@ fn params(targets: &[Target], layout: &Layout) -> Vec<Column> {
             }
         }
     }
-    cols
+    let scalars = if layout.content.is_empty() {
+        Vec::new()
+    } else {
+        vec![layout.table.clone(), sql::signature(&layout.content)]
+    };
+    BatchParams {
+        arrays: cols,
+        scalars,
+    }
 }
 
-fn refs(cols: &[Column]) -> Vec<&(dyn ToSql + Sync)> {
-    cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
+/// Whether a failed DELETE batch is worth redoing: what [`Retryable`]
+/// allows, and a foreign-key violation (SQLSTATE 23503): a child row
+/// inserted by a transaction that committed while the DELETE ran, which
+/// its `NOT EXISTS` could not see yet; redone, the batch keeps that parent.
+fn batch_retryable(e: &tokio_postgres::Error) -> bool {
+    e.is_retryable() || e.as_db_error().is_some_and(|d| d.code().code() == "23503")
 }
 
 /// A batch's statement failed for good.
@@ -1423,10 +1449,12 @@ async fn explain_kept(
     let mut kept_keys = KeptKeys::default();
     if batch.len() as u64 > deleted {
         let cols = params(batch, layout);
-        for r in s.client.query(&s.probe, &refs(&cols)).await? {
+        for r in s.client.query(&s.probe, &cols.refs()).await? {
             if r.get("present") {
                 let key = || (0..layout.keys).map(|i| r.get::<_, String>(i)).collect();
-                if !r.get::<_, bool>("marked") {
+                if r.get("held") {
+                    present.unmarked += 1;
+                } else if !r.get::<_, bool>("marked") {
                     present.unmarked += 1;
                     kept_keys.unmarked.push(key());
                 } else if r.get("referenced") && r.get("same_version") {
@@ -1694,11 +1722,11 @@ async fn probe(
 ) -> Result<BatchResult, tokio_postgres::Error> {
     let cols = params(batch, layout);
     let mut result = BatchResult::default();
-    for r in s.client.query(&s.probe, &refs(&cols)).await? {
+    for r in s.client.query(&s.probe, &cols.refs()).await? {
         classify(
             &mut result,
             r.get("present"),
-            r.get("marked"),
+            r.get::<_, bool>("marked") && !r.get::<_, bool>("held"),
             r.get("same_version"),
             r.get("referenced"),
         );
@@ -1761,12 +1789,14 @@ mod tests {
         let crdb = Layout {
             keys: 1,
             content: Vec::new(),
+            table: "\"t\"".into(),
         };
         assert_eq!(delete_params(&two[..5], &crdb, Shape::Uniform).len(), 2);
         assert_eq!(delete_params(&mixed[..8], &crdb, Shape::Paired).len(), 2);
         // PostgreSQL: keys, then one array per content column.
         let pg = Layout {
             keys: 1,
+            table: "\"public\".\"t\"".into(),
             content: vec![
                 ContentColumn {
                     name: "id".into(),
@@ -1782,7 +1812,7 @@ mod tests {
         rows[0].content = vec![Some("0".into()), None];
         rows[1].content = vec![Some("1".into()), Some("n".into())];
         assert_eq!(
-            params(&rows, &pg),
+            params(&rows, &pg).arrays,
             vec![
                 vec![Some("0".to_owned()), Some("1".to_owned())],
                 vec![Some("0".to_owned()), Some("1".to_owned())],

@@ -94,10 +94,38 @@ pub fn content_guard(columns: &[ContentColumn]) -> String {
             } else {
                 format!("format('%s', {col})")
             };
-            format!("(CASE WHEN {col} IS NULL THEN d.c{i} IS NULL ELSE {text} IS NOT DISTINCT FROM d.c{i} END)")
+            // `num_nulls`: whether the value itself is NULL (`IS NULL` is
+            // also true for a composite whose every field is NULL).
+            format!("(CASE WHEN num_nulls({col}) = 1 THEN d.c{i} IS NULL ELSE {text} IS NOT DISTINCT FROM d.c{i} END)")
         })
         .collect::<Vec<_>>()
         .join(" AND ")
+}
+
+/// The stored columns' signature: `<length>:<name>:<type oid>` per column,
+/// in column order, comma-separated. The DELETE compares it with the
+/// catalog's at statement time ([`column_set_check`]), so a column added,
+/// dropped or retyped while a purge runs (ALTER TABLE waits for the
+/// statement) makes its rows fail the guard instead of being compared
+/// without that column.
+pub fn signature(columns: &[ContentColumn]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{}:{}:{}", c.name.chars().count(), c.name, c.typeoid))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The catalog's [`signature`] of the table named by parameter `$table`
+/// (its quoted name, as text) equals parameter `$sig`: an InitPlan,
+/// evaluated once per statement.
+pub fn column_set_check(table: usize, sig: usize) -> String {
+    format!(
+        "(SELECT string_agg(length(a.attname)::text || ':' || a.attname || ':' || a.atttypid::text, ',' \
+         ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = ${table}::text::regclass \
+         AND a.attnum > 0 AND NOT a.attisdropped AND COALESCE(to_jsonb(a) ->> 'attgenerated', '') = '') \
+         = ${sig}::text"
+    )
 }
 
 impl PurgeSql {
@@ -115,6 +143,7 @@ impl PurgeSql {
         archived_column: &str,
         content: &[ContentColumn],
         blocking: &[ReferencingKey],
+        holds: Option<&str>,
     ) -> Self {
         let k = keys.len();
         let names: Vec<String> = (0..k).map(|i| format!("k{i}")).collect();
@@ -140,19 +169,38 @@ impl PurgeSql {
         let key_out = key_out.join(", ");
         let guard = match dialect {
             Dialect::Cockroach => "t.crdb_internal_mvcc_timestamp = d.v::DECIMAL".to_owned(),
-            Dialect::Postgres => content_guard(content),
+            // After the arrays: the table's name and its column signature.
+            Dialect::Postgres => {
+                let next = k + extra.len() + 1;
+                format!(
+                    "{} AND {}",
+                    content_guard(content),
+                    column_set_check(next, next + 1)
+                )
+            }
         };
+        // A held row is never deleted (see `cdc_common::holds`).
+        let key_names: Vec<String> = keys.iter().map(|c| c.name.clone()).collect();
+        let held = holds.map(|h| {
+            format!(
+                "EXISTS (SELECT 1 FROM {h} AS cdc_hold WHERE cdc_hold.hold_key = {})",
+                cdc_common::holds::key_expr_of("t", &key_names)
+            )
+        });
         let referenced = blocking
             .iter()
             .map(ReferencingKey::exists)
             .collect::<Vec<_>>()
             .join(" OR ");
-        // Also in the uniform shape: `archived` then carries the clause.
-        let archived = if referenced.is_empty() {
-            format!("t.{}", quote_ident(archived_column))
-        } else {
-            format!("t.{} AND NOT ({referenced})", quote_ident(archived_column))
-        };
+        // Also in the uniform shape: `archived` then carries the clauses.
+        let mut archived = format!("t.{}", quote_ident(archived_column));
+        if !referenced.is_empty() {
+            archived.push_str(&format!(" AND NOT ({referenced})"));
+        }
+        if let Some(h) = &held {
+            archived.push_str(&format!(" AND NOT {h}"));
+        }
+        let held = held.map_or_else(|| "false".to_owned(), |h| format!("COALESCE({h}, false)"));
         let referenced = if referenced.is_empty() {
             "false".to_owned()
         } else {
@@ -189,7 +237,8 @@ impl PurgeSql {
         let present = format!("t.{} IS NOT NULL", quote_ident(&keys[0].name));
         let probe = format!(
             "SELECT {key_out}, {present} AS present, COALESCE({marked}, false) AS marked, \
-             COALESCE({guard}, false) AS same_version, ({present} AND {referenced}) AS referenced \
+             COALESCE({guard}, false) AS same_version, ({present} AND {referenced}) AS referenced, \
+             ({present} AND {held}) AS held \
              FROM {batch} LEFT JOIN {table_quoted} AS t ON {join}"
         );
         Self {
@@ -240,6 +289,7 @@ mod tests {
             "archived",
             &[],
             &[],
+            None,
         );
         assert_eq!(
             sql.delete,
@@ -285,16 +335,33 @@ mod tests {
             "is \"old\"",
             &content,
             &[],
+            None,
         );
         assert_eq!(
             sql.delete,
-            "DELETE FROM \"t\" AS t USING unnest($1::text[], $2::text[], $3::text[]) AS d(k0, c0, c1) \
+            format!("DELETE FROM \"t\" AS t USING unnest($1::text[], $2::text[], $3::text[]) AS d(k0, c0, c1) \
              WHERE t.\"id\" = d.k0::numeric \
-             AND (CASE WHEN t.\"id\" IS NULL THEN d.c0 IS NULL ELSE format('%s', t.\"id\") IS NOT DISTINCT FROM d.c0 END) \
-             AND (CASE WHEN t.\"doc\" IS NULL THEN d.c1 IS NULL \
+             AND (CASE WHEN num_nulls(t.\"id\") = 1 THEN d.c0 IS NULL ELSE format('%s', t.\"id\") IS NOT DISTINCT FROM d.c0 END) \
+             AND (CASE WHEN num_nulls(t.\"doc\") = 1 THEN d.c1 IS NULL \
              ELSE btrim(format('%s', t.\"doc\"), E' \\t\\n\\r') IS NOT DISTINCT FROM d.c1 END) \
-             AND t.\"is \"\"old\"\"\""
+             AND {} AND t.\"is \"\"old\"\"\"",
+            column_set_check(4, 5))
         );
+        assert_eq!(signature(&content), "2:id:1700,3:doc:114");
+        let held = PurgeSql::new(
+            Dialect::Postgres,
+            "\"t\"",
+            &one,
+            "archived",
+            &content,
+            &[],
+            Some("\"cdc_archiver\".\"holds:public.t\""),
+        );
+        assert!(held.delete.ends_with(
+            "AND t.\"archived\" AND NOT EXISTS (SELECT 1 FROM \"cdc_archiver\".\"holds:public.t\" AS cdc_hold \
+             WHERE cdc_hold.hold_key = jsonb_build_array(t.\"id\")::text)"
+        ), "{}", held.delete);
+        assert!(held.probe.contains(") AS held"));
         assert_eq!(
             sql.delete_uniform, None,
             "no version to share on PostgreSQL"
@@ -320,7 +387,15 @@ mod tests {
             on_delete: "no action".into(),
             indexed: true,
         };
-        let sql = PurgeSql::new(Dialect::Cockroach, "\"t\"", &one, "archived", &[], &[fk]);
+        let sql = PurgeSql::new(
+            Dialect::Cockroach,
+            "\"t\"",
+            &one,
+            "archived",
+            &[],
+            &[fk],
+            None,
+        );
         let exists =
             "EXISTS (SELECT 1 FROM \"public\".\"line\" AS c WHERE c.\"order_id\" = t.\"id\" \
                       AND c.\"region\" = t.\"region\")";
@@ -341,7 +416,15 @@ mod tests {
             "{}",
             sql.probe
         );
-        let plain = PurgeSql::new(Dialect::Cockroach, "\"t\"", &one, "archived", &[], &[]);
+        let plain = PurgeSql::new(
+            Dialect::Cockroach,
+            "\"t\"",
+            &one,
+            "archived",
+            &[],
+            &[],
+            None,
+        );
         assert!(plain
             .probe
             .contains("(t.\"id\" IS NOT NULL AND false) AS referenced"));
@@ -353,7 +436,7 @@ mod tests {
             name: "id\"; DROP TABLE x; --".into(),
             sql_type: "\"My Type\"".into(),
         }];
-        let sql = PurgeSql::new(Dialect::Cockroach, "\"t\"", &k, "archived", &[], &[]);
+        let sql = PurgeSql::new(Dialect::Cockroach, "\"t\"", &k, "archived", &[], &[], None);
         assert!(
             sql.delete
                 .contains("t.\"id\"\"; DROP TABLE x; --\" = d.k0::\"My Type\""),

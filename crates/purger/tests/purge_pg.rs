@@ -438,13 +438,14 @@ async fn session_settings_are_pinned_whatever_the_connection_asks_for() {
         &f.cfg.database_url,
         "-c%20DateStyle%3DSQL%2CDMY%20-c%20IntervalStyle%3Dsql_standard%20-c%20TimeZone%3DAsia%2FKolkata%20-c%20extra_float_digits%3D-5",
     );
-    // The connection itself does get the hostile settings...
+    // Every session cdc-archiver opens overrides them (the marker's, the
+    // restore's, the holds command's: `cdc_common::db::connect`), the
+    // purger's too.
     let raw = cdc_common::db::connect(&f.cfg.database_url, "t")
         .await
         .unwrap();
     let tz: String = raw.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
-    assert_eq!(tz, "Asia/Kolkata");
-    // ...and the purger's session overrides them.
+    assert_eq!(tz, "UTC");
     let opened = cdc_purger::open_session(&f.cfg, false).await.unwrap();
     let (client, dialect) = (opened.client, opened.dialect);
     assert_eq!(dialect, cdc_common::db::Dialect::Postgres);
@@ -453,6 +454,7 @@ async fn session_settings_are_pinned_whatever_the_connection_asks_for() {
         ("IntervalStyle", "postgres"),
         ("TimeZone", "UTC"),
         ("extra_float_digits", "3"),
+        ("bytea_output", "hex"),
     ] {
         let got: String = client
             .query_one(&format!("SHOW {name}"), &[])
@@ -994,4 +996,107 @@ async fn archived_keys_that_do_not_fit_the_primary_key_refuse_the_checkpoint() {
     assert_eq!(f.snapshot().await.len(), 6, "nothing deleted");
     assert!(f.purge_record(0, 0).await.is_none());
     f.drop().await;
+}
+
+/// A hold added on a row that is marked and archived (a legal hold that
+/// arrives after the marker) keeps it: the purger's DELETE checks holds.
+#[tokio::test]
+async fn a_held_row_is_never_deleted_even_when_marked_and_archived() {
+    let f = Fixture::archived(6).await;
+    let pg = &f.client;
+    cdc_common::holds::ensure(pg, "public", &f.table)
+        .await
+        .unwrap();
+    pg.batch_execute(&format!(
+        "INSERT INTO {} (hold_key, hold_reason) SELECT jsonb_build_array(id)::text, 'legal' FROM {} WHERE id = 4",
+        cdc_common::holds::qualified("public", &f.table),
+        f.q()
+    ))
+    .await
+    .unwrap();
+    let s = f.purge(&opts()).await.unwrap();
+    assert_eq!(
+        (s.totals.deleted, s.totals.skipped_unmarked),
+        (5, 1),
+        "{}",
+        s.render()
+    );
+    assert_eq!(
+        f.snapshot().await.keys().copied().collect::<Vec<_>>(),
+        vec![4]
+    );
+    let _ = pg
+        .batch_execute(&format!(
+            "DROP TABLE {}",
+            cdc_common::holds::qualified("public", &f.table)
+        ))
+        .await;
+    f.drop().await;
+}
+
+/// The content guard tells a NULL from a composite whose fields are all
+/// NULL (`IS NULL` does not), and the column-set check sees a column added
+/// after the guard was built.
+#[tokio::test]
+async fn the_content_guard_is_exact_about_nulls_and_the_column_set() {
+    use cdc_purger::sql::{column_set_check, content_guard, signature, ContentColumn};
+    let pg = cdc_tests::pg().await;
+    let ty = cdc_tests::unique("addr");
+    let t = cdc_tests::unique("guard");
+    let (qty, qt) = (quote_ident(&ty), quote_ident(&t));
+    pg.batch_execute(&format!(
+        "CREATE TYPE {qty} AS (street text, city text);
+         CREATE TABLE {qt} (id int PRIMARY KEY, a {qty});
+         INSERT INTO {qt} VALUES (1, NULL), (2, ROW(NULL, NULL));"
+    ))
+    .await
+    .unwrap();
+    let oid: i64 = pg
+        .query_one(&format!("SELECT '{ty}'::regtype::oid::int8"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let columns = [
+        ContentColumn {
+            name: "id".into(),
+            typeoid: 23,
+        },
+        ContentColumn {
+            name: "a".into(),
+            typeoid: oid as u32,
+        },
+    ];
+    let sig = signature(&columns);
+    let name = format!("public.{qt}");
+    let guard = format!(
+        "SELECT t.id FROM {qt} AS t, (SELECT $1::text AS c0, $2::text AS c1) AS d \
+         WHERE {} AND {} ORDER BY t.id",
+        content_guard(&columns),
+        column_set_check(3, 4)
+    );
+    let ids = |c0: &str, c1: Option<&str>| {
+        let (guard, name, sig) = (&guard, &name, &sig);
+        let pg = &pg;
+        let (c0, c1) = (c0.to_owned(), c1.map(str::to_owned));
+        async move {
+            pg.query(guard.as_str(), &[&c0, &c1, name, sig])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i32>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Archived NULL matches row 1 only; archived `(,)` matches row 2 only.
+    assert_eq!(ids("1", None).await, vec![1]);
+    assert_eq!(ids("2", None).await, Vec::<i32>::new());
+    assert_eq!(ids("2", Some("(,)")).await, vec![2]);
+    // A column added since the guard was built: nothing matches.
+    pg.batch_execute(&format!("ALTER TABLE {qt} ADD COLUMN legal text"))
+        .await
+        .unwrap();
+    assert_eq!(ids("1", None).await, Vec::<i32>::new());
+    pg.batch_execute(&format!("DROP TABLE {qt}; DROP TYPE {qty}"))
+        .await
+        .unwrap();
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use cdc_common::holds;
-use cdc_common::ident::TableName;
+use cdc_common::ident::{quote_ident, TableName};
 use clap::{Args, Subcommand};
 use tokio_postgres::types::ToSql;
 
@@ -33,8 +33,8 @@ pub enum HoldsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Hold a row: the marker never marks it, so it is never archived and
-    /// purged by a run, until released.
+    /// Hold a row: it is un-marked (if it was marked), the marker never
+    /// marks it and the purger never deletes it, until released.
     Add {
         /// `schema.table`.
         #[arg(long)]
@@ -45,6 +45,9 @@ pub enum HoldsAction {
         /// Why (kept with the hold).
         #[arg(long, default_value = "held by an operator")]
         reason: String,
+        /// The table's archived flag column.
+        #[arg(long, default_value = "archived")]
+        archived_column: String,
     },
     /// Release holds: the rows become eligible again (the next run archives
     /// and purges them if they are past the cutoff).
@@ -105,26 +108,62 @@ pub async fn run(global: &GlobalArgs, args: HoldsArgs) -> anyhow::Result<ExitCod
                 eprintln!("{count} hold(s)");
             }
         }
-        HoldsAction::Add { table, key, reason } => {
+        HoldsAction::Add {
+            table,
+            key,
+            reason,
+            archived_column,
+        } => {
             let t = parse(&table)?;
             let schema = t.schema_or_public();
             let pk = holds::primary_key(&client, schema, &t.name).await?;
             let values = key_values(&key, pk.len())?;
             holds::ensure(&client, schema, &t.name).await?;
+            let names: Vec<String> = pk.iter().map(|(n, _)| n.clone()).collect();
+            let matches: Vec<String> = pk
+                .iter()
+                .enumerate()
+                .map(|(i, (n, ty))| format!("t.{} = ${}::text::{ty}", quote_ident(n), i + 1))
+                .collect();
+            // One statement: the hold, computed from the row itself, and the
+            // row un-marked (so a purge pending for it keeps it too).
             let sql = format!(
-                "INSERT INTO {} (hold_key, hold_reason) VALUES ({}, ${}) ON CONFLICT (hold_key) DO NOTHING",
-                holds::qualified(schema, &t.name),
-                holds::key_of_values(&pk),
-                pk.len() + 1
+                "WITH r AS (SELECT {key} AS k FROM {tq} AS t WHERE {m}), \
+                 h AS (INSERT INTO {hq} (hold_key, hold_reason) SELECT k, ${r} FROM r \
+                       ON CONFLICT (hold_key) DO NOTHING RETURNING 1), \
+                 u AS (UPDATE {tq} AS t SET {a} = false WHERE {m} AND t.{a} RETURNING 1) \
+                 SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM h), (SELECT count(*) FROM u)",
+                key = holds::key_expr_of("t", &names),
+                tq = t.quoted(),
+                m = matches.join(" AND "),
+                hq = holds::qualified(schema, &t.name),
+                r = pk.len() + 1,
+                a = quote_ident(&archived_column),
             );
             let mut params: Vec<&(dyn ToSql + Sync)> =
                 values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
             params.push(&reason);
-            let n = client
-                .execute(&sql, &params)
+            let row = client
+                .query_one(&sql, &params)
                 .await
                 .context("adding the hold")?;
-            println!("{} hold added on {t} key {key}", n);
+            let (found, added, unmarked): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            if found == 0 {
+                bail!("{t} has no row with key {key}: nothing held");
+            }
+            println!(
+                "{} on {t} key {key}{}",
+                if added == 1 {
+                    "hold added"
+                } else {
+                    "already held"
+                },
+                if unmarked == 1 {
+                    " (un-marked: its pending purge keeps it)"
+                } else {
+                    ""
+                }
+            );
         }
         HoldsAction::Release { table, key, all } => {
             let t = parse(&table)?;
@@ -160,12 +199,12 @@ pub async fn run(global: &GlobalArgs, args: HoldsArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// The text of each value of a JSON-array key, checked against the
-/// primary key's column count.
+/// The exact text of each value of a JSON-array key (a number keeps its
+/// digits: `1250.00` stays `1250.00`), checked against the primary key's
+/// column count.
 fn key_values(key: &str, columns: usize) -> anyhow::Result<Vec<String>> {
     anyhow::ensure!(columns > 0, "the table has no primary key");
-    let values: Vec<serde_json::Value> =
-        serde_json::from_str(key).with_context(|| format!("--key {key:?} is not a JSON array"))?;
+    let values = cdc_retrieve::parse_key_arg(key)?;
     anyhow::ensure!(
         values.len() == columns,
         "--key {key:?} has {} value(s); the primary key has {columns} column(s)",
@@ -174,9 +213,9 @@ fn key_values(key: &str, columns: usize) -> anyhow::Result<Vec<String>> {
     values
         .into_iter()
         .map(|v| match v {
-            serde_json::Value::String(s) => Ok(s),
-            serde_json::Value::Null => bail!("a primary-key value is never null"),
-            other => Ok(other.to_string()),
+            cdc_changefeed::Value::String(s) => Ok(s),
+            cdc_changefeed::Value::Null => bail!("a primary-key value is never null"),
+            other => Ok(other.to_json_text()),
         })
         .collect()
 }
