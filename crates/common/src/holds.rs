@@ -126,6 +126,51 @@ pub async fn ensure(client: &Client, schema: &str, table: &str) -> Result<(), Ho
     }
 }
 
+/// Makes the holds table of `schema.table` ready for a stage that checks
+/// holds: `Ok(true)` when it exists (or, with `create`, was created) and
+/// this role may read it; `Ok(false)` when it does not exist and cannot be
+/// created here, so no row of the table is held (the stage goes on; a
+/// warning names the statements that create it); an error when it exists
+/// but this role may not read it (holds would be ignored: refused, with
+/// the GRANT that fixes it).
+pub async fn prepare(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    create: bool,
+) -> Result<bool, HoldsError> {
+    if !exists(client, schema, table).await? {
+        if !create {
+            return Ok(false);
+        }
+        if let Err(e) = ensure(client, schema, table).await {
+            tracing::warn!(error = %e,
+                "no holds table, and this role cannot create it: no row of the table is held; \
+                 create it once to use holds (restore, `cdc-archiver holds`, legal holds)");
+            return Ok(false);
+        }
+    }
+    let q = qualified(schema, table);
+    let readable: bool = client
+        .query_one(
+            "SELECT has_schema_privilege($1, 'USAGE') AND has_table_privilege($2, 'SELECT')",
+            &[&SCHEMA, &q],
+        )
+        .await
+        .map_err(DbError::from)?
+        .get(0);
+    if readable {
+        Ok(true)
+    } else {
+        Err(HoldsError::Unreadable {
+            grant: format!(
+                "GRANT USAGE ON SCHEMA {} TO <role>; GRANT SELECT, INSERT ON {q} TO <role>;",
+                quote_ident(SCHEMA)
+            ),
+        })
+    }
+}
+
 /// Holds of `schema.table`: `(key, reason, held at, held by)`, oldest first.
 pub async fn list(
     client: &Client,
@@ -213,6 +258,12 @@ pub enum HoldsError {
         ddl: String,
         /// Why it failed.
         source: tokio_postgres::Error,
+    },
+    /// The table exists but this role may not read it.
+    #[error("this role may not read the holds table, so it would ignore holds; run: {grant}")]
+    Unreadable {
+        /// The statements that fix it.
+        grant: String,
     },
     /// Any other database error.
     #[error(transparent)]

@@ -404,12 +404,8 @@ async fn prepare(
     .await?;
     let dialect = cdc_common::db::detect_dialect(&client).await?;
     let mut table = catalog::resolve(&client, cfg, &cutoff).await?;
-    table.holds = if dry_run {
-        cdc_common::holds::exists(&client, &table.schema, &table.table).await?
-    } else {
-        cdc_common::holds::ensure(&client, &table.schema, &table.table).await?;
-        true
-    };
+    table.holds =
+        cdc_common::holds::prepare(&client, &table.schema, &table.table, !dry_run).await?;
     Ok((session, dialect, table, cutoff))
 }
 

@@ -326,10 +326,12 @@ async fn value_text_does_not_depend_on_session_defaults() {
         "-c DateStyle=SQL,DMY -c IntervalStyle=sql_standard -c extra_float_digits=0 \
          -c TimeZone=Asia/Kolkata -c bytea_output=escape",
     );
-    // The URL does set them (so the test tests something).
-    let hostile = cdc_common::db::connect(&cfg.database_url, "cdc-tests")
+    // The URL does set them (so the test tests something): a plain session
+    // (ours pins its own settings over the URL's).
+    let (hostile, conn) = tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls)
         .await
         .unwrap();
+    tokio::spawn(conn);
     let shown: String = hostile
         .query_one("SELECT '2025-06-10'::date::text", &[])
         .await

@@ -147,16 +147,10 @@ pub async fn purge(
     }
     // Held rows stay (see `cdc_common::holds`): the holds table is made
     // ready here (a dry run, which writes nothing, uses it if it exists).
-    let holds = if opts.dry_run {
-        cdc_common::holds::exists(&client, &table.schema, &table.name)
-            .await?
-            .then(|| cdc_common::holds::qualified(&table.schema, &table.name))
-    } else {
-        cdc_common::holds::ensure(&client, &table.schema, &table.name)
-            .await
-            .map_err(|e| PurgeError::Config(e.to_string()))?;
-        Some(cdc_common::holds::qualified(&table.schema, &table.name))
-    };
+    let holds = cdc_common::holds::prepare(&client, &table.schema, &table.name, !opts.dry_run)
+        .await
+        .map_err(|e| PurgeError::Config(e.to_string()))?
+        .then(|| cdc_common::holds::qualified(&table.schema, &table.name));
     // Always `"schema"."table"`: the table the catalog checks looked at,
     // whatever the session's search_path says.
     let sql = PurgeSql::new(
@@ -1562,9 +1556,15 @@ pub async fn hold(
     keys: &[Vec<String>],
 ) -> Result<u64, PurgeError> {
     let opened = open_session(cfg, true).await?;
-    cdc_common::holds::ensure(&opened.client, &table.schema, &table.name)
+    if !cdc_common::holds::prepare(&opened.client, &table.schema, &table.name, true)
         .await
-        .map_err(|e| PurgeError::Config(e.to_string()))?;
+        .map_err(|e| PurgeError::Config(e.to_string()))?
+    {
+        tracing::warn!(rows = keys.len(),
+            "rows un-marked after they were archived cannot be held (no holds table): they stay un-marked, \
+             but a later run may mark them again");
+        return Ok(0);
+    }
     let archived = cdc_common::ident::quote_ident(&cfg.archived_column);
     let key_names: Vec<String> = table.keys.iter().map(|k| k.name.clone()).collect();
     let key = cdc_common::holds::key_expr_of("t", &key_names);

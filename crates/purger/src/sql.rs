@@ -369,7 +369,9 @@ mod tests {
         assert!(sql
             .probe
             .contains("LEFT JOIN \"t\" AS t ON t.\"id\" = d.k0::numeric"));
-        assert!(sql.probe.contains("COALESCE((CASE WHEN t.\"id\" IS NULL"));
+        assert!(sql
+            .probe
+            .contains("COALESCE((CASE WHEN num_nulls(t.\"id\") = 1"));
     }
 
     #[test]

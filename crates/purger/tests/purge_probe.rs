@@ -41,25 +41,26 @@ async fn until_row(pg: &tokio_postgres::Client, what: &str, sql: &str, p: &str) 
     }
 }
 
-/// A purger statement on `table` (its text starts with one of
-/// `prefixes`) waiting for a lock: its `query_start`, as text.
-async fn waiting(
-    pg: &tokio_postgres::Client,
-    what: &str,
-    table: &str,
-    prefixes: &[&str],
-) -> String {
+/// A purger statement on table `q` (quoted; its text starts with one of
+/// `prefixes`) waiting for a lock: its `query_start`, as text. The
+/// statement names the table in its text (`pg_stat_activity` keeps the
+/// first 1 kB of a long statement, which may end before the table's name)
+/// or waits for a lock on the table itself.
+async fn waiting(pg: &tokio_postgres::Client, what: &str, q: &str, prefixes: &[&str]) -> String {
     let like: Vec<String> = prefixes
         .iter()
-        .map(|p| format!("query LIKE '{p}%'"))
+        .map(|p| format!("a.query LIKE '{p}%'"))
         .collect();
     let sql = format!(
-        "SELECT query_start::text FROM pg_stat_activity \
-         WHERE application_name = 'cdc-archiver-purge' AND wait_event_type = 'Lock' \
-           AND ({}) AND strpos(query, $1) > 0 LIMIT 1",
+        "SELECT a.query_start::text FROM pg_stat_activity AS a \
+         WHERE a.application_name = 'cdc-archiver-purge' AND a.wait_event_type = 'Lock' \
+           AND ({}) \
+           AND (strpos(a.query, $1) > 0 OR EXISTS (SELECT 1 FROM pg_locks AS l \
+                WHERE l.pid = a.pid AND NOT l.granted AND l.relation = $1::text::regclass)) \
+         LIMIT 1",
         like.join(" OR ")
     );
-    until_row(pg, what, &sql, table).await
+    until_row(pg, what, &sql, q).await
 }
 
 enum Then {
@@ -82,7 +83,6 @@ async fn purge_with_a_lock_between_delete_and_probe(
     f.cfg.batch_size = 50;
     f.cfg.pipeline_depth = depth;
     f.lock_timeout_ms(LOCK_TIMEOUT_MS);
-    let table = f.table.clone();
     let q = f.q();
 
     let mut row_holder = cdc_tests::pg().await;
@@ -98,7 +98,7 @@ async fn purge_with_a_lock_between_delete_and_probe(
         waiting(
             &watcher,
             "the DELETE to wait for row 3",
-            &table,
+            &q,
             &["DELETE FROM"],
         )
         .await;
@@ -133,13 +133,7 @@ async fn purge_with_a_lock_between_delete_and_probe(
         // The DELETE proceeds and commits; the table lock is granted.
         row_tx.commit().await.unwrap();
         locked_rx.await.unwrap();
-        let first = waiting(
-            &watcher,
-            "the probe to wait for the table",
-            &table,
-            &["SELECT"],
-        )
-        .await;
+        let first = waiting(&watcher, "the probe to wait for the table", &q, &["SELECT"]).await;
         match then {
             Then::ProbeTimesOut => {
                 // The probe timed out and something was sent again (the
@@ -149,7 +143,7 @@ async fn purge_with_a_lock_between_delete_and_probe(
                     let now = waiting(
                         &watcher,
                         "the probe (or the batch) to be sent again",
-                        &table,
+                        &q,
                         &["SELECT", "DELETE FROM"],
                     )
                     .await;
