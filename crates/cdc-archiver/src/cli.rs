@@ -1,12 +1,14 @@
-//! Command-line surface. Every subcommand takes `--config FILE` (TOML);
-//! flags override the file, which overrides `CDC_ARCHIVER_*` variables.
+//! Command-line surface: the subcommands and their dispatch. Every
+//! subcommand takes `--config FILE` (TOML); flags override the file, which
+//! overrides `CDC_ARCHIVER_*` variables. This module uses `commands`, never
+//! the reverse: the commands take only the global options (`global.rs`).
 
-use std::path::PathBuf;
+use std::process::ExitCode;
 
-use cdc_common::telemetry::LogFormat;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::commands;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "cdc-archiver", version, about, propagate_version = true)]
@@ -15,36 +17,6 @@ pub struct Cli {
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Args)]
-pub struct GlobalArgs {
-    /// TOML configuration file.
-    #[arg(long, short = 'c', global = true, env = "CDC_ARCHIVER_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Log format: auto (text on a terminal, JSON otherwise), text or json.
-    #[arg(long, global = true, value_enum, default_value = "auto")]
-    pub log_format: LogFormatArg,
-    /// Default log level (RUST_LOG overrides it).
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum LogFormatArg {
-    Auto,
-    Text,
-    Json,
-}
-
-impl From<LogFormatArg> for LogFormat {
-    fn from(a: LogFormatArg) -> Self {
-        match a {
-            LogFormatArg::Auto => LogFormat::Auto,
-            LogFormatArg::Text => LogFormat::Text,
-            LogFormatArg::Json => LogFormat::Json,
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,4 +54,24 @@ pub enum Command {
     Sink(commands::sink::SinkArgs),
     /// CockroachDB changefeed tools: `decode` a dump of Kafka records.
     Changefeed(commands::changefeed::ChangefeedArgs),
+}
+
+impl Cli {
+    /// Runs the parsed command.
+    pub async fn dispatch(self) -> anyhow::Result<ExitCode> {
+        let g = &self.global;
+        match self.command {
+            Command::Check(args) => commands::check::run(g, args).await,
+            Command::Run(args) => commands::run::run(g, args).await,
+            Command::Retrieve(args) => commands::retrieve::retrieve(g, args).await,
+            Command::Restore(args) => commands::retrieve::restore(g, args).await,
+            Command::Holds(args) => commands::holds::run(g, args).await,
+            Command::Retouch(args) => commands::retouch::run(g, args).await,
+            Command::Mark(args) => commands::mark::run(g, args).await,
+            Command::Purge(args) => commands::purge::run(g, args).await,
+            Command::Changefeed(args) => commands::changefeed::run(g, args).await,
+            Command::PgChangefeed(args) => commands::pg_changefeed::run(g, args).await,
+            Command::Sink(args) => commands::sink::run(g, args).await,
+        }
+    }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod config;
 mod exit;
+mod global;
 
 use clap::Parser;
 
@@ -21,7 +22,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    match runtime.block_on(cli.dispatch()) {
         Ok(code) => code,
         Err(e) => {
             // `{:#}` prints the whole context chain on one line.

@@ -10,10 +10,12 @@
 //! missing table) and never gives up on one that can (SQLSTATE 40001, a
 //! dropped connection).
 
+pub mod aimd;
 pub mod config;
 pub mod db;
 pub mod holds;
 pub mod ident;
+pub mod pace;
 pub mod progress;
 pub mod retry;
 pub mod shutdown;

@@ -1,11 +1,18 @@
 //! Retry policy and the classification of errors into "a retry can help"
 //! and "a retry cannot help". Uses `backon` (the maintained successor of
 //! the unmaintained `backoff` crate, RUSTSEC-2025-0012).
+//!
+//! The one mechanism every retry loop uses is [`Retrier`]: the error's own
+//! [`Retryable::is_retryable`] decides whether to try again, the
+//! [`RetryConfig`]'s jittered backoff how long to wait and when to give
+//! up. What a loop does between attempts (reconnect, shrink a batch) stays
+//! with the loop.
 
 use std::time::Duration;
 
-use backon::ExponentialBuilder;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// Whether an error can heal by itself. Every error type in cdc-archiver
 /// answers this, so that retry loops and operators get the same answer.
@@ -48,6 +55,73 @@ impl RetryConfig {
             .with_max_times(self.max_retries)
             .with_factor(2.0)
             .with_jitter()
+    }
+}
+
+/// The retry budget of one operation: after each failure, whether to try
+/// again and after which delay.
+#[derive(Debug)]
+pub struct Retrier {
+    policy: RetryConfig,
+    delays: ExponentialBackoff,
+    retries: u64,
+}
+
+impl Retrier {
+    /// A fresh budget from `policy`.
+    pub fn new(policy: &RetryConfig) -> Self {
+        Self {
+            policy: policy.clone(),
+            delays: policy.backoff().build(),
+            retries: 0,
+        }
+    }
+
+    /// After a failure: the delay before the next attempt, or `None` when
+    /// the error cannot heal ([`Retryable::is_retryable`] is false) or the
+    /// budget is spent.
+    pub fn next_delay<E: Retryable + ?Sized>(&mut self, error: &E) -> Option<Duration> {
+        if !error.is_retryable() {
+            return None;
+        }
+        let delay = self.delays.next()?;
+        self.retries += 1;
+        Some(delay)
+    }
+
+    /// The delay before the next attempt, for a failure the caller has
+    /// already judged retryable (for example with a rule of its own that
+    /// narrows [`Retryable::is_retryable`]); `None` when the budget is spent.
+    pub fn next_delay_for_retryable(&mut self) -> Option<Duration> {
+        let delay = self.delays.next()?;
+        self.retries += 1;
+        Some(delay)
+    }
+
+    /// Starts the budget again (after progress: a long-running loop that
+    /// made headway should not die of failures spread over days).
+    pub fn reset(&mut self) {
+        self.delays = self.policy.backoff().build();
+    }
+
+    /// Retries granted so far (over resets).
+    pub fn retries(&self) -> u64 {
+        self.retries
+    }
+
+    /// Sleeps `delay`, or less when `shutdown` is cancelled first; returns
+    /// whether the full delay passed (`false`: shutting down).
+    pub async fn wait(delay: Duration, shutdown: Option<&CancellationToken>) -> bool {
+        match shutdown {
+            Some(token) => tokio::select! {
+                () = tokio::time::sleep(delay) => true,
+                () = token.cancelled() => false,
+            },
+            None => {
+                tokio::time::sleep(delay).await;
+                true
+            }
+        }
     }
 }
 
@@ -107,6 +181,49 @@ mod tests {
         for c in ["23505", "42P01", "42703", "22P02", "XX000"] {
             assert!(!is_retryable_sqlstate(c), "{c}");
         }
+    }
+
+    struct Flaky(bool);
+    impl Retryable for Flaky {
+        fn is_retryable(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn the_retrier_asks_the_error_and_spends_its_budget() {
+        let policy = RetryConfig {
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_retries: 2,
+        };
+        let mut r = Retrier::new(&policy);
+        assert_eq!(
+            r.next_delay(&Flaky(false)),
+            None,
+            "a final error is not retried"
+        );
+        assert!(r.next_delay(&Flaky(true)).is_some());
+        assert!(r.next_delay(&Flaky(true)).is_some());
+        assert_eq!(
+            r.next_delay(&Flaky(true)),
+            None,
+            "two retries, then give up"
+        );
+        r.reset();
+        assert!(
+            r.next_delay(&Flaky(true)).is_some(),
+            "progress restores the budget"
+        );
+        assert_eq!(r.retries(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_cuts_the_wait_short() {
+        let token = CancellationToken::new();
+        token.cancel();
+        assert!(!Retrier::wait(Duration::from_secs(60), Some(&token)).await);
+        assert!(Retrier::wait(Duration::from_millis(1), None).await);
     }
 
     #[test]

@@ -21,11 +21,9 @@
 //!   jittered exponential backoff (halving the batch); any other error
 //!   stops the run with a message naming the table and the step.
 
-pub mod aimd;
 pub mod catalog;
 pub mod config;
 pub mod key;
-pub mod pace;
 pub mod sql;
 
 use std::fmt;
@@ -33,7 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdc_common::db::{DbError, Dialect};
-use cdc_common::retry::{RetryConfig, Retryable};
+use cdc_common::retry::{Retrier, RetryConfig, Retryable};
+use cdc_common::{aimd, pace};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
@@ -343,8 +342,7 @@ where
     F: FnMut(Arc<Client>) -> Fut,
     Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 {
-    use backon::BackoffBuilder;
-    let mut delays = retry.backoff().build();
+    let mut retrier = Retrier::new(retry);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
@@ -357,14 +355,14 @@ where
         };
         match result {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() => match delays.next() {
+            Err(e) if e.is_retryable() => match retrier.next_delay(&e) {
                 Some(d) => {
                     if session_lost(&e) {
                         session.client = None;
                     }
                     *retries += 1;
                     tracing::warn!(error = %e, delay_ms = d.as_millis() as u64, "{context}: retrying");
-                    tokio::time::sleep(d).await;
+                    Retrier::wait(d, None).await;
                 }
                 None => {
                     return Err(MarkError::RetriesExhausted {
@@ -568,7 +566,7 @@ pub async fn mark(
     };
     let mut marked_total = 0u64;
     let mut batches = 0u64;
-    let mut delays: Option<backon::ExponentialBackoff> = None;
+    let mut retrier: Option<Retrier> = None;
     let mut attempts = 0u32;
 
     let stop_reason = loop {
@@ -614,7 +612,7 @@ pub async fn mark(
         };
         match result {
             Ok(outcome) => {
-                delays = None;
+                retrier = None;
                 attempts = 0;
                 aimd.on_success(t0.elapsed());
                 if let Some(p) = pacer.as_mut() {
@@ -634,11 +632,10 @@ pub async fn mark(
                 }
             }
             Err(e) if e.is_retryable() => {
-                use backon::BackoffBuilder;
                 attempts += 1;
                 aimd.on_retry();
-                let it = delays.get_or_insert_with(|| cfg.retry.backoff().build());
-                let Some(delay) = it.next() else {
+                let it = retrier.get_or_insert_with(|| Retrier::new(&cfg.retry));
+                let Some(delay) = it.next_delay(&e) else {
                     return Err(MarkError::RetriesExhausted {
                         context: format!("marking a batch of table {}", cfg.table),
                         attempts,
@@ -655,11 +652,9 @@ pub async fn mark(
                     delay,
                     batch_size: aimd.current(),
                 });
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    // Nothing was written by the failed attempt: stop now.
-                    _ = shutdown.cancelled() => {}
-                }
+                // Nothing was written by the failed attempt: a shutdown
+                // stops the wait now.
+                Retrier::wait(delay, Some(&shutdown)).await;
             }
             Err(e) => return Err(e),
         }

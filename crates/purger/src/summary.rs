@@ -1,6 +1,7 @@
 //! What a purge did, per checkpoint and in total: printed at the end of a
 //! run and written as JSON with `--summary-json`.
 
+use cdc_checkpoint::{Checkpoint, PurgeRecord};
 use serde::Serialize;
 
 use crate::catalog::Preflight;
@@ -311,5 +312,38 @@ impl PurgeSummary {
             );
         }
         s
+    }
+}
+
+/// A checkpoint's line of the summary.
+pub(crate) fn report(
+    cp: &Checkpoint,
+    status: CheckpointStatus,
+    counts: RowCounts,
+) -> CheckpointReport {
+    CheckpointReport {
+        partition: cp.partition,
+        first_offset: cp.first_offset,
+        last_offset: cp.last_offset,
+        segment: cp.segment.as_ref().map(|s| s.path.clone()),
+        status,
+        counts,
+    }
+}
+
+/// The counts a purge record kept, for a checkpoint already purged.
+pub(crate) fn record_counts(r: &PurgeRecord) -> RowCounts {
+    RowCounts {
+        rows: r.accounted_rows(),
+        deleted: r.deleted,
+        would_delete: 0,
+        already_gone: r.already_gone,
+        skipped_changed: r.skipped_changed,
+        skipped_unmarked: r.skipped_unmarked,
+        skipped_no_version: r.skipped_no_version,
+        skipped_open_transaction: r.skipped_open_transaction,
+        skipped_xid_too_old: r.skipped_xid_too_old,
+        skipped_referenced: r.skipped_referenced,
+        superseded: r.superseded,
     }
 }

@@ -446,7 +446,9 @@ async fn session_settings_are_pinned_whatever_the_connection_asks_for() {
         .unwrap();
     let tz: String = raw.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
     assert_eq!(tz, "UTC");
-    let opened = cdc_purger::open_session(&f.cfg, false).await.unwrap();
+    let opened = cdc_purger::open_session(&f.cfg, cdc_purger::SessionUse::Purge)
+        .await
+        .unwrap();
     let (client, dialect) = (opened.client, opened.dialect);
     assert_eq!(dialect, cdc_common::db::Dialect::Postgres);
     for (name, want) in [

@@ -50,11 +50,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use backon::BackoffBuilder;
 use cdc_changefeed::Value;
 use cdc_common::db::{DbError, Dialect};
 use cdc_common::ident::{quote_ident, TableName};
-use cdc_common::retry::{RetryConfig, Retryable};
+use cdc_common::retry::{Retrier, RetryConfig, Retryable};
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -496,18 +495,18 @@ where
     F: FnMut(ClientRef<'a>) -> Fut,
     Fut: Future<Output = Result<T, RestoreError>>,
 {
-    let mut delays = retry.backoff().build();
+    let mut retrier = Retrier::new(retry);
     loop {
         let result = match session.client().await {
             Ok(c) => op(c).await,
             Err(e) => Err(e),
         };
         match result {
-            Err(e) if e.is_retryable() && session.can_retry() => match delays.next() {
+            Err(e) if session.can_retry() && e.is_retryable() => match retrier.next_delay(&e) {
                 Some(d) => {
                     *retries += 1;
                     tracing::warn!(error = %e, delay_ms = d.as_millis() as u64, "restore: {what}: retrying");
-                    tokio::time::sleep(d).await;
+                    Retrier::wait(d, None).await;
                 }
                 None => return Err(e),
             },

@@ -10,7 +10,7 @@ use anyhow::Context;
 use cdc_changefeed::{decode_with, line::parse_line, DecodeOptions};
 use clap::{Args, Subcommand};
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct ChangefeedArgs {

@@ -11,7 +11,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {

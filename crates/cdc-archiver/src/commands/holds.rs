@@ -11,7 +11,7 @@ use cdc_common::ident::{quote_ident, TableName};
 use clap::{Args, Subcommand};
 use tokio_postgres::types::ToSql;
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct HoldsArgs {

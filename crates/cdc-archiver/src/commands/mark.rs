@@ -11,7 +11,7 @@ use cdc_common::ident::TableName;
 use cdc_marker::{CutoffConfig, MarkerConfig, Progress};
 use clap::Args;
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct MarkArgs {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use cdc_pg_changefeed::PgChangefeedConfig;
 use clap::Args;
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct PgChangefeedArgs {

@@ -10,7 +10,7 @@ use cdc_purger::{PurgeOptions, PurgerConfig};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args, Serialize)]
 pub struct PurgeArgs {

@@ -11,7 +11,7 @@ use cdc_purger::PurgerConfig;
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args, Serialize)]
 pub struct RetouchArgs {

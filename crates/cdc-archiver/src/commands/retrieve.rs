@@ -19,7 +19,7 @@ use cdc_common::storage::{ArchiveStore, StorageConfig};
 use cdc_retrieve::{DeleteStats, Found, FoundDelete, Predicate, Query, RetrieveStats, Selector};
 use clap::Args;
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 /// What to look for; exactly one selector.
 #[derive(Debug, Args)]

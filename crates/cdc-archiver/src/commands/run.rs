@@ -19,7 +19,7 @@ use cdc_run::{RunConfig, TablePlan};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

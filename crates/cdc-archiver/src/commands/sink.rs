@@ -13,7 +13,7 @@ use anyhow::Context;
 use cdc_sink::SinkConfig;
 use clap::{Args, Subcommand};
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct SinkArgs {

@@ -9,6 +9,9 @@
 //! size by a quarter, so a cold cache or a busy cluster brings latency
 //! back under the target without a failure first. Pure logic: no clock,
 //! no I/O.
+//!
+//! One controller for every batch stage: the marker sizes its UPDATE
+//! batches with it and the purger its DELETE batches.
 
 use std::time::Duration;
 

@@ -3,6 +3,9 @@
 //! for the returned delay before opening the batch's statement, so no
 //! transaction is ever open while the limiter waits. Pure logic: the
 //! caller passes the clock in.
+//!
+//! One limiter for every batch stage: the marker paces the rows it marks
+//! with it and the purger the rows it deletes.
 
 use std::time::{Duration, Instant};
 
@@ -45,8 +48,9 @@ impl Pacer {
         }
     }
 
-    /// Records `rows` actually marked (may go negative: a batch that
-    /// marked more than planned is paid back by the next wait).
+    /// Records `rows` actually written (marked or deleted; may go
+    /// negative: a batch that wrote more than planned is paid back by the
+    /// next wait).
     pub fn spend(&mut self, rows: u64, now: Instant) {
         self.refill(now);
         self.tokens -= rows as f64;
