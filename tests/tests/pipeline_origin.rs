@@ -77,7 +77,9 @@ async fn purged_rows_do_not_come_back_as_deletes_but_application_deletes_do() {
     let p = archived_pipeline("pp_origin", &base).await;
     let cfg = purger(&p, &base, 40);
 
-    let holder = cdc_purger::open_session(&cfg, false).await.unwrap();
+    let holder = cdc_purger::open_session(&cfg, cdc_purger::SessionUse::Purge)
+        .await
+        .unwrap();
     assert_eq!(holder.origin, Some(OriginSetup::Taken(base.clone())));
     let summary = p.purge(&cfg).await;
     assert!(summary.ok(), "{}", summary.render());
@@ -203,8 +205,12 @@ async fn concurrent_sessions_take_the_pool_in_order_and_an_exhausted_pool_warns(
     cfg.replication_origin = base.clone();
     cfg.replication_origin_pool = 2;
 
-    let a = cdc_purger::open_session(&cfg, false).await.unwrap();
-    let b = cdc_purger::open_session(&cfg, false).await.unwrap();
+    let a = cdc_purger::open_session(&cfg, cdc_purger::SessionUse::Purge)
+        .await
+        .unwrap();
+    let b = cdc_purger::open_session(&cfg, cdc_purger::SessionUse::Purge)
+        .await
+        .unwrap();
     assert_eq!(a.origin, Some(OriginSetup::Taken(base.clone())));
     assert_eq!(b.origin, Some(OriginSetup::Taken(format!("{base}_1"))));
     for s in [&a, &b] {
@@ -216,7 +222,9 @@ async fn concurrent_sessions_take_the_pool_in_order_and_an_exhausted_pool_warns(
             .get(0);
         assert!(set);
     }
-    let c = cdc_purger::open_session(&cfg, false).await.unwrap();
+    let c = cdc_purger::open_session(&cfg, cdc_purger::SessionUse::Purge)
+        .await
+        .unwrap();
     let Some(OriginSetup::Missing(why)) = &c.origin else {
         panic!("a third session in a pool of two: {:?}", c.origin);
     };
@@ -229,7 +237,9 @@ async fn concurrent_sessions_take_the_pool_in_order_and_an_exhausted_pool_warns(
     // A dry run creates and takes nothing.
     let mut dry = cfg.clone();
     dry.replication_origin = cdc_tests::unique("cdc_pp_origin");
-    let d = cdc_purger::open_session(&dry, true).await.unwrap();
+    let d = cdc_purger::open_session(&dry, cdc_purger::SessionUse::DryRun)
+        .await
+        .unwrap();
     assert_eq!(d.origin, Some(OriginSetup::Checked));
     let admin = cdc_tests::pg().await;
     let created: i64 = admin
@@ -246,7 +256,9 @@ async fn concurrent_sessions_take_the_pool_in_order_and_an_exhausted_pool_warns(
     drop(a);
     let start = std::time::Instant::now();
     loop {
-        let again = cdc_purger::open_session(&cfg, false).await.unwrap();
+        let again = cdc_purger::open_session(&cfg, cdc_purger::SessionUse::Purge)
+            .await
+            .unwrap();
         if again.origin == Some(OriginSetup::Taken(base.clone())) {
             break;
         }

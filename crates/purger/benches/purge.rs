@@ -199,10 +199,11 @@ async fn main() {
                     panic!("the purger's reader knows this layout");
                 };
                 cdc_purger::decode::check_checkpoint(&v, &cp).unwrap();
-                let plan =
-                    cdc_purger::versions::plan(&v.rows, cdc_common::db::Dialect::Postgres, 1)
-                        .unwrap();
-                assert_eq!(plan.targets.len(), v.rows.len());
+                let rows: Vec<cdc_purger::versions::ArchivedVersion> =
+                    v.rows.into_iter().map(Into::into).collect();
+                let plan = cdc_purger::versions::plan(&rows, cdc_common::db::Dialect::Postgres, 1)
+                    .unwrap();
+                assert_eq!(plan.targets.len(), rows.len());
             }
             fast_secs = t.elapsed().as_secs_f64();
         }

@@ -31,7 +31,9 @@
 //! - [`catalog`], [`config`], [`decode`], `error.rs`, [`origin`], [`sql`],
 //!   [`summary`], [`versions`]: the table's catalog, the configuration,
 //!   segment decoding, errors, replication origins, statement text, the
-//!   summary, and the planning of which versions to delete.
+//!   summary, and the planning of which versions to delete. Reading a
+//!   segment and checking it against its checkpoint is `cdc_segment`'s
+//!   (`reader`, `versions`), shared with `retrieve` and `restore`.
 
 mod batch;
 pub mod catalog;

@@ -5,7 +5,7 @@
 //! What it guarantees: a segment is trusted only once its size and sha256
 //! match its checkpoint (`cdc_checkpoint::verify_segment`) and it has been
 //! read completely and agrees with the checkpoint
-//! ([`decode::check_checkpoint`]); a missing, corrupt or undecodable
+//! ([`decode::check_checkpoint`], i.e. `cdc_segment::reader`); a missing, corrupt or undecodable
 //! segment makes its checkpoint [`Loaded::Refused`], and nothing later in
 //! that partition is sent. A broken chain refuses its whole partition. It
 //! only reads: nothing here writes to the archive or the database.
@@ -253,9 +253,10 @@ async fn load(
             }
         };
         if let Err(e) = decode::check_checkpoint(&seg, &checkpoint) {
-            return Loaded::Refused(format!("checkpoint {cp_path}: segment {seg_path}: {e}"));
+            // Names the checkpoint, the segment and what differs.
+            return Loaded::Refused(e.to_string());
         }
-        let rows = seg.rows;
+        let rows: Vec<versions::ArchivedVersion> = seg.rows.into_iter().map(Into::into).collect();
         let decoded_in = started.elapsed();
         match versions::plan_keys(&rows, dialect) {
             Ok(plan) => {

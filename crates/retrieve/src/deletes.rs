@@ -2,8 +2,9 @@
 //! their own.
 
 use cdc_changefeed::Value;
-use cdc_checkpoint::{Checkpoint, DeletesRef};
+use cdc_checkpoint::Checkpoint;
 use cdc_common::storage::ArchiveStore;
+use cdc_segment::reader::Expected;
 use cdc_segment::DeletedRow;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -190,11 +191,19 @@ async fn read_matching(
 ) -> Result<(usize, Vec<FoundDelete>), RetrieveError> {
     let d = cp.deletes.as_ref().expect("candidates have a delete file");
     let bytes = cdc_checkpoint::verify_deletes(store, d).await?;
-    let decoded = cdc_segment::decode_deletes(&bytes).map_err(|e| RetrieveError::DeleteFile {
-        path: d.path.clone(),
-        reason: e.to_string(),
+    // A checksum proves the bytes are the ones uploaded, not that they are
+    // this checkpoint's: the reader checks its metadata, record count and
+    // every record's position too.
+    let expected = Expected {
+        records: Some(d.records),
+        ..crate::read::expected(cp, &d.path, d.size, &d.sha256)
+    };
+    let decoded = cdc_segment::reader::open_deletes(&bytes, &expected).map_err(|e| {
+        RetrieveError::DeleteFile {
+            path: d.path.clone(),
+            reason: e.to_string(),
+        }
     })?;
-    check_belongs(cp, d, &decoded)?;
     let scanned = decoded.deletes.len();
     let hits = decoded
         .deletes
@@ -207,57 +216,4 @@ async fn read_matching(
         })
         .collect();
     Ok((scanned, hits))
-}
-
-/// A delete file's checksum proves its bytes are the ones uploaded, not
-/// that they are this checkpoint's: its metadata, record count and every
-/// record's position must be.
-fn check_belongs(
-    cp: &Checkpoint,
-    d: &DeletesRef,
-    decoded: &cdc_segment::Deletes,
-) -> Result<(), RetrieveError> {
-    let m = &decoded.meta;
-    let mismatch = if m.table != cp.table {
-        Some(format!("cdc.table {} (checkpoint: {})", m.table, cp.table))
-    } else if (m.partition, m.first_offset, m.last_offset)
-        != (cp.partition, cp.first_offset, cp.last_offset)
-    {
-        Some(format!(
-            "partition {} offsets {}..={} (checkpoint: partition {} offsets {}..={})",
-            m.partition,
-            m.first_offset,
-            m.last_offset,
-            cp.partition,
-            cp.first_offset,
-            cp.last_offset
-        ))
-    } else if decoded.deletes.len() as u64 != d.records {
-        Some(format!(
-            "{} records (checkpoint: {})",
-            decoded.deletes.len(),
-            d.records
-        ))
-    } else {
-        decoded
-            .deletes
-            .iter()
-            .find(|r| {
-                r.partition != cp.partition
-                    || !(cp.first_offset..=cp.last_offset).contains(&r.offset)
-            })
-            .map(|r| {
-                format!(
-                    "a record at partition {} offset {}, outside the checkpoint's range",
-                    r.partition, r.offset
-                )
-            })
-    };
-    match mismatch {
-        Some(reason) => Err(RetrieveError::DeleteFile {
-            path: d.path.clone(),
-            reason: format!("not this checkpoint's delete file: {reason}"),
-        }),
-        None => Ok(()),
-    }
 }

@@ -5,9 +5,14 @@
 //! back into a table.
 //!
 //! The guarantee kept here is that the archive is read only through the
-//! checkpoint chain: a segment is read only if a checkpoint names it and
-//! its size and SHA-256 match (orphans and damaged segments are never
-//! trusted, and a damaged one is an error, not an empty answer). To stay
+//! checkpoint chain: a segment is read only if a checkpoint names it, its
+//! size and SHA-256 match, and it is that checkpoint's (its table,
+//! partition, offset range, row count and columns, and every record's
+//! offset within the range: `cdc_segment::reader`, the purger's checks).
+//! Orphans and damaged or foreign segments are never trusted, and a
+//! damaged or foreign one is an error naming the segment, the checkpoint
+//! and what differs, not an empty answer; so is everything built on a
+//! look-up ([`restore`] included). To stay
 //! fast on a large archive, a look-up skips every segment whose
 //! checkpoint metadata (key filter, `updated` range) proves it cannot hold
 //! the answer, and reports how many segments it actually read. A key
@@ -59,6 +64,7 @@
 mod deletes;
 mod output;
 mod query;
+mod read;
 mod restore;
 
 pub use deletes::{retrieve_deletes, DeleteStats, FoundDelete};

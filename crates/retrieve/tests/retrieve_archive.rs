@@ -10,8 +10,9 @@ mod cli;
 mod payments;
 
 use cdc_changefeed::{Hlc, Value};
-use cdc_checkpoint::CheckpointError;
+use cdc_checkpoint::{Checkpoint, CheckpointError, SegmentRef};
 use cdc_retrieve::{Found, Predicate, RetrieveError, RetrieveStats, Selector};
+use cdc_segment::reader::OpenError;
 use payments::*;
 
 async fn get(
@@ -261,6 +262,97 @@ async fn a_damaged_segment_is_an_error_not_an_empty_answer() {
     // A key elsewhere is still found: its filter skips the damaged segment.
     let (found, _) = get(&archive, Selector::Key(key(&key_of(5))), false).await;
     assert_eq!(ids(&found), [5]);
+}
+
+#[tokio::test]
+async fn a_segment_rewritten_after_archiving_is_refused_naming_its_checkpoint() {
+    let (archive, cps) = build("payments").await;
+    // After archiving, checkpoint 17's segment is rewritten with other
+    // content (checkpoint 3's segment: same partition, same key K) and the
+    // new size and sha256 are recorded in its checkpoint anyway: the bytes
+    // pass their checksum, but they are another range's.
+    let (cp, other) = (&cps[17], &cps[3]);
+    assert_eq!(cp.partition, other.partition);
+    let bytes = std::fs::read(archive.file_of(other)).unwrap();
+    std::fs::write(archive.file_of(cp), &bytes).unwrap();
+    let seg = cp.segment.as_ref().unwrap();
+    let rewritten = Checkpoint {
+        segment: Some(SegmentRef::describe(
+            seg.path.clone(),
+            &bytes,
+            seg.rows,
+            seg.columns.clone(),
+        )),
+        ..cp.clone()
+    };
+    std::fs::write(archive.dir.path().join(cp.path()), rewritten.to_json()).unwrap();
+
+    let err = cdc_retrieve::retrieve(
+        &archive.store,
+        &query(&archive, Selector::Key(key(K)), false),
+    )
+    .await
+    .unwrap_err();
+    let RetrieveError::NotTheCheckpoints(OpenError::NotTheCheckpoints {
+        checkpoint,
+        path,
+        differences,
+    }) = &err
+    else {
+        panic!("not refused as another range's segment: {err}");
+    };
+    assert_eq!((checkpoint, path), (&cp.path(), &seg.path));
+    assert_eq!(
+        differences[..2],
+        [
+            format!(
+                "cdc.first_offset {} (checkpoint: {})",
+                other.first_offset, cp.first_offset
+            ),
+            format!(
+                "cdc.last_offset {} (checkpoint: {})",
+                other.last_offset, cp.last_offset
+            ),
+        ]
+    );
+    assert!(
+        differences
+            .last()
+            .unwrap()
+            .contains("outside the checkpoint's range"),
+        "{differences:?}"
+    );
+    let text = err.to_string();
+    for part in [
+        &cp.path(),
+        &seg.path,
+        "not the one the checkpoint describes",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    // A key elsewhere is still found: its filter skips that segment.
+    let (found, _) = get(&archive, Selector::Key(key(&key_of(5))), false).await;
+    assert_eq!(ids(&found), [5]);
+
+    // `retrieve` and `restore` (which reads through the same look-up, before
+    // it connects to any database) fail on it with that error.
+    let retrieve = cli::retrieve(&archive, &["--key", K]);
+    assert_eq!(retrieve.status.code(), Some(1), "{retrieve:?}");
+    let restore = std::process::Command::new(cli::binary())
+        .args(["--log-level", "warn", "restore", "--table", &archive.table])
+        .arg("--archive-url")
+        .arg(format!("file://{}", archive.dir.path().display()))
+        .args(["--key", K, "--database-url", "postgres://127.0.0.1:1/none"])
+        .output()
+        .unwrap();
+    assert_eq!(restore.status.code(), Some(1), "{restore:?}");
+    for out in [retrieve, restore] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&cp.path()) && stderr.contains("cdc.first_offset"),
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -14,6 +14,11 @@
 //! delete file ([`encode_deletes`], see the `deletes` module), which
 //! [`decode_segment`] refuses, so no reader of segments can take a delete
 //! for a row version.
+//!
+//! Readers of the archive open a segment through [`reader`], which checks
+//! it against the checkpoint that names it (size, SHA-256, metadata,
+//! record count, columns, every record's offset) before any row is used;
+//! [`versions`] reads only keys and versions, for the purger.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -23,6 +28,8 @@ use cdc_changefeed::{Hlc, Op, Value};
 use serde::{Deserialize, Serialize};
 
 mod deletes;
+pub mod reader;
+pub mod versions;
 pub use deletes::{
     decode_deletes, encode_deletes, row_json, DeletedRow, Deletes, DELETES_FORMAT_VERSION,
     DELETE_FIELDS,

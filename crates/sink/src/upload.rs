@@ -7,7 +7,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use cdc_changefeed::DecodeError;
 use cdc_checkpoint::CheckpointError;
-use cdc_common::retry::{RetryConfig, Retryable};
+use cdc_common::retry::{Retrier, RetryConfig, Retryable};
 use cdc_common::storage::ArchiveStore;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 
@@ -52,20 +52,19 @@ pub(crate) async fn put_segment(
     let part = usize::try_from(config.multipart_part_size)
         .unwrap_or(usize::MAX)
         .max(1);
-    let mut attempt = 0;
+    let mut retrier = Retrier::new(&config.retry);
     loop {
         let result = upload_parts(store, &path, &body, part, crash).await;
         match result {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_retryable() && attempt < config.retry.max_retries => {
-                attempt += 1;
-                tracing::warn!(path = relative, error = %e, attempt, "multipart upload failed; retrying");
-                tokio::time::sleep(
-                    config.retry.initial_delay * 2u32.saturating_pow(attempt as u32).min(64),
-                )
-                .await;
-            }
-            Err(e) => return Err(storage_err("put_multipart", relative)(e).into()),
+            Err(e) => match retrier.next_delay(&e) {
+                Some(delay) => {
+                    tracing::warn!(path = relative, error = %e, attempt = retrier.retries(), ?delay,
+                        "multipart upload failed; retrying");
+                    Retrier::wait(delay, None).await;
+                }
+                None => return Err(storage_err("put_multipart", relative)(e).into()),
+            },
         }
     }
 }

@@ -63,12 +63,14 @@ pub async fn run(global: &GlobalArgs, args: PurgeArgs) -> anyhow::Result<ExitCod
         cfg.storage.url.clone_from(url);
     }
     let store = ArchiveStore::open(&cfg.storage).context("opening the archive")?;
+    // Test hook, read only in builds with debug assertions or the
+    // `failpoints` feature (never in a release build).
     let crash_after_batches = match std::env::var("CDC_PURGE_CRASH_AFTER_BATCHES") {
-        Ok(v) => Some(
+        Ok(v) if cfg!(any(debug_assertions, feature = "failpoints")) => Some(
             v.parse()
                 .context("CDC_PURGE_CRASH_AFTER_BATCHES must be a number")?,
         ),
-        Err(_) => None,
+        _ => None,
     };
     let opts = PurgeOptions {
         dry_run: args.dry_run,

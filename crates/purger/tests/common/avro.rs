@@ -1,5 +1,5 @@
 //! Rewriting an Avro container file, for tests that tamper with segments.
-//! Also compiled into the purger's unit tests (`src/decode.rs`).
+//! (A copy is compiled into `cdc-segment`'s unit tests, `src/versions_tests.rs`.)
 
 use apache_avro::types::Value as Avro;
 

@@ -17,14 +17,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
+/// The repository's CockroachDB changefeed fixtures
+/// (`tests/fixtures/cockroachdb-changefeed` at the workspace root).
 pub fn fixture_dir() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/cockroachdb-changefeed");
-    if here.exists() {
-        here
-    } else {
-        PathBuf::from("/work/shared/fixtures/cockroachdb-changefeed")
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cockroachdb-changefeed")
 }
 
 /// The records of a fixture file, renamed to `topic`, offsets per partition
