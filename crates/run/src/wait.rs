@@ -216,3 +216,21 @@ async fn describe(w: &SinkWatch) -> Result<cdc_sink::group::GroupView, String> {
     .await
     .map_err(|e| e.to_string())?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_must_be_strictly_past_the_target() {
+        let t = Hlc::new(1_000, 5);
+        assert!(!passed(None, t));
+        assert!(!passed(Some(t), t), "a tie is not passed");
+        assert!(!passed(Some(Hlc::new(1_000, 4)), t));
+        assert!(
+            passed(Some(Hlc::new(1_000, 6)), t),
+            "the logical part counts"
+        );
+        assert!(passed(Some(Hlc::new(1_001, 0)), t));
+    }
+}

@@ -1,0 +1,201 @@
+//! A partition's chain: its checkpoints listed by name, read, and verified
+//! contiguous. A chain read by [`read_chain`] is contiguous, each
+//! checkpoint starting exactly at the previous one's `last_offset + 1` and
+//! matching its name, or the read fails with [`CheckpointError::Broken`].
+
+use cdc_changefeed::Hlc;
+use cdc_common::storage::ArchiveStore;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+
+use crate::error::storage;
+use crate::store::{get_bytes, list, parse};
+use crate::{layout, read, Checkpoint, CheckpointError, FORMAT_VERSION};
+
+/// First offsets of the checkpoints of one partition, sorted.
+pub async fn list_checkpoints(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<Vec<i64>, CheckpointError> {
+    let mut firsts: Vec<i64> = list(store, &layout::checkpoints_dir(table, partition))
+        .await?
+        .iter()
+        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
+        .collect();
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+/// A partition's checkpoints, sorted and verified contiguous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// Archive table.
+    pub table: String,
+    /// Partition.
+    pub partition: i32,
+    /// The checkpoints in offset order.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+impl Chain {
+    /// The last archived offset, `None` for an empty chain.
+    pub fn end(&self) -> Option<i64> {
+        self.checkpoints.last().map(|c| c.last_offset)
+    }
+
+    /// The first offset of the chain.
+    pub fn start(&self) -> Option<i64> {
+        self.checkpoints.first().map(|c| c.first_offset)
+    }
+
+    /// The last checkpoint.
+    pub fn last(&self) -> Option<&Checkpoint> {
+        self.checkpoints.last()
+    }
+
+    /// The latest resolved timestamp recorded in the chain.
+    pub fn resolved(&self) -> Option<Hlc> {
+        self.checkpoints.iter().rev().find_map(|c| c.resolved)
+    }
+}
+
+/// Checks that `checkpoints` (sorted by first offset, read from `table`/p`partition`)
+/// form a chain. Pure; [`read_chain`] calls it.
+pub fn verify_chain(
+    table: &str,
+    partition: i32,
+    checkpoints: &[Checkpoint],
+) -> Result<(), CheckpointError> {
+    let broken = |prev: &Checkpoint, next: &Checkpoint, reason: String| CheckpointError::Broken {
+        table: table.to_owned(),
+        partition,
+        previous: prev.path(),
+        next: next.path(),
+        reason,
+    };
+    for c in checkpoints {
+        if c.table != table || c.partition != partition || c.last_offset < c.first_offset {
+            return Err(broken(
+                c,
+                c,
+                format!(
+                    "checkpoint says table {:?} partition {} offsets {}..={}",
+                    c.table, c.partition, c.first_offset, c.last_offset
+                ),
+            ));
+        }
+        if c.format_version != FORMAT_VERSION {
+            return Err(broken(
+                c,
+                c,
+                format!("unsupported format_version {}", c.format_version),
+            ));
+        }
+    }
+    for pair in checkpoints.windows(2) {
+        let (prev, next) = (&pair[0], &pair[1]);
+        if next.first_offset != prev.last_offset + 1 {
+            let what = if next.first_offset > prev.last_offset + 1 {
+                "gap"
+            } else {
+                "overlap"
+            };
+            return Err(broken(
+                prev,
+                next,
+                format!(
+                    "{what}: previous ends at {}, next starts at {}",
+                    prev.last_offset, next.first_offset
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How many checkpoint objects [`read_chain`] fetches at once.
+pub const READ_CONCURRENCY: usize = 16;
+
+/// Reads the checkpoint named `first` (listed, so it must exist) and checks
+/// it matches its name.
+async fn read_listed(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    first: i64,
+) -> Result<Checkpoint, CheckpointError> {
+    let path = store.path(&layout::checkpoint_path(table, partition, first));
+    let bytes = get_bytes(store, &path)
+        .await?
+        .ok_or_else(|| CheckpointError::Storage {
+            op: "get",
+            path: path.to_string(),
+            source: object_store::Error::NotFound {
+                path: path.to_string(),
+                source: "listed but gone".into(),
+            },
+        })?;
+    let c: Checkpoint = parse(&path, &bytes)?;
+    if c.first_offset != first {
+        return Err(CheckpointError::Broken {
+            table: table.to_owned(),
+            partition,
+            previous: path.to_string(),
+            next: path.to_string(),
+            reason: format!("named {first} but first_offset is {}", c.first_offset),
+        });
+    }
+    Ok(c)
+}
+
+/// Reads and verifies a partition's chain (empty if it has no checkpoint).
+/// Checkpoints are fetched [`READ_CONCURRENCY`] at a time; the result keeps
+/// chain (offset) order and any gap or overlap fails the read.
+pub async fn read_chain(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<Chain, CheckpointError> {
+    let firsts = list_checkpoints(store, table, partition).await?;
+    let checkpoints: Vec<Checkpoint> = futures::stream::iter(firsts)
+        .map(|first| read_listed(store, table, partition, first))
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    verify_chain(table, partition, &checkpoints)?;
+    Ok(Chain {
+        table: table.to_owned(),
+        partition,
+        checkpoints,
+    })
+}
+
+/// Partitions that have at least one checkpoint, sorted.
+pub async fn partitions(store: &ArchiveStore, table: &str) -> Result<Vec<i32>, CheckpointError> {
+    let prefix = store.path(&layout::checkpoints_root(table));
+    let listing = store
+        .store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(storage("list", &prefix))?;
+    let mut parts: Vec<i32> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().and_then(layout::parse_partition_dir))
+        .collect();
+    parts.sort_unstable();
+    Ok(parts)
+}
+
+/// The latest checkpoint of a partition (by name; not chain-verified).
+pub async fn latest(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    match list_checkpoints(store, table, partition).await?.last() {
+        Some(&first) => read(store, table, partition, first).await,
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,132 @@
+//! The purger's record of what it did for one checkpoint
+//! (`<table>/purged/p<partition>/<first:020>.json`), stored with a
+//! conditional create: an existing record means the checkpoint was already
+//! purged, which is idempotent, not an error.
+
+use cdc_common::storage::ArchiveStore;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{create_object, get_bytes, parse};
+use crate::{layout, CheckpointError};
+
+/// What the purger did for one checkpoint (`<table>/purged/p<partition>/<first:020>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRecord {
+    /// Always [`FORMAT_VERSION`](crate::FORMAT_VERSION).
+    pub format_version: u32,
+    /// Archive table.
+    pub table: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset of the purged checkpoint (names the record).
+    pub first_offset: i64,
+    /// Last offset of the purged checkpoint.
+    pub last_offset: i64,
+    /// The checkpoint's segment path (`None` for a segment-less checkpoint).
+    pub segment: Option<String>,
+    /// Rows deleted from the source table.
+    pub deleted: u64,
+    /// Rows already gone from the source.
+    pub already_gone: u64,
+    /// Rows that changed since they were archived (kept).
+    pub skipped_changed: u64,
+    /// Rows no longer marked archived (kept).
+    pub skipped_unmarked: u64,
+    /// Rows a child table still referenced (`NO ACTION`/`RESTRICT` foreign
+    /// key): kept, and re-touched for a later run. Absent from records
+    /// written before this field existed (such rows failed the purge then).
+    #[serde(default)]
+    pub skipped_referenced: u64,
+    /// Keys whose latest archived event carries no version (kept). Records
+    /// written before this field existed counted them in `skipped_changed`.
+    #[serde(default)]
+    pub skipped_no_version: u64,
+    /// Keys kept because their archived version was written by the source
+    /// transaction the checkpoint ends inside (`open_tail_xid`): a later
+    /// version from that transaction may be in the next checkpoint.
+    #[serde(default)]
+    pub skipped_open_transaction: u64,
+    /// Keys kept because their archived 64-bit PostgreSQL xid is too far
+    /// (2^31 or more) from the server's current xid for the 32-bit `xmin`
+    /// comparison to be trusted, or is ahead of it.
+    #[serde(default)]
+    pub skipped_xid_too_old: u64,
+    /// Segment rows that are older versions or redelivered duplicates of a
+    /// key whose latest version in the same segment was the one purged.
+    /// With these, `deleted + already_gone + skipped_* + superseded` equals
+    /// the segment's rows.
+    #[serde(default)]
+    pub superseded: u64,
+    /// Always false for a stored record (dry runs store nothing).
+    pub dry_run: bool,
+    /// The purger instance.
+    pub purger_id: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub finished_at: String,
+}
+
+impl PurgeRecord {
+    /// Path relative to the archive root.
+    pub fn path(&self) -> String {
+        layout::purged_path(&self.table, self.partition, self.first_offset)
+    }
+
+    /// Every segment row this record accounts for: deleted, already gone,
+    /// skipped (any reason) or superseded. Equals the segment's `rows` for a
+    /// record that has the per-reason fields (older records did not count
+    /// superseded rows).
+    pub fn accounted_rows(&self) -> u64 {
+        self.deleted
+            + self.already_gone
+            + self.skipped_changed
+            + self.skipped_unmarked
+            + self.skipped_referenced
+            + self.skipped_no_version
+            + self.skipped_open_transaction
+            + self.skipped_xid_too_old
+            + self.superseded
+    }
+}
+
+/// Outcome of [`write_purge_record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeWrite {
+    /// This record is now stored (or an identical one was).
+    Written,
+    /// A different record already exists: the checkpoint was already purged.
+    AlreadyPurged(Box<PurgeRecord>),
+}
+
+/// Stores a purge record with a conditional create. An existing record
+/// means the checkpoint was already purged: idempotent, not an error.
+pub async fn write_purge_record(
+    store: &ArchiveStore,
+    record: &PurgeRecord,
+) -> Result<PurgeWrite, CheckpointError> {
+    let relative = record.path();
+    let body = serde_json::to_vec_pretty(record).expect("a purge record always serialises");
+    match create_object(store, &relative, body).await? {
+        Ok(_) => Ok(PurgeWrite::Written),
+        Err(existing) => Ok(PurgeWrite::AlreadyPurged(Box::new(parse(
+            &store.path(&relative),
+            &existing,
+        )?))),
+    }
+}
+
+/// Reads the purge record of the checkpoint starting at `first_offset`.
+pub async fn read_purge_record(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    first_offset: i64,
+) -> Result<Option<PurgeRecord>, CheckpointError> {
+    let path = store.path(&layout::purged_path(table, partition, first_offset));
+    match get_bytes(store, &path).await? {
+        Some(b) => Ok(Some(parse(&path, &b)?)),
+        None => Ok(None),
+    }
+}
