@@ -118,9 +118,10 @@ pub fn s3_archive(prefix: &str) -> cdc_common::storage::ArchiveStore {
         .with_allow_http(true)
         .build()
         .expect("S3 client for the local test server");
+    // Scoped to the prefix, as `ArchiveStore::open` scopes an S3 URL's.
+    let store = object_store::prefix::PrefixStore::new(store, prefix);
     cdc_common::storage::ArchiveStore {
         store: std::sync::Arc::new(store),
-        root: object_store::path::Path::from(prefix),
         url: format!("s3://{}/{prefix} (endpoint {endpoint})", s3_bucket()),
     }
 }

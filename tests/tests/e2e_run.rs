@@ -203,7 +203,7 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         );
         assert_eq!(cols["archived"], &Value::Bool(true));
         assert!(
-            f.row.pg_xid.is_some(),
+            f.row.meta.pg_xid.is_some(),
             "the version guard's transaction id is archived"
         );
     }

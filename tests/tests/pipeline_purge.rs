@@ -277,7 +277,7 @@ fn segment_keys(bytes: &[u8]) -> Vec<serde_json::Value> {
         .expect("a segment as written")
         .rows
         .iter()
-        .map(|r| serde_json::from_str(&r.key_json).unwrap())
+        .map(|r| serde_json::from_str(&r.meta.key_json).unwrap())
         .collect()
 }
 

@@ -116,3 +116,57 @@ async fn reqwest_like_probe(endpoint: &str) -> bool {
     .map(|r| r.is_ok())
     .unwrap_or(false)
 }
+
+/// An archive opened from `s3://bucket/prefix` reads, writes and lists only
+/// under its prefix: what it writes lands at `prefix/…` in the bucket, its
+/// listings name paths relative to the prefix, and an object beside the
+/// prefix is invisible to it.
+#[tokio::test]
+async fn an_s3_archive_is_scoped_to_its_prefix() {
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        // The local test server accepts any credentials.
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    }
+    let prefix = cdc_tests::unique("scoped");
+    let archive = ArchiveStore::open(&cdc_common::storage::StorageConfig {
+        url: format!("s3://{}/{prefix}/archive", cdc_tests::s3_bucket()),
+        s3_endpoint: Some(cdc_tests::s3_endpoint()),
+        allow_http: true,
+    })
+    .expect("open the S3 archive");
+    // The whole prefix, unscoped, as another tool would see the bucket.
+    let outside = cdc_tests::s3_archive(&prefix);
+    outside
+        .store
+        .put(
+            &outside.path("beside/t/checkpoints/p0/x.json"),
+            PutPayload::from_static(b"not ours"),
+        )
+        .await
+        .unwrap();
+
+    let inside = archive.path("t/checkpoints/p0/00000000000000000000.json");
+    archive
+        .store
+        .put(&inside, PutPayload::from_static(b"ours"))
+        .await
+        .unwrap();
+    let raw = outside
+        .store
+        .get(&outside.path("archive/t/checkpoints/p0/00000000000000000000.json"))
+        .await
+        .expect("written under the archive's prefix")
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(raw.as_ref(), b"ours");
+    let listed: Vec<String> = archive
+        .store
+        .list(None)
+        .map_ok(|m| archive.relative(&m.location))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed, ["t/checkpoints/p0/00000000000000000000.json"]);
+}

@@ -267,15 +267,15 @@ async fn crash_then_restart(step: &str) {
                     .await
                     .expect("segment verifies");
                 for r in cdc_segment::decode_segment(&bytes).unwrap().rows {
-                    assert!((c.first_offset..=c.last_offset).contains(&r.offset));
+                    assert!((c.first_offset..=c.last_offset).contains(&r.meta.offset));
                     assert_eq!(
                         r.columns[0],
                         (
                             "amount".to_owned(),
-                            cdc_changefeed::Value::Number(format!("{}.50", r.offset))
+                            cdc_changefeed::Value::Number(format!("{}.50", r.meta.offset))
                         )
                     );
-                    offsets.push(r.offset);
+                    offsets.push(r.meta.offset);
                 }
             }
         }
@@ -440,7 +440,7 @@ async fn chain_contents(
             assert!(decoded
                 .rows
                 .iter()
-                .all(|r| (c.first_offset..=c.last_offset).contains(&r.offset)));
+                .all(|r| (c.first_offset..=c.last_offset).contains(&r.meta.offset)));
             rows.extend(decoded.rows);
         }
         if let Some(d) = &c.deletes {
@@ -579,28 +579,31 @@ async fn sigterm_checkpoints_everything_buffered_and_commits() {
     let c0 = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
     let (rows, deletes) = chain_contents(&store, &c0).await;
     assert_eq!(
-        rows.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        rows.iter().map(|r| r.meta.offset).collect::<Vec<_>>(),
         archivable0
     );
     for r in &rows {
         assert_eq!(
             r.columns[0].1,
-            cdc_changefeed::Value::Number(format!("{}.50", r.offset))
+            cdc_changefeed::Value::Number(format!("{}.50", r.meta.offset))
         );
     }
     assert_eq!(
-        deletes.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        deletes.iter().map(|d| d.meta.offset).collect::<Vec<_>>(),
         deleted0
     );
     assert!(deletes.iter().all(|d| d.before.is_some()));
     let c1 = cdc_checkpoint::read_chain(&store, &topic, 1).await.unwrap();
     let (rows, deletes) = chain_contents(&store, &c1).await;
-    let xids: Vec<(i64, Option<u64>)> = rows.iter().map(|r| (r.offset, r.pg_xid)).collect();
+    let xids: Vec<(i64, Option<u64>)> = rows
+        .iter()
+        .map(|r| (r.meta.offset, r.meta.pg_xid))
+        .collect();
     assert_eq!(xids, vec![(0, Some(500)), (1, Some(500)), (2, Some(501))]);
     assert_eq!(
         deletes
             .iter()
-            .map(|d| (d.offset, d.pg_xid))
+            .map(|d| (d.meta.offset, d.meta.pg_xid))
             .collect::<Vec<_>>(),
         vec![(4, Some(501))]
     );
@@ -620,7 +623,10 @@ async fn sigterm_checkpoints_everything_buffered_and_commits() {
     assert_eq!(committed(&group, &topic, 2), vec![Some(24), Some(8)]);
     let c1 = cdc_checkpoint::read_chain(&store, &topic, 1).await.unwrap();
     let (rows, _) = chain_contents(&store, &c1).await;
-    let xids: Vec<(i64, Option<u64>)> = rows.iter().map(|r| (r.offset, r.pg_xid)).collect();
+    let xids: Vec<(i64, Option<u64>)> = rows
+        .iter()
+        .map(|r| (r.meta.offset, r.meta.pg_xid))
+        .collect();
     assert_eq!(
         xids,
         vec![
@@ -769,7 +775,7 @@ async fn a_stalled_sink_is_a_zombie_whose_checkpoints_are_refused() {
         assert_eq!((chain.start(), chain.end()), (Some(0), Some(2 * PER - 1)));
         let (rows, _) = chain_contents(&store, &chain).await;
         assert_eq!(
-            rows.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.meta.offset).collect::<Vec<_>>(),
             archivable,
             "p{p}"
         );

@@ -11,6 +11,7 @@
 //! dropped connection).
 
 pub mod aimd;
+pub mod batching;
 pub mod config;
 pub mod db;
 pub mod holds;

@@ -5,6 +5,13 @@
 //! local file system because the store fsyncs every written file and its
 //! directory (see [`ArchiveStore::open`]).
 //!
+//! The store an [`ArchiveStore`] holds is scoped to the archive's root: an
+//! S3 URL's prefix is an `object_store::prefix::PrefixStore` (a file URL's
+//! directory is the local store's own prefix), so no path any command
+//! builds can read, list or write outside the configured archive; paths
+//! are relative to it (`<table>/checkpoints/…`), and listings return them
+//! that way.
+//!
 //! S3 credentials come from the standard `AWS_*` environment variables
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
 //! `AWS_ENDPOINT_URL` for non-AWS servers) and are never part of the
@@ -12,6 +19,7 @@
 
 use std::sync::Arc;
 
+use object_store::prefix::PrefixStore;
 use object_store::{aws::AmazonS3Builder, local::LocalFileSystem, path::Path, ObjectStore};
 use serde::{Deserialize, Serialize};
 
@@ -71,13 +79,12 @@ pub enum StorageError {
     },
 }
 
-/// An object store plus the prefix under which this archive lives.
+/// The archive's object store, scoped to the archive's root.
 #[derive(Clone, Debug)]
 pub struct ArchiveStore {
-    /// The store. Its own client retries throttling and 5xx responses.
+    /// The store, scoped to the archive's root (paths are relative to it).
+    /// Its own client retries throttling and 5xx responses.
     pub store: Arc<dyn ObjectStore>,
-    /// Prefix inside the store (empty for a whole bucket or directory).
-    pub root: Path,
     /// The URL, for display. Contains no secret.
     pub url: String,
 }
@@ -117,7 +124,6 @@ impl ArchiveStore {
                     .with_fsync(true);
                 Ok(Self {
                     store: Arc::new(store),
-                    root: Path::default(),
                     url: config.url.clone(),
                 })
             }
@@ -155,9 +161,13 @@ impl ArchiveStore {
                     source,
                 })?;
                 let root = Path::from(url.path().trim_matches('/'));
+                let store: Arc<dyn ObjectStore> = if root.parts().count() == 0 {
+                    Arc::new(store)
+                } else {
+                    Arc::new(PrefixStore::new(store, root))
+                };
                 Ok(Self {
-                    store: Arc::new(store),
-                    root,
+                    store,
                     url: config.url.clone(),
                 })
             }
@@ -168,23 +178,15 @@ impl ArchiveStore {
         }
     }
 
-    /// `root/relative`, where `relative` is a `/`-separated path.
+    /// The store path of `relative`, a `/`-separated path inside the
+    /// archive (empty segments dropped).
     pub fn path(&self, relative: &str) -> Path {
-        let mut parts: Vec<String> = self.root.parts().map(|p| p.as_ref().to_owned()).collect();
-        parts.extend(
-            relative
-                .split('/')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
-        );
-        Path::from_iter(parts)
+        Path::from_iter(relative.split('/').filter(|s| !s.is_empty()))
     }
 
-    /// The inverse of [`ArchiveStore::path`]: a store path relative to the root.
+    /// The inverse of [`ArchiveStore::path`].
     pub fn relative(&self, path: &Path) -> String {
-        let root_len = self.root.parts().count();
         path.parts()
-            .skip(root_len)
             .map(|p| p.as_ref().to_owned())
             .collect::<Vec<_>>()
             .join("/")

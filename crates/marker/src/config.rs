@@ -105,14 +105,17 @@ pub struct MarkerConfig {
     /// Target (and largest) rows per batch. Default: 500. Small enough that
     /// a CockroachDB statement's result stays far below the 16KiB
     /// auto-retry buffer and a batch holds its locks for milliseconds.
-    #[serde(default = "default_batch_size")]
+    #[serde(default = "cdc_common::batching::default_batch_size")]
     pub batch_size: u32,
     /// Smallest batch the adaptive sizing shrinks to. Default: 10.
-    #[serde(default = "default_min_batch_size")]
+    #[serde(default = "cdc_common::batching::default_min_batch_size")]
     pub min_batch_size: u32,
     /// The batch latency the adaptive sizing grows back towards; a batch
     /// slower than this stops growth. Default: 500ms.
-    #[serde(default = "default_target_latency", with = "humantime_serde")]
+    #[serde(
+        default = "cdc_common::batching::default_target_latency",
+        with = "humantime_serde"
+    )]
     pub target_batch_latency: Duration,
     /// Server-side timeout of one batch statement; a timeout is retried
     /// with a halved batch. Default: 30s.
@@ -149,15 +152,6 @@ pub struct MarkerConfig {
 fn default_archived_column() -> String {
     "archived".to_owned()
 }
-fn default_batch_size() -> u32 {
-    500
-}
-fn default_min_batch_size() -> u32 {
-    10
-}
-fn default_target_latency() -> Duration {
-    Duration::from_millis(500)
-}
 fn default_statement_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -169,6 +163,16 @@ fn default_revisit_rounds() -> u32 {
 }
 
 impl MarkerConfig {
+    /// The batching settings, in the shape the purger shares.
+    pub fn batching(&self) -> cdc_common::batching::Batching {
+        cdc_common::batching::Batching {
+            batch_size: self.batch_size,
+            min_batch_size: self.min_batch_size,
+            target_batch_latency: self.target_batch_latency,
+            max_rows_per_second: self.max_rows_per_second,
+        }
+    }
+
     /// A config for `table` with every default and no cutoff yet.
     pub fn new(table: TableName) -> Self {
         Self {
@@ -176,9 +180,9 @@ impl MarkerConfig {
             cutoff: None,
             predicate: None,
             archived_column: default_archived_column(),
-            batch_size: default_batch_size(),
-            min_batch_size: default_min_batch_size(),
-            target_batch_latency: default_target_latency(),
+            batch_size: cdc_common::batching::default_batch_size(),
+            min_batch_size: cdc_common::batching::default_min_batch_size(),
+            target_batch_latency: cdc_common::batching::default_target_latency(),
             statement_timeout: default_statement_timeout(),
             max_rows_per_second: None,
             max_rows: None,
@@ -222,18 +226,9 @@ impl MarkerConfig {
             cdc_common::ident::validate_ident(name)
                 .map_err(|e| MarkError::Config(format!("table {table}: {what}: {e}")))?;
         }
-        if self.batch_size == 0 || self.min_batch_size == 0 || self.min_batch_size > self.batch_size
-        {
-            return Err(MarkError::Config(format!(
-                "table {table}: need 1 <= min_batch_size ({}) <= batch_size ({})",
-                self.min_batch_size, self.batch_size
-            )));
-        }
-        if self.max_rows_per_second == Some(0) {
-            return Err(MarkError::Config(format!(
-                "table {table}: max_rows_per_second must be > 0"
-            )));
-        }
+        self.batching()
+            .validate("marker")
+            .map_err(|e| MarkError::Config(format!("table {table}: {e}")))?;
         if let Some(p) = &self.predicate {
             if p.trim().is_empty() {
                 return Err(MarkError::Config(format!(

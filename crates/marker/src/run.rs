@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use cdc_common::db::Dialect;
 use cdc_common::retry::{Retrier, Retryable};
-use cdc_common::{aimd, pace};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -59,10 +58,7 @@ pub async fn mark(
         "marking"
     );
 
-    let mut aimd = aimd::Aimd::new(cfg.min_batch_size, cfg.batch_size, cfg.target_batch_latency);
-    let mut pacer = cfg
-        .max_rows_per_second
-        .map(|r| pace::Pacer::new(r, cfg.batch_size, Instant::now()));
+    let (mut aimd, mut pacer) = cfg.batching().controllers(Instant::now());
     let mut walk = Walk {
         cursor: None,
         deferred: Vec::new(),

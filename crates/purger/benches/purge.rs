@@ -199,8 +199,7 @@ async fn main() {
                     panic!("the purger's reader knows this layout");
                 };
                 cdc_purger::decode::check_checkpoint(&v, &cp).unwrap();
-                let rows: Vec<cdc_purger::versions::ArchivedVersion> =
-                    v.rows.into_iter().map(Into::into).collect();
+                let rows: Vec<cdc_purger::versions::ArchivedVersion> = v.rows;
                 let plan = cdc_purger::versions::plan(&rows, cdc_common::db::Dialect::Postgres, 1)
                     .unwrap();
                 assert_eq!(plan.targets.len(), rows.len());

@@ -30,13 +30,16 @@ pub struct PurgerConfig {
     #[serde(default = "default_archived_column")]
     pub archived_column: String,
     /// Largest (and starting) rows per DELETE batch. Default: 500.
-    #[serde(default = "default_batch_size")]
+    #[serde(default = "cdc_common::batching::default_batch_size")]
     pub batch_size: u32,
     /// Smallest batch the adaptive sizing shrinks to. Default: 10.
-    #[serde(default = "default_min_batch_size")]
+    #[serde(default = "cdc_common::batching::default_min_batch_size")]
     pub min_batch_size: u32,
     /// A batch slower than this shrinks the next one. Default: 500ms.
-    #[serde(default = "default_target_latency", with = "humantime_serde")]
+    #[serde(
+        default = "cdc_common::batching::default_target_latency",
+        with = "humantime_serde"
+    )]
     pub target_batch_latency: Duration,
     /// DELETE batches in flight at once on the purger's one connection
     /// (pipelined: the server starts the next batch without waiting for a
@@ -97,17 +100,8 @@ fn default_database_url() -> String {
 fn default_archived_column() -> String {
     "archived".to_owned()
 }
-fn default_batch_size() -> u32 {
-    500
-}
-fn default_min_batch_size() -> u32 {
-    10
-}
 fn default_pipeline_depth() -> u32 {
     2
-}
-fn default_target_latency() -> Duration {
-    Duration::from_millis(500)
 }
 fn default_true() -> bool {
     true
@@ -130,9 +124,9 @@ impl PurgerConfig {
             table,
             archive_table: None,
             archived_column: default_archived_column(),
-            batch_size: default_batch_size(),
-            min_batch_size: default_min_batch_size(),
-            target_batch_latency: default_target_latency(),
+            batch_size: cdc_common::batching::default_batch_size(),
+            min_batch_size: cdc_common::batching::default_min_batch_size(),
+            target_batch_latency: cdc_common::batching::default_target_latency(),
             pipeline_depth: default_pipeline_depth(),
             max_rows_per_second: None,
             retry: RetryConfig::default(),
@@ -165,21 +159,24 @@ impl PurgerConfig {
         Ok(cfg)
     }
 
+    /// The batching settings, in the shape the marker shares.
+    pub fn batching(&self) -> cdc_common::batching::Batching {
+        cdc_common::batching::Batching {
+            batch_size: self.batch_size,
+            min_batch_size: self.min_batch_size,
+            target_batch_latency: self.target_batch_latency,
+            max_rows_per_second: self.max_rows_per_second,
+        }
+    }
+
     /// Checks what can be checked without a database.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.batch_size == 0 {
-            return Err(ConfigError {
-                message: "field `purger.batch_size`: must be at least 1".into(),
-            });
-        }
+        self.batching()
+            .validate("purger")
+            .map_err(|message| ConfigError { message })?;
         if self.pipeline_depth == 0 || self.pipeline_depth > 8 {
             return Err(ConfigError {
                 message: "field `purger.pipeline_depth`: must be between 1 and 8".into(),
-            });
-        }
-        if self.max_rows_per_second == Some(0) {
-            return Err(ConfigError {
-                message: "field `purger.max_rows_per_second`: 0 would never delete anything; omit it for no limit".into(),
             });
         }
         if self.replication_origin_pool == 0 || self.replication_origin_pool > 64 {

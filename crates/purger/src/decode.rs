@@ -3,8 +3,8 @@
 //! the full decode; [`cdc_segment::reader`]: whether the segment is the one
 //! its checkpoint describes, for the purger, `retrieve` and `restore`
 //! alike). What is purger-specific stays here: the checkpoint's facts as
-//! the reader's [`Expected`] ([`expected`]), and a decoded record as the
-//! [`ArchivedVersion`] the delete planning takes.
+//! the reader's [`Expected`] ([`expected`]). A decoded record is the
+//! segment reader's own `RowVersion` (the purger's `ArchivedVersion`).
 //!
 //! Guarantee: [`check_checkpoint`] makes exactly the checks of
 //! [`cdc_segment::reader`] against the checkpoint's own table, partition,
@@ -13,12 +13,9 @@
 
 use cdc_checkpoint::Checkpoint;
 use cdc_segment::reader::{Expected, OpenError};
-use cdc_segment::versions::RowVersion;
 pub use cdc_segment::versions::{
     full_versions as full, versions, DecodeError, Fast, SegmentVersions,
 };
-
-use crate::versions::ArchivedVersion;
 
 /// What `cp` records about its segment, for [`cdc_segment::reader`]. A
 /// checkpoint without a segment gives no size, checksum, count or columns
@@ -50,35 +47,25 @@ pub fn check_checkpoint(seg: &SegmentVersions, cp: &Checkpoint) -> Result<(), Op
     cdc_segment::reader::check_versions(seg, &expected(cp))
 }
 
-impl From<RowVersion> for ArchivedVersion {
-    fn from(r: RowVersion) -> Self {
-        Self {
-            key_json: r.key_json,
-            updated: r.updated,
-            mvcc_timestamp: r.mvcc_timestamp,
-            pg_xid: r.pg_xid,
-            offset: r.offset,
-            columns: r.columns,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use cdc_changefeed::{Hlc, Op, Value};
-    use cdc_segment::{ArchivedRow, SegmentMeta};
+    use cdc_segment::{ArchivedRow, RecordMeta, SegmentMeta};
 
     fn row(i: i64) -> ArchivedRow {
         ArchivedRow {
             op: if i % 3 == 0 { Op::Insert } else { Op::Update },
-            key_json: format!("[{i}, \"k\\\"{i}\"]"),
-            updated: (i % 5 != 0).then(|| Hlc::new(1_700_000_000_000_000_000 + i, (i % 4) as u32)),
-            mvcc_timestamp: (i % 2 == 0).then(|| Hlc::new(1_600_000_000_000_000_000 + i, 7)),
-            pg_xid: (i % 7 != 0).then_some((3u64 << 32) | i as u64),
-            topic: "topic".into(),
-            partition: 2,
-            offset: 1000 + i,
+            meta: RecordMeta {
+                key_json: format!("[{i}, \"k\\\"{i}\"]"),
+                updated: (i % 5 != 0)
+                    .then(|| Hlc::new(1_700_000_000_000_000_000 + i, (i % 4) as u32)),
+                mvcc_timestamp: (i % 2 == 0).then(|| Hlc::new(1_600_000_000_000_000_000 + i, 7)),
+                pg_xid: (i % 7 != 0).then_some((3u64 << 32) | i as u64),
+                topic: "topic".into(),
+                partition: 2,
+                offset: 1000 + i,
+            },
             columns: vec![
                 ("id".into(), Value::Number(i.to_string())),
                 (

@@ -16,8 +16,6 @@
 
 use std::time::Instant;
 
-use cdc_common::aimd::Aimd;
-use cdc_common::pace::Pacer;
 use cdc_common::storage::ArchiveStore;
 use tokio_util::sync::CancellationToken;
 
@@ -111,6 +109,8 @@ pub async fn purge(
     let session = Session::prepare(client, &sql).await?;
     tracing::debug!(keys = table.keys.len(), "catalog read, statements prepared");
 
+    // The controllers the marker uses too (one batching shape).
+    let (size, rate) = cfg.batching().controllers(Instant::now());
     let mut run = Run {
         cfg,
         store,
@@ -127,11 +127,8 @@ pub async fn purge(
         retouched: 0,
         held: 0,
         session,
-        // The marker's controllers, shared rather than written twice.
-        size: Aimd::new(cfg.min_batch_size, cfg.batch_size, cfg.target_batch_latency),
-        rate: cfg
-            .max_rows_per_second
-            .map(|r| Pacer::new(r, cfg.batch_size, Instant::now())),
+        size,
+        rate,
         bar: indicatif::ProgressBar::hidden(),
         purger_id: purger_id.clone(),
         batches: 0,

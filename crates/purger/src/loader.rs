@@ -256,7 +256,7 @@ async fn load(
             // Names the checkpoint, the segment and what differs.
             return Loaded::Refused(e.to_string());
         }
-        let rows: Vec<versions::ArchivedVersion> = seg.rows.into_iter().map(Into::into).collect();
+        let rows: Vec<versions::ArchivedVersion> = seg.rows;
         let decoded_in = started.elapsed();
         match versions::plan_keys(&rows, dialect) {
             Ok(plan) => {

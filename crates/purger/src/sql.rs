@@ -197,8 +197,14 @@ impl PurgeSql {
         if !referenced.is_empty() {
             archived.push_str(&format!(" AND NOT ({referenced})"));
         }
-        if let Some(h) = &held {
-            archived.push_str(&format!(" AND NOT {h}"));
+        if let (Some(h), Some(table)) = (&held, holds) {
+            // `NOT EXISTS (SELECT 1 FROM holds)` is an InitPlan, evaluated
+            // once per statement with the statement's snapshot (the same
+            // one the per-row check reads): with no hold at all, no row
+            // builds its hold key. Equivalent, and most tables hold none.
+            archived.push_str(&format!(
+                " AND (NOT EXISTS (SELECT 1 FROM {table}) OR NOT {h})"
+            ));
         }
         let held = held.map_or_else(|| "false".to_owned(), |h| format!("COALESCE({h}, false)"));
         let referenced = if referenced.is_empty() {
@@ -358,8 +364,9 @@ mod tests {
             Some("\"cdc_archiver\".\"holds:public.t\""),
         );
         assert!(held.delete.ends_with(
-            "AND t.\"archived\" AND NOT EXISTS (SELECT 1 FROM \"cdc_archiver\".\"holds:public.t\" AS cdc_hold \
-             WHERE cdc_hold.hold_key = jsonb_build_array(t.\"id\")::text)"
+            "AND t.\"archived\" AND (NOT EXISTS (SELECT 1 FROM \"cdc_archiver\".\"holds:public.t\") \
+             OR NOT EXISTS (SELECT 1 FROM \"cdc_archiver\".\"holds:public.t\" AS cdc_hold \
+             WHERE cdc_hold.hold_key = jsonb_build_array(t.\"id\")::text))"
         ), "{}", held.delete);
         assert!(held.probe.contains(") AS held"));
         assert_eq!(

@@ -9,42 +9,15 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use cdc_changefeed::{Hlc, Value};
+use cdc_changefeed::Value;
 use cdc_common::db::Dialect;
 use serde_json::value::RawValue;
 
 use crate::sql::ContentColumn;
 
-/// One archived row event, as the purger needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchivedVersion {
-    /// The Kafka key: a JSON array of the primary-key values, in key order.
-    pub key_json: String,
-    /// Changefeed `updated`.
-    pub updated: Option<Hlc>,
-    /// CockroachDB MVCC timestamp of the archived version.
-    pub mvcc_timestamp: Option<Hlc>,
-    /// PostgreSQL transaction id that wrote the archived version.
-    pub pg_xid: Option<u64>,
-    /// Kafka offset (a tie-breaker between versions of one key).
-    pub offset: i64,
-    /// The archived row's `(column, value)`: read for PostgreSQL, whose
-    /// guard compares content; empty where the reader skipped values.
-    pub columns: Vec<(String, Value)>,
-}
-
-impl From<cdc_segment::ArchivedRow> for ArchivedVersion {
-    fn from(r: cdc_segment::ArchivedRow) -> Self {
-        Self {
-            key_json: r.key_json,
-            updated: r.updated,
-            mvcc_timestamp: r.mvcc_timestamp,
-            pg_xid: r.pg_xid,
-            offset: r.offset,
-            columns: r.columns,
-        }
-    }
-}
+/// One archived row event, as the purger needs it: the segment reader's
+/// record key and version (one definition, in `cdc-segment`).
+pub use cdc_segment::versions::RowVersion as ArchivedVersion;
 
 /// A row version the purger may delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -407,6 +380,7 @@ pub fn compare_keys(a: &[String], b: &[String]) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cdc_changefeed::Hlc;
 
     fn v(key: &str, updated: i64, offset: i64, xid: Option<u64>) -> ArchivedVersion {
         ArchivedVersion {

@@ -7,7 +7,7 @@ mod common;
 use cdc_changefeed::Hlc;
 use cdc_checkpoint::{Checkpoint, Counts, DeletesRef, SegmentRef};
 use cdc_purger::{CheckpointStatus, PurgeOptions};
-use cdc_segment::{ArchivedRow, DeletedRow, SegmentMeta};
+use cdc_segment::{ArchivedRow, DeletedRow, RecordMeta, SegmentMeta};
 use common::Fixture;
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -70,8 +70,8 @@ async fn write(
             deletes: deletes.len() as u64,
             ..Counts::default()
         },
-        min_updated: rows.iter().filter_map(|r| r.updated).min(),
-        max_updated: rows.iter().filter_map(|r| r.updated).max(),
+        min_updated: rows.iter().filter_map(|r| r.meta.updated).min(),
+        max_updated: rows.iter().filter_map(|r| r.meta.updated).max(),
         resolved: None,
         writer_id: "purger-test".into(),
         created_at: cdc_checkpoint::now_rfc3339(),
@@ -87,13 +87,15 @@ async fn write(
 /// the sink keeps it (with the deleted, archived row as `before`).
 fn delete_of(f: &Fixture, row: &ArchivedRow, offset: i64, xid: u64) -> DeletedRow {
     DeletedRow {
-        key_json: row.key_json.clone(),
-        updated: Some(Hlc::new(1_700_000_000_000_000_000 + offset, 0)),
-        mvcc_timestamp: None,
-        pg_xid: Some(xid),
-        topic: f.table.clone(),
-        partition: 0,
-        offset,
+        meta: RecordMeta {
+            key_json: row.meta.key_json.clone(),
+            updated: Some(Hlc::new(1_700_000_000_000_000_000 + offset, 0)),
+            mvcc_timestamp: None,
+            pg_xid: Some(xid),
+            topic: f.table.clone(),
+            partition: 0,
+            offset,
+        },
         before: Some(row.columns.clone()),
     }
 }
@@ -184,7 +186,7 @@ async fn a_delete_file_named_as_a_segment_is_refused() {
         .collect();
     let deletes: Vec<DeletedRow> = rows
         .iter()
-        .map(|r| delete_of(&f, r, r.offset, r.pg_xid.unwrap()))
+        .map(|r| delete_of(&f, r, r.meta.offset, r.meta.pg_xid.unwrap()))
         .collect();
     let meta = SegmentMeta {
         table: f.table.clone(),

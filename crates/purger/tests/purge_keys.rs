@@ -7,7 +7,7 @@ mod common;
 
 use cdc_common::ident::{quote_ident, TableName};
 use cdc_purger::{PurgeError, PurgeOptions, PurgerConfig};
-use cdc_segment::ArchivedRow;
+use cdc_segment::{ArchivedRow, RecordMeta};
 use common::Fixture;
 
 fn opts() -> PurgeOptions {
@@ -102,16 +102,18 @@ impl KeyTable {
                 self.offset += 1;
                 ArchivedRow {
                     op: cdc_changefeed::Op::Update,
-                    key_json: key_json.clone(),
-                    updated: Some(cdc_changefeed::Hlc::new(
-                        1_700_000_000_000_000_000 + self.offset,
-                        0,
-                    )),
-                    mvcc_timestamp: None,
-                    pg_xid: Some(xmin),
-                    topic: self.name.clone(),
-                    partition: 0,
-                    offset: self.offset - 1,
+                    meta: RecordMeta {
+                        key_json: key_json.clone(),
+                        updated: Some(cdc_changefeed::Hlc::new(
+                            1_700_000_000_000_000_000 + self.offset,
+                            0,
+                        )),
+                        mvcc_timestamp: None,
+                        pg_xid: Some(xmin),
+                        topic: self.name.clone(),
+                        partition: 0,
+                        offset: self.offset - 1,
+                    },
                     columns: vec![
                         (
                             "k".into(),
@@ -124,7 +126,7 @@ impl KeyTable {
                 }
             })
             .collect();
-        let first = events[0].offset;
+        let first = events[0].meta.offset;
         common::write_checkpoint_to(&self.store, &self.name, 0, first, &events, None).await;
     }
 

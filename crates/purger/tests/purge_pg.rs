@@ -75,8 +75,11 @@ async fn deletes_exactly_the_archived_versions_and_nothing_else() {
     let mut archived = std::collections::BTreeMap::new();
     for cp in [&cp1, &cp2] {
         for r in f.archived_rows(cp).await {
-            let id: i64 = r.key_json.trim_matches(['[', ']']).parse().unwrap();
-            archived.insert(id, (as_snapshot_values(&r), r.pg_xid.unwrap().to_string()));
+            let id: i64 = r.meta.key_json.trim_matches(['[', ']']).parse().unwrap();
+            archived.insert(
+                id,
+                (as_snapshot_values(&r), r.meta.pg_xid.unwrap().to_string()),
+            );
         }
     }
     for id in &deleted {
@@ -563,17 +566,19 @@ async fn date_and_timestamptz_keys_purge_under_hostile_connection_settings() {
             let (day, at, xmin): (String, String, String) = (r.get(0), r.get(1), r.get(2));
             cdc_segment::ArchivedRow {
                 op: cdc_changefeed::Op::Update,
-                // Key order is the primary key's, not the table's.
-                key_json: serde_json::to_string(&[&at, &day]).unwrap(),
-                updated: Some(cdc_changefeed::Hlc::new(
-                    1_700_000_000_000_000_000 + i as i64,
-                    0,
-                )),
-                mvcc_timestamp: None,
-                pg_xid: Some(xmin.parse().unwrap()),
-                topic: name.clone(),
-                partition: 0,
-                offset: i as i64,
+                meta: cdc_segment::RecordMeta {
+                    // Key order is the primary key's, not the table's.
+                    key_json: serde_json::to_string(&[&at, &day]).unwrap(),
+                    updated: Some(cdc_changefeed::Hlc::new(
+                        1_700_000_000_000_000_000 + i as i64,
+                        0,
+                    )),
+                    mvcc_timestamp: None,
+                    pg_xid: Some(xmin.parse().unwrap()),
+                    topic: name.clone(),
+                    partition: 0,
+                    offset: i as i64,
+                },
                 columns: vec![
                     ("day".into(), cdc_changefeed::Value::String(day)),
                     ("at".into(), cdc_changefeed::Value::String(at)),
@@ -582,7 +587,11 @@ async fn date_and_timestamptz_keys_purge_under_hostile_connection_settings() {
             }
         })
         .collect();
-    assert!(events[0].key_json.contains("+00"), "{}", events[0].key_json);
+    assert!(
+        events[0].meta.key_json.contains("+00"),
+        "{}",
+        events[0].meta.key_json
+    );
     common::write_checkpoint_to(&store, &name, 0, 0, &events, None).await;
     let mut cfg =
         cdc_purger::PurgerConfig::new(TableName::parse(&format!("public.{name}")).unwrap());
@@ -979,7 +988,7 @@ async fn archived_keys_that_do_not_fit_the_primary_key_refuse_the_checkpoint() {
         .map(|id| f.event(&snap, id, 0, id - 1, Some(Fixture::xmin(&snap, id))))
         .collect();
     for r in &mut rows {
-        r.key_json = format!("[{}, 0]", r.key_json.trim_matches(['[', ']']));
+        r.meta.key_json = format!("[{}, 0]", r.meta.key_json.trim_matches(['[', ']']));
     }
     let bad = f.write_checkpoint(0, 0, &rows).await;
     f.archive(0, 3, 4, 6, true).await;

@@ -5,13 +5,11 @@ use cdc_changefeed::Value;
 use cdc_checkpoint::Checkpoint;
 use cdc_common::storage::ArchiveStore;
 use cdc_segment::reader::Expected;
-use cdc_segment::DeletedRow;
+use cdc_segment::{DeletedRow, RecordMeta};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::query::{
-    checkpoints, dedupe, event_meta_fields, sort_by_key_and_version, Event, Hit, Ignoring, Matcher,
-};
+use crate::query::{checkpoints, dedupe, sort_by_key_and_version, Event, Hit, Ignoring, Matcher};
 use crate::{Query, RetrieveError};
 
 /// Delete files fetched and decoded at once.
@@ -33,7 +31,9 @@ pub struct FoundDelete {
 }
 
 impl Event for DeletedRow {
-    event_meta_fields!();
+    fn meta(&self) -> &RecordMeta {
+        &self.meta
+    }
     /// A column of the deleted row (`before`); none when it was not kept.
     fn column(&self, name: &str) -> Option<&Value> {
         self.before
@@ -49,7 +49,7 @@ impl Hit for FoundDelete {
         &self.delete
     }
     fn set_updated(&mut self, updated: Option<cdc_changefeed::Hlc>) {
-        self.delete.updated = updated;
+        self.delete.meta.updated = updated;
     }
     fn last_change_wins(&self) -> bool {
         false

@@ -28,13 +28,13 @@ pub fn to_json_line(found: &Found, with_meta: bool) -> String {
     if with_meta {
         let meta = serde_json::json!({
             "segment": found.segment,
-            "topic": found.row.topic,
-            "partition": found.row.partition,
-            "offset": found.row.offset,
-            "key": found.row.key_json,
-            "updated": found.row.updated.map(|h| h.to_string()),
-            "mvcc_timestamp": found.row.mvcc_timestamp.map(|h| h.to_string()),
-            "pg_xid": found.row.pg_xid,
+            "topic": found.row.meta.topic,
+            "partition": found.row.meta.partition,
+            "offset": found.row.meta.offset,
+            "key": found.row.meta.key_json,
+            "updated": found.row.meta.updated.map(|h| h.to_string()),
+            "mvcc_timestamp": found.row.meta.mvcc_timestamp.map(|h| h.to_string()),
+            "pg_xid": found.row.meta.pg_xid,
         });
         if !found.row.columns.is_empty() {
             out.push(',');
@@ -77,17 +77,24 @@ pub fn write_csv(out: impl Write, found: &[Found], with_meta: bool) -> Result<()
         let mut rec = cells(&columns, &f.row.columns);
         if with_meta {
             rec.push(f.segment.clone());
-            rec.push(f.row.partition.to_string());
-            rec.push(f.row.offset.to_string());
-            rec.push(f.row.updated.map(|h| h.to_string()).unwrap_or_default());
-            rec.push(f.row.key_json.clone());
+            rec.push(f.row.meta.partition.to_string());
+            rec.push(f.row.meta.offset.to_string());
             rec.push(
                 f.row
+                    .meta
+                    .updated
+                    .map(|h| h.to_string())
+                    .unwrap_or_default(),
+            );
+            rec.push(f.row.meta.key_json.clone());
+            rec.push(
+                f.row
+                    .meta
                     .mvcc_timestamp
                     .map(|h| h.to_string())
                     .unwrap_or_default(),
             );
-            rec.push(f.row.pg_xid.map(|x| x.to_string()).unwrap_or_default());
+            rec.push(f.row.meta.pg_xid.map(|x| x.to_string()).unwrap_or_default());
         }
         w.write_record(&rec)?;
     }
@@ -141,11 +148,14 @@ pub fn delete_to_json_line(found: &FoundDelete, with_meta: bool) -> String {
     let d = &found.delete;
     let hlc = |h: Option<cdc_changefeed::Hlc>| h.map(|h| h.to_string());
     let mut out = String::from("{\"_op\":\"delete\",\"_key\":");
-    out.push_str(&key_as_json(&d.key_json));
+    out.push_str(&key_as_json(&d.meta.key_json));
     for (name, value) in [
-        ("_updated", serde_json::json!(hlc(d.updated))),
-        ("_mvcc_timestamp", serde_json::json!(hlc(d.mvcc_timestamp))),
-        ("_pg_xid", serde_json::json!(d.pg_xid)),
+        ("_updated", serde_json::json!(hlc(d.meta.updated))),
+        (
+            "_mvcc_timestamp",
+            serde_json::json!(hlc(d.meta.mvcc_timestamp)),
+        ),
+        ("_pg_xid", serde_json::json!(d.meta.pg_xid)),
     ] {
         out.push_str(&format!(",\"{name}\":{value}"));
     }
@@ -161,13 +171,13 @@ pub fn delete_to_json_line(found: &FoundDelete, with_meta: bool) -> String {
     if with_meta {
         let meta = serde_json::json!({
             "deletes_file": found.deletes_file,
-            "topic": d.topic,
-            "partition": d.partition,
-            "offset": d.offset,
-            "key": d.key_json,
-            "updated": hlc(d.updated),
-            "mvcc_timestamp": hlc(d.mvcc_timestamp),
-            "pg_xid": d.pg_xid,
+            "topic": d.meta.topic,
+            "partition": d.meta.partition,
+            "offset": d.meta.offset,
+            "key": d.meta.key_json,
+            "updated": hlc(d.meta.updated),
+            "mvcc_timestamp": hlc(d.meta.mvcc_timestamp),
+            "pg_xid": d.meta.pg_xid,
         });
         out.push_str(",\"_archive\":");
         out.push_str(&meta.to_string());
@@ -216,18 +226,21 @@ pub fn write_deletes_csv(
         let d = &f.delete;
         let mut rec = vec![
             "delete".to_owned(),
-            d.key_json.clone(),
-            d.updated.map(|h| h.to_string()).unwrap_or_default(),
-            d.mvcc_timestamp.map(|h| h.to_string()).unwrap_or_default(),
-            d.pg_xid.map(|x| x.to_string()).unwrap_or_default(),
+            d.meta.key_json.clone(),
+            d.meta.updated.map(|h| h.to_string()).unwrap_or_default(),
+            d.meta
+                .mvcc_timestamp
+                .map(|h| h.to_string())
+                .unwrap_or_default(),
+            d.meta.pg_xid.map(|x| x.to_string()).unwrap_or_default(),
             d.before.is_some().to_string(),
         ];
         rec.extend(cells(&columns, d.before.as_deref().unwrap_or_default()));
         if with_meta {
             rec.extend([
                 f.deletes_file.clone(),
-                d.partition.to_string(),
-                d.offset.to_string(),
+                d.meta.partition.to_string(),
+                d.meta.offset.to_string(),
             ]);
         }
         w.write_record(&rec)?;
@@ -239,18 +252,20 @@ pub fn write_deletes_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cdc_segment::DeletedRow;
+    use cdc_segment::{DeletedRow, RecordMeta};
 
     fn delete(key_json: &str, before: Option<Vec<(String, Value)>>) -> FoundDelete {
         FoundDelete {
             delete: DeletedRow {
-                key_json: key_json.into(),
-                updated: Some(cdc_changefeed::Hlc::new(5, 1)),
-                mvcc_timestamp: None,
-                pg_xid: Some(9),
-                topic: "t".into(),
-                partition: 2,
-                offset: 40,
+                meta: RecordMeta {
+                    key_json: key_json.into(),
+                    updated: Some(cdc_changefeed::Hlc::new(5, 1)),
+                    mvcc_timestamp: None,
+                    pg_xid: Some(9),
+                    topic: "t".into(),
+                    partition: 2,
+                    offset: 40,
+                },
                 before,
             },
             deletes_file: "t/deletes/p2/x.avro".into(),

@@ -9,7 +9,7 @@ use cdc_checkpoint::key_filter::{canonical_of, parse_key, value_key, value_of, K
 use cdc_checkpoint::{Checkpoint, CheckpointError};
 use cdc_common::retry::Retryable;
 use cdc_common::storage::ArchiveStore;
-use cdc_segment::ArchivedRow;
+use cdc_segment::{ArchivedRow, RecordMeta};
 use serde::Serialize;
 
 /// Key-filter probes (keys × segments) worth making to avoid reading
@@ -234,16 +234,28 @@ pub struct Found {
 /// What selectors, de-duplication and ordering look at in an archived
 /// event: a row version of a segment, or a delete of a delete file.
 pub(crate) trait Event {
+    /// The archived record's metadata (row versions and deletes alike).
+    fn meta(&self) -> &RecordMeta;
     /// The key as the changefeed wrote it (a JSON array, any spacing).
-    fn key_json(&self) -> &str;
+    fn key_json(&self) -> &str {
+        &self.meta().key_json
+    }
     /// The event's `updated`.
-    fn updated(&self) -> Option<Hlc>;
+    fn updated(&self) -> Option<Hlc> {
+        self.meta().updated
+    }
     /// CockroachDB's MVCC timestamp.
-    fn mvcc_timestamp(&self) -> Option<Hlc>;
+    fn mvcc_timestamp(&self) -> Option<Hlc> {
+        self.meta().mvcc_timestamp
+    }
     /// The PostgreSQL changefeed's transaction id.
-    fn pg_xid(&self) -> Option<u64>;
+    fn pg_xid(&self) -> Option<u64> {
+        self.meta().pg_xid
+    }
     /// Kafka partition and offset.
-    fn position(&self) -> (i32, i64);
+    fn position(&self) -> (i32, i64) {
+        (self.meta().partition, self.meta().offset)
+    }
     /// The value of a column, `None` when the event has no such column.
     fn column(&self, name: &str) -> Option<&Value>;
 }
@@ -262,32 +274,10 @@ pub(crate) trait Hit {
     }
 }
 
-/// The [`Event`] accessors of a type with the archive's meta fields
-/// (`key_json`, `updated`, `mvcc_timestamp`, `pg_xid`, `partition`,
-/// `offset`): row versions and deletes name them alike.
-macro_rules! event_meta_fields {
-    () => {
-        fn key_json(&self) -> &str {
-            &self.key_json
-        }
-        fn updated(&self) -> Option<cdc_changefeed::Hlc> {
-            self.updated
-        }
-        fn mvcc_timestamp(&self) -> Option<cdc_changefeed::Hlc> {
-            self.mvcc_timestamp
-        }
-        fn pg_xid(&self) -> Option<u64> {
-            self.pg_xid
-        }
-        fn position(&self) -> (i32, i64) {
-            (self.partition, self.offset)
-        }
-    };
-}
-pub(crate) use event_meta_fields;
-
 impl Event for ArchivedRow {
-    event_meta_fields!();
+    fn meta(&self) -> &RecordMeta {
+        &self.meta
+    }
     fn column(&self, name: &str) -> Option<&Value> {
         self.columns.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
@@ -298,7 +288,7 @@ impl Hit for Found {
         &self.row
     }
     fn set_updated(&mut self, updated: Option<Hlc>) {
-        self.row.updated = updated;
+        self.row.meta.updated = updated;
     }
 }
 
@@ -589,7 +579,7 @@ pub(crate) fn latest_per_key(versions: impl IntoIterator<Item = Found>) -> (Vec<
     let mut latest: HashMap<String, Found> = HashMap::new();
     let mut older = 0;
     for f in versions {
-        match latest.entry(canonical_of(&f.row.key_json)) {
+        match latest.entry(canonical_of(&f.row.meta.key_json)) {
             Entry::Occupied(mut e) => {
                 older += 1;
                 if version_rank(f.event()) > version_rank(e.get().event()) {
@@ -675,7 +665,7 @@ pub async fn retrieve(
         let keys: HashSet<String> = hits
             .iter()
             .filter(|f| matches!(version_of(&f.row), Version::Xid(_)))
-            .map(|f| f.row.key_json.clone())
+            .map(|f| f.row.meta.key_json.clone())
             .collect();
         // Probing every filter for every key costs more than reading the
         // segments once the answer is large: then read them all.

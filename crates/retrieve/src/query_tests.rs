@@ -99,13 +99,15 @@ fn row(key: &str, offset: i64, updated: i64, mvcc: Option<i64>, xid: Option<u64>
     Found {
         row: ArchivedRow {
             op: cdc_changefeed::Op::Update,
-            key_json: key.into(),
-            updated: Some(Hlc::new(updated, 0)),
-            mvcc_timestamp: mvcc.map(|m| Hlc::new(m, 0)),
-            pg_xid: xid,
-            topic: "t".into(),
-            partition: 0,
-            offset,
+            meta: RecordMeta {
+                key_json: key.into(),
+                updated: Some(Hlc::new(updated, 0)),
+                mvcc_timestamp: mvcc.map(|m| Hlc::new(m, 0)),
+                pg_xid: xid,
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            },
             columns: vec![("v".into(), num(&offset.to_string()))],
         },
         segment: format!("s{offset}"),
@@ -128,11 +130,11 @@ fn copies_re_sent_with_a_new_updated_are_one_version() {
     assert_eq!(dropped, 1);
     let kept: Vec<(i64, i64)> = v
         .iter()
-        .map(|f| (f.row.offset, f.row.updated.unwrap().wall))
+        .map(|f| (f.row.meta.offset, f.row.meta.updated.unwrap().wall))
         .collect();
     assert_eq!(kept, [(5, 100), (3, 300)]);
     let (latest, older) = latest_per_key(v);
-    assert_eq!((latest[0].row.offset, older), (3, 1));
+    assert_eq!((latest[0].row.meta.offset, older), (3, 1));
 }
 
 #[test]
@@ -166,10 +168,13 @@ fn mvcc_names_the_version_and_orders_versions() {
     ]);
     assert_eq!((v.len(), dropped), (2, 1));
     let (latest, _) = latest_per_key(v);
-    assert_eq!(latest[0].row.offset, 2, "mvcc 20 is newer than mvcc 10");
+    assert_eq!(
+        latest[0].row.meta.offset, 2,
+        "mvcc 20 is newer than mvcc 10"
+    );
     // Without a version, `updated` is the identity.
     let (v, dropped) = dedupe([row("[3]", 1, 10, None, None), row("[3]", 2, 10, None, None)]);
-    assert_eq!((v.len(), dropped, v[0].row.offset), (1, 1, 1));
+    assert_eq!((v.len(), dropped, v[0].row.meta.offset), (1, 1, 1));
 }
 
 #[test]

@@ -680,7 +680,7 @@ async fn restore_on(
                     sql_type: ty.declared.clone(),
                     key: chunk
                         .get(row)
-                        .map_or_else(String::new, |f| f.row.key_json.clone()),
+                        .map_or_else(String::new, |f| f.row.meta.key_json.clone()),
                 });
             }
         }
@@ -749,7 +749,7 @@ async fn restore_on(
                 summary.not_restored.push(NotRestored {
                     key: chunk
                         .get(n.saturating_sub(1))
-                        .map_or_else(String::new, |f| f.row.key_json.clone()),
+                        .map_or_else(String::new, |f| f.row.meta.key_json.clone()),
                     reason: if same_key {
                         "a row with this primary key is already in the table".into()
                     } else {

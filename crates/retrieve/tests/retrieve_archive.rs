@@ -48,7 +48,7 @@ async fn a_key_reads_only_the_segments_its_filter_allows_and_returns_the_latest_
         "the three segments holding the key, plus at most a few Bloom false positives: {stats:?}"
     );
     assert_eq!(found.len(), 1, "{stats:?}");
-    assert_eq!(found[0].row.pg_xid, Some(60), "the latest version");
+    assert_eq!(found[0].row.meta.pg_xid, Some(60), "the latest version");
     assert_eq!(col(&found[0], "amount"), &Value::Number("2.00".into()));
     assert_eq!(
         (stats.duplicates_dropped, stats.older_versions_omitted),
@@ -76,11 +76,11 @@ async fn a_key_reads_only_the_segments_its_filter_allows_and_returns_the_latest_
 async fn all_versions_lists_each_distinct_version_once_oldest_first() {
     let (archive, cps) = build("payments").await;
     let (found, stats) = get(&archive, Selector::Key(key(K)), true).await;
-    let xids: Vec<Option<u64>> = found.iter().map(|f| f.row.pg_xid).collect();
+    let xids: Vec<Option<u64>> = found.iter().map(|f| f.row.meta.pg_xid).collect();
     assert_eq!(xids, [Some(50), Some(60)], "{stats:?}");
     assert_eq!(stats.duplicates_dropped, 2);
     // The copy kept of version 50 is its first delivery, not the re-sent one.
-    assert_eq!(found[0].row.updated, Some(k_updated(3)));
+    assert_eq!(found[0].row.meta.updated, Some(k_updated(3)));
     assert_eq!(found[0].checkpoint_first_offset, cps[3].first_offset);
     assert_eq!(found[0].segment, cps[3].segment.as_ref().unwrap().path);
     assert_eq!(col(&found[0], "amount"), &Value::Number("1.00".into()));
@@ -96,7 +96,7 @@ async fn a_key_and_an_updated_range_combine() {
     // Before version 60 was archived: version 50 is the latest there.
     let (found, stats) = get(&archive, range(None, Some(k_updated(17))), false).await;
     assert_eq!(found.len(), 1, "{stats:?}");
-    assert_eq!(found[0].row.pg_xid, Some(50));
+    assert_eq!(found[0].row.meta.pg_xid, Some(50));
     assert!(
         stats.segments_read <= 3,
         "the key filter and the time range both prune: {stats:?}"
@@ -106,9 +106,9 @@ async fn a_key_and_an_updated_range_combine() {
     // of that range: its first delivery was earlier.
     for all in [false, true] {
         let (found, stats) = get(&archive, range(Some(k_updated(17)), None), all).await;
-        let xids: Vec<Option<u64>> = found.iter().map(|f| f.row.pg_xid).collect();
+        let xids: Vec<Option<u64>> = found.iter().map(|f| f.row.meta.pg_xid).collect();
         assert_eq!(xids, [Some(60)], "{stats:?}");
-        assert_eq!(found[0].row.updated, Some(k_updated(17)));
+        assert_eq!(found[0].row.meta.updated, Some(k_updated(17)));
     }
     // Only the re-sent copies lie in this range: no version does.
     let (found, stats) = get(&archive, range(Some(k_updated(30)), None), true).await;
@@ -187,7 +187,7 @@ async fn predicates_compare_30_digit_decimals_exactly() {
     // version 50 (1.00; its version 60, 2.00, does not match).
     let (found, _) = get(&archive, by("amount<1.5"), false).await;
     assert_eq!(ids(&found), [0, 1, 7]);
-    assert_eq!(found[2].row.pg_xid, Some(50));
+    assert_eq!(found[2].row.meta.pg_xid, Some(50));
     let (found, _) = get(&archive, by("currency=CHF"), false).await;
     assert_eq!(
         found.len(),

@@ -33,7 +33,12 @@ async fn rows(archive: &archive::Archive, selector: Selector) -> Vec<cdc_retriev
 fn listed(found: &[FoundDelete]) -> Vec<(String, u64)> {
     found
         .iter()
-        .map(|f| (f.delete.key_json.clone(), f.delete.pg_xid.unwrap()))
+        .map(|f| {
+            (
+                f.delete.meta.key_json.clone(),
+                f.delete.meta.pg_xid.unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -65,7 +70,7 @@ async fn a_key_deleted_at_the_source_is_listed_once_with_its_before_and_version(
     assert_eq!(listed(&found), owned(K, &[K_DELETE_XID]), "{stats:?}");
     let d = &found[0];
     assert_eq!(
-        d.delete.updated,
+        d.delete.meta.updated,
         Some(k_updated(33)),
         "its first delivery, not the copy re-sent in checkpoint 35"
     );
@@ -73,7 +78,7 @@ async fn a_key_deleted_at_the_source_is_listed_once_with_its_before_and_version(
     assert_eq!(d.deletes_file, deletes_path(&cps[33]));
     assert_eq!(d.checkpoint_first_offset, cps[33].first_offset);
     assert_eq!(
-        (d.delete.partition, d.delete.topic.as_str()),
+        (d.delete.meta.partition, d.delete.meta.topic.as_str()),
         (1, "payments")
     );
     let version_60 = k_version(K, 60, k_updated(17));
@@ -92,7 +97,10 @@ async fn a_key_deleted_at_the_source_is_listed_once_with_its_before_and_version(
     let (found, _) = deletes(&archive, Selector::Key(key(NEVER_ARCHIVED))).await;
     assert_eq!(listed(&found), owned(NEVER_ARCHIVED, &[80, 81]));
     assert!(found.iter().all(|f| f.delete.before.is_none()));
-    assert_eq!(found[1].delete.updated, Some(never_archived_updated(81)));
+    assert_eq!(
+        found[1].delete.meta.updated,
+        Some(never_archived_updated(81))
+    );
     assert_eq!(found[0].deletes_file, deletes_path(&cps[SEGMENTS as usize]));
     assert!(cps[SEGMENTS as usize].segment.is_none());
 
@@ -128,7 +136,7 @@ async fn rows_and_deletes_never_mix() {
         .await
         .is_empty());
     let k = rows(&archive, Selector::Key(key(K))).await;
-    let xids: Vec<Option<u64>> = k.iter().map(|f| f.row.pg_xid).collect();
+    let xids: Vec<Option<u64>> = k.iter().map(|f| f.row.meta.pg_xid).collect();
     assert_eq!(xids, [Some(50), Some(60)], "archived versions, no delete");
     let paid = rows(&archive, Selector::Key(key(&key_of(DELETED_PAYMENT)))).await;
     assert_eq!(paid.len(), 1);

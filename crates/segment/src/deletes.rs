@@ -24,13 +24,13 @@ use std::fmt;
 
 use apache_avro::types::Value as Avro;
 use apache_avro::{Reader, Schema, Writer};
-use cdc_changefeed::{Hlc, Value};
+use cdc_changefeed::Value;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::{
-    codec, format, opt_str, put_long, put_opt_str, put_str, write_records, RecordMeta,
-    SegmentError, SegmentMeta,
+    codec, format, opt_str, put_opt_str, put_str, write_records, RecordMeta, SegmentError,
+    SegmentMeta,
 };
 
 /// Value of the `cdc.deletes_format_version` metadata entry.
@@ -52,20 +52,9 @@ pub const DELETE_FIELDS: [&str; 9] = [
 /// One delete event, as kept for the purger and auditors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletedRow {
-    /// The Kafka key's JSON array text, exactly.
-    pub key_json: String,
-    /// The delete's `updated` timestamp.
-    pub updated: Option<Hlc>,
-    /// The delete's MVCC timestamp (CockroachDB `mvcc_timestamp` option).
-    pub mvcc_timestamp: Option<Hlc>,
-    /// PostgreSQL changefeed: the deleting transaction's id.
-    pub pg_xid: Option<u64>,
-    /// Kafka topic.
-    pub topic: String,
-    /// Kafka partition.
-    pub partition: i32,
-    /// Kafka offset.
-    pub offset: i64,
+    /// The delete's key, timestamps, transaction id (PostgreSQL
+    /// changefeed: the deleting transaction's) and Kafka position.
+    pub meta: RecordMeta,
     /// The deleted row as the changefeed's `before` gave it, in message
     /// order (`None`: not kept, or the message had none).
     pub before: Option<Vec<(String, Value)>>,
@@ -141,19 +130,7 @@ impl<'de> Deserialize<'de> for OrderedRow {
 
 fn encode_delete(d: &DeletedRow, out: &mut Vec<u8>) {
     put_str(out, "delete");
-    put_str(out, &d.key_json);
-    put_opt_str(out, d.updated.map(|h| h.to_string()).as_deref());
-    put_opt_str(out, d.mvcc_timestamp.map(|h| h.to_string()).as_deref());
-    match d.pg_xid {
-        Some(x) => {
-            put_long(out, 1);
-            put_long(out, x as i64);
-        }
-        None => put_long(out, 0),
-    }
-    put_str(out, &d.topic);
-    put_long(out, i64::from(d.partition));
-    put_long(out, d.offset);
+    d.meta.encode(out);
     put_opt_str(out, d.before.as_deref().map(row_json).as_deref());
 }
 
@@ -217,15 +194,7 @@ pub fn decode_deletes(bytes: &[u8]) -> Result<Deletes, SegmentError> {
             Avro::String(s) if s == "delete" => {}
             other => return Err(format(format!("_op of a delete record: {other:?}"))),
         }
-        let RecordMeta {
-            key_json,
-            updated,
-            mvcc_timestamp,
-            pg_xid,
-            topic,
-            partition,
-            offset,
-        } = RecordMeta::decode(&mut next)?;
+        let record = RecordMeta::decode(&mut next)?;
         let before = opt_str(next(), "_before")?
             .map(|text| {
                 serde_json::from_str::<OrderedRow>(&text)
@@ -234,13 +203,7 @@ pub fn decode_deletes(bytes: &[u8]) -> Result<Deletes, SegmentError> {
             })
             .transpose()?;
         deletes.push(DeletedRow {
-            key_json,
-            updated,
-            mvcc_timestamp,
-            pg_xid,
-            topic,
-            partition,
-            offset,
+            meta: record,
             before,
         });
     }

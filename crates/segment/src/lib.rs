@@ -124,20 +124,8 @@ pub struct SegmentMeta {
 pub struct ArchivedRow {
     /// Insert, update or upsert.
     pub op: Op,
-    /// The Kafka key's JSON array text, exactly.
-    pub key_json: String,
-    /// The change's `updated` timestamp.
-    pub updated: Option<Hlc>,
-    /// The change's MVCC timestamp.
-    pub mvcc_timestamp: Option<Hlc>,
-    /// PostgreSQL transaction id (PostgreSQL changefeed only).
-    pub pg_xid: Option<u64>,
-    /// Kafka topic.
-    pub topic: String,
-    /// Kafka partition.
-    pub partition: i32,
-    /// Kafka offset.
-    pub offset: i64,
+    /// The event's key, timestamps, transaction id and Kafka position.
+    pub meta: RecordMeta,
     /// `(SQL column name, value)` in row order.
     pub columns: Vec<(String, Value)>,
 }
@@ -266,7 +254,7 @@ pub fn encode_segment(meta: &SegmentMeta, rows: &[ArchivedRow]) -> Result<Vec<u8
     for r in rows {
         if !same_columns(&first.columns, &r.columns) {
             return Err(SegmentError::ColumnSetChanged {
-                offset: r.offset,
+                offset: r.meta.offset,
                 expected: first.columns.iter().map(|(c, _)| c.clone()).collect(),
                 found: r.columns.iter().map(|(c, _)| c.clone()).collect(),
             });
@@ -388,20 +376,7 @@ pub(crate) fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 
 fn encode_row(r: &ArchivedRow, encodings: &[Encoding], out: &mut Vec<u8>) {
     put_str(out, op_text(r.op));
-    put_str(out, &r.key_json);
-    put_opt_str(out, r.updated.map(|h| h.to_string()).as_deref());
-    put_opt_str(out, r.mvcc_timestamp.map(|h| h.to_string()).as_deref());
-    match r.pg_xid {
-        // xids are at most 2^63 in practice (32-bit, or 64-bit epoch-extended).
-        Some(x) => {
-            put_long(out, 1);
-            put_long(out, x as i64);
-        }
-        None => put_long(out, 0),
-    }
-    put_str(out, &r.topic);
-    put_long(out, i64::from(r.partition));
-    put_long(out, r.offset);
+    r.meta.encode(out);
     for ((_, v), enc) in r.columns.iter().zip(encodings) {
         match (v, enc) {
             (Value::Null, _) => put_long(out, 0),
@@ -425,19 +400,46 @@ fn encode_row(r: &ArchivedRow, encodings: &[Encoding], out: &mut Vec<u8>) {
     }
 }
 
-/// The metadata fields after `_op` of a segment or delete-file record, in
+/// The metadata every archived record carries (a segment's row versions
+/// and a delete file's deletes alike): the fields after `_op`, in
 /// [`META_FIELDS`] order.
-pub(crate) struct RecordMeta {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// The Kafka key's JSON array text, exactly.
     pub key_json: String,
+    /// The change's `updated` timestamp.
     pub updated: Option<Hlc>,
+    /// The change's MVCC timestamp (CockroachDB `mvcc_timestamp` option).
     pub mvcc_timestamp: Option<Hlc>,
+    /// PostgreSQL transaction id (PostgreSQL changefeed only).
     pub pg_xid: Option<u64>,
+    /// Kafka topic.
     pub topic: String,
+    /// Kafka partition.
     pub partition: i32,
+    /// Kafka offset.
     pub offset: i64,
 }
 
 impl RecordMeta {
+    /// Appends the fields in record order (Avro binary encoding).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.key_json);
+        put_opt_str(out, self.updated.map(|h| h.to_string()).as_deref());
+        put_opt_str(out, self.mvcc_timestamp.map(|h| h.to_string()).as_deref());
+        match self.pg_xid {
+            // xids are at most 2^63 in practice (32-bit, or 64-bit epoch-extended).
+            Some(x) => {
+                put_long(out, 1);
+                put_long(out, x as i64);
+            }
+            None => put_long(out, 0),
+        }
+        put_str(out, &self.topic);
+        put_long(out, i64::from(self.partition));
+        put_long(out, self.offset);
+    }
+
     /// Takes the fields from `next`, checking each one's type.
     pub(crate) fn decode(next: &mut impl FnMut() -> Avro) -> Result<Self, SegmentError> {
         let key_json = opt_str(next(), "_key")?.ok_or_else(|| format("_key is null"))?;
@@ -578,28 +580,14 @@ pub fn decode_segment(bytes: &[u8]) -> Result<Segment, SegmentError> {
             Avro::String(s) => parse_op(&s)?,
             other => return Err(format(format!("_op: {other:?}"))),
         };
-        let RecordMeta {
-            key_json,
-            updated,
-            mvcc_timestamp,
-            pg_xid,
-            topic,
-            partition,
-            offset,
-        } = RecordMeta::decode(&mut next)?;
+        let record = RecordMeta::decode(&mut next)?;
         let mut values = Vec::with_capacity(columns.len());
         for c in &columns {
             values.push((c.name.clone(), decode_value(next(), c.encoding, &c.name)?));
         }
         rows.push(ArchivedRow {
             op,
-            key_json,
-            updated,
-            mvcc_timestamp,
-            pg_xid,
-            topic,
-            partition,
-            offset,
+            meta: record,
             columns: values,
         });
     }

@@ -204,7 +204,7 @@ pub fn open(bytes: &[u8], e: &Expected) -> Result<Segment, OpenError> {
             &seg.meta,
             &columns,
             seg.rows.len(),
-            seg.rows.iter().map(|r| r.offset),
+            seg.rows.iter().map(|r| r.meta.offset),
             e,
         ),
     )?;
@@ -240,6 +240,7 @@ pub fn open_deletes(bytes: &[u8], e: &Expected) -> Result<Deletes, DeletesError>
         decoded
             .deletes
             .iter()
+            .map(|d| &d.meta)
             .find(|r| {
                 r.partition != e.partition || !(e.first_offset..=e.last_offset).contains(&r.offset)
             })
@@ -259,7 +260,7 @@ pub fn open_deletes(bytes: &[u8], e: &Expected) -> Result<Deletes, DeletesError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{encode_deletes, encode_segment, ArchivedRow, DeletedRow};
+    use crate::{encode_deletes, encode_segment, ArchivedRow, DeletedRow, RecordMeta};
     use cdc_changefeed::{Op, Value};
 
     fn meta() -> SegmentMeta {
@@ -275,13 +276,15 @@ mod tests {
     fn row(offset: i64) -> ArchivedRow {
         ArchivedRow {
             op: Op::Insert,
-            key_json: format!("[{offset}]"),
-            updated: None,
-            mvcc_timestamp: None,
-            pg_xid: Some(7),
-            topic: "topic".into(),
-            partition: 2,
-            offset,
+            meta: RecordMeta {
+                key_json: format!("[{offset}]"),
+                updated: None,
+                mvcc_timestamp: None,
+                pg_xid: Some(7),
+                topic: "topic".into(),
+                partition: 2,
+                offset,
+            },
             columns: vec![("id".into(), Value::Number(offset.to_string()))],
         }
     }
@@ -369,13 +372,15 @@ mod tests {
 
     fn deleted(offset: i64) -> DeletedRow {
         DeletedRow {
-            key_json: format!("[{offset}]"),
-            updated: None,
-            mvcc_timestamp: None,
-            pg_xid: Some(9),
-            topic: "topic".into(),
-            partition: 2,
-            offset,
+            meta: RecordMeta {
+                key_json: format!("[{offset}]"),
+                updated: None,
+                mvcc_timestamp: None,
+                pg_xid: Some(9),
+                topic: "topic".into(),
+                partition: 2,
+                offset,
+            },
             before: None,
         }
     }

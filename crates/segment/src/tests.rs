@@ -14,13 +14,15 @@ fn meta() -> SegmentMeta {
 fn row(offset: i64, columns: Vec<(&str, Value)>) -> ArchivedRow {
     ArchivedRow {
         op: Op::Update,
-        key_json: format!("[{offset}, \"k\\\"é\"]"),
-        updated: Some(Hlc::new(1_749_715_231_873_209_112, 2)),
-        mvcc_timestamp: None,
-        pg_xid: Some(4_000_000_000),
-        topic: "t.payments".into(),
-        partition: 2,
-        offset,
+        meta: RecordMeta {
+            key_json: format!("[{offset}, \"k\\\"é\"]"),
+            updated: Some(Hlc::new(1_749_715_231_873_209_112, 2)),
+            mvcc_timestamp: None,
+            pg_xid: Some(4_000_000_000),
+            topic: "t.payments".into(),
+            partition: 2,
+            offset,
+        },
         columns: columns
             .into_iter()
             .map(|(c, v)| (c.to_owned(), v))
@@ -170,13 +172,15 @@ proptest! {
 
 fn deleted(offset: i64, before: Option<Vec<(&str, Value)>>) -> DeletedRow {
     DeletedRow {
-        key_json: format!("[{offset}, \"k\\\"é\"]"),
-        updated: Some(Hlc::new(1_749_715_298_530_184_270, 0)),
-        mvcc_timestamp: (offset % 2 == 0).then(|| Hlc::new(1_749_715_298_530_184_270, 1)),
-        pg_xid: (offset % 3 == 0).then_some((2u64 << 32) | 7),
-        topic: "t.payments".into(),
-        partition: 2,
-        offset,
+        meta: RecordMeta {
+            key_json: format!("[{offset}, \"k\\\"é\"]"),
+            updated: Some(Hlc::new(1_749_715_298_530_184_270, 0)),
+            mvcc_timestamp: (offset % 2 == 0).then(|| Hlc::new(1_749_715_298_530_184_270, 1)),
+            pg_xid: (offset % 3 == 0).then_some((2u64 << 32) | 7),
+            topic: "t.payments".into(),
+            partition: 2,
+            offset,
+        },
         before: before.map(|cols| cols.into_iter().map(|(c, v)| (c.to_owned(), v)).collect()),
     }
 }

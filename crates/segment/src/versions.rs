@@ -35,6 +35,14 @@ use serde_json::Value as Json;
 use crate::{Column, Encoding, SegmentMeta};
 
 /// One record's key and version, as the key/version reader gives it.
+///
+/// Deliberately not a [`crate::RecordMeta`]: it has no `_topic` or
+/// `_partition`. Those are the segment's (in [`SegmentVersions::meta`];
+/// the reader checks every record's `_partition` against it), the purger
+/// never reads them per record, and carrying the topic in every record
+/// would cost this reader an allocation per record, which it exists to
+/// avoid (filling it from the segment's metadata instead would report a
+/// value the reader did not read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowVersion {
     /// The Kafka key's JSON array text, exactly.
@@ -55,11 +63,11 @@ pub struct RowVersion {
 impl From<crate::ArchivedRow> for RowVersion {
     fn from(r: crate::ArchivedRow) -> Self {
         Self {
-            key_json: r.key_json,
-            updated: r.updated,
-            mvcc_timestamp: r.mvcc_timestamp,
-            pg_xid: r.pg_xid,
-            offset: r.offset,
+            key_json: r.meta.key_json,
+            updated: r.meta.updated,
+            mvcc_timestamp: r.meta.mvcc_timestamp,
+            pg_xid: r.meta.pg_xid,
+            offset: r.meta.offset,
             columns: r.columns,
         }
     }
@@ -101,7 +109,12 @@ pub fn full_versions(bytes: &[u8]) -> Result<SegmentVersions, String> {
 
 /// Every record is of the segment's partition.
 pub(crate) fn check_partitions(seg: &crate::Segment) -> Result<(), String> {
-    match seg.rows.iter().find(|r| r.partition != seg.meta.partition) {
+    match seg
+        .rows
+        .iter()
+        .map(|r| &r.meta)
+        .find(|r| r.partition != seg.meta.partition)
+    {
         Some(r) => Err(format!(
             "record at offset {} is from partition {}, the segment is of partition {}",
             r.offset, r.partition, seg.meta.partition

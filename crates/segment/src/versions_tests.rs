@@ -4,7 +4,7 @@
 //! altered bytes or a layout it does not know.
 
 use super::*;
-use crate::ArchivedRow;
+use crate::{ArchivedRow, RecordMeta};
 use apache_avro::types::Value as Avro;
 use cdc_changefeed::Op;
 
@@ -46,13 +46,15 @@ pub fn rewrite(
 fn row(i: i64) -> ArchivedRow {
     ArchivedRow {
         op: if i % 3 == 0 { Op::Insert } else { Op::Update },
-        key_json: format!("[{i}, \"k\\\"{i}\"]"),
-        updated: (i % 5 != 0).then(|| Hlc::new(1_700_000_000_000_000_000 + i, (i % 4) as u32)),
-        mvcc_timestamp: (i % 2 == 0).then(|| Hlc::new(1_600_000_000_000_000_000 + i, 7)),
-        pg_xid: (i % 7 != 0).then_some((3u64 << 32) | i as u64),
-        topic: "topic".into(),
-        partition: 2,
-        offset: 1000 + i,
+        meta: RecordMeta {
+            key_json: format!("[{i}, \"k\\\"{i}\"]"),
+            updated: (i % 5 != 0).then(|| Hlc::new(1_700_000_000_000_000_000 + i, (i % 4) as u32)),
+            mvcc_timestamp: (i % 2 == 0).then(|| Hlc::new(1_600_000_000_000_000_000 + i, 7)),
+            pg_xid: (i % 7 != 0).then_some((3u64 << 32) | i as u64),
+            topic: "topic".into(),
+            partition: 2,
+            offset: 1000 + i,
+        },
         columns: vec![
             ("id".into(), Value::Number(i.to_string())),
             (

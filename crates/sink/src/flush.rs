@@ -320,7 +320,8 @@ impl Sink {
             let columns: Vec<String> = run.rows[0].columns.iter().map(|(c, _)| c.clone()).collect();
             // The key filter lets a look-up by key skip this segment.
             let (body, filter) = tokio::task::spawn_blocking(move || {
-                let filter = KeyFilter::from_key_json(run.rows.iter().map(|r| r.key_json.as_str()));
+                let filter =
+                    KeyFilter::from_key_json(run.rows.iter().map(|r| r.meta.key_json.as_str()));
                 encode_segment(&meta, &run.rows).map(|body| (body, filter.encode()))
             })
             .await??;

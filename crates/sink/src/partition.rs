@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use cdc_changefeed::{Event, Hlc, Op, RowEvent};
 use cdc_checkpoint::Counts;
-use cdc_segment::{same_columns, ArchivedRow, DeletedRow};
+use cdc_segment::{same_columns, ArchivedRow, DeletedRow, RecordMeta};
 
 mod holdback;
 #[cfg(test)]
@@ -305,7 +305,7 @@ impl PartitionBuffer {
         self.bytes += row_bytes(&row);
         self.rows += 1;
         let run = self.open();
-        if let Some(u) = row.updated {
+        if let Some(u) = row.meta.updated {
             run.min_updated = Some(run.min_updated.map_or(u, |m| m.min(u)));
             run.max_updated = Some(run.max_updated.map_or(u, |m| m.max(u)));
         }
@@ -416,8 +416,8 @@ fn columns_bytes(columns: &[(String, cdc_changefeed::Value)]) -> usize {
 /// (about 4x the message size for typical rows): what the memory budget counts.
 pub fn row_bytes(row: &ArchivedRow) -> u64 {
     let bytes = std::mem::size_of::<ArchivedRow>()
-        + row.key_json.len()
-        + row.topic.len()
+        + row.meta.key_json.len()
+        + row.meta.topic.len()
         + 3 * PER_ALLOC
         + columns_bytes(&row.columns);
     // Measured resident memory runs ~1.5x the sum of allocations (allocator
@@ -428,8 +428,8 @@ pub fn row_bytes(row: &ArchivedRow) -> u64 {
 /// [`row_bytes`] for a buffered delete record.
 pub fn delete_bytes(d: &DeletedRow) -> u64 {
     let bytes = std::mem::size_of::<DeletedRow>()
-        + d.key_json.len()
-        + d.topic.len()
+        + d.meta.key_json.len()
+        + d.meta.topic.len()
         + 3 * PER_ALLOC
         + d.before.as_deref().map_or(0, columns_bytes);
     (bytes + bytes / 2) as u64
@@ -452,13 +452,15 @@ enum Kept {
 fn deleted_row(ev: RowEvent, archived_column: &str) -> DeletedRow {
     let archived = cdc_changefeed::Value::Bool(true);
     DeletedRow {
-        key_json: ev.key_json,
-        updated: ev.updated,
-        mvcc_timestamp: ev.mvcc_timestamp,
-        pg_xid: ev.pg_xid,
-        topic: ev.topic,
-        partition: ev.partition,
-        offset: ev.offset,
+        meta: RecordMeta {
+            key_json: ev.key_json,
+            updated: ev.updated,
+            mvcc_timestamp: ev.mvcc_timestamp,
+            pg_xid: ev.pg_xid,
+            topic: ev.topic,
+            partition: ev.partition,
+            offset: ev.offset,
+        },
         before: ev
             .before
             .filter(|b| b.get(archived_column) == Some(&archived))
@@ -477,13 +479,15 @@ fn classify(mut ev: RowEvent, archived_column: &str) -> Kept {
     }
     Kept::Row(ArchivedRow {
         op: ev.op,
-        key_json: ev.key_json,
-        updated: ev.updated,
-        mvcc_timestamp: ev.mvcc_timestamp,
-        pg_xid: ev.pg_xid,
-        topic: ev.topic,
-        partition: ev.partition,
-        offset: ev.offset,
+        meta: RecordMeta {
+            key_json: ev.key_json,
+            updated: ev.updated,
+            mvcc_timestamp: ev.mvcc_timestamp,
+            pg_xid: ev.pg_xid,
+            topic: ev.topic,
+            partition: ev.partition,
+            offset: ev.offset,
+        },
         columns: after.0,
     })
 }
@@ -543,8 +547,8 @@ mod tests {
         assert_eq!(runs[1].deletes.len(), 1);
         assert_eq!(
             (
-                runs[1].deletes[0].offset,
-                runs[1].deletes[0].key_json.as_str(),
+                runs[1].deletes[0].meta.offset,
+                runs[1].deletes[0].meta.key_json.as_str(),
                 &runs[1].deletes[0].before
             ),
             (14, "[1]", &None)

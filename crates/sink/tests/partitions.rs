@@ -66,7 +66,7 @@ async fn malformed_message_is_quarantined_and_its_neighbours_archived() {
     let (chain, rows) = &archive[0];
     assert_eq!((chain.start(), chain.end()), (Some(0), Some(3)));
     assert_eq!(
-        rows.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        rows.iter().map(|r| r.meta.offset).collect::<Vec<_>>(),
         vec![0, 2]
     );
     assert_eq!(
@@ -273,7 +273,7 @@ async fn two_sinks_share_partitions_through_a_rebalance() {
         );
         let want: Vec<i64> = (0..PER).filter(|o| o % 5 != 0).collect();
         assert_eq!(
-            rows.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.meta.offset).collect::<Vec<_>>(),
             want,
             "p{p}"
         );

@@ -176,7 +176,7 @@ async fn a_rebalance_while_the_first_sink_holds_buffers_loses_and_duplicates_not
         assert_eq!(events, 2 * HALF as u64, "p{p}: no offset claimed twice");
         let want: Vec<i64> = (0..2 * HALF).filter(|o| o % 5 != 0).collect();
         assert_eq!(
-            rows.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.meta.offset).collect::<Vec<_>>(),
             want,
             "p{p}"
         );

@@ -88,12 +88,12 @@ async fn a_column_added_mid_stream_starts_a_new_segment_and_loses_nothing() {
     // Nothing lost, nothing altered: every archivable version, field by field.
     assert_eq!(rows, &expected_rows(&records, 0));
     assert_eq!(
-        rows.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        rows.iter().map(|r| r.meta.offset).collect::<Vec<_>>(),
         vec![0, 1, 3, 5, 7, 8, 9]
     );
     let amount = |o: i64| {
         rows.iter()
-            .find(|r| r.offset == o)
+            .find(|r| r.meta.offset == o)
             .map(|r| r.columns[0].1.clone())
     };
     assert_eq!(amount(0), Some(Value::Number("1250.00".into())));
@@ -105,7 +105,7 @@ async fn a_column_added_mid_stream_starts_a_new_segment_and_loses_nothing() {
     assert_eq!(amount(5), Some(Value::Number("1E+2".into())));
     let note = |o: i64| {
         rows.iter()
-            .find(|r| r.offset == o)
+            .find(|r| r.meta.offset == o)
             .and_then(|r| r.columns.iter().find(|(c, _)| c == "note"))
             .map(|(_, v)| v.clone())
     };
@@ -127,7 +127,7 @@ async fn a_column_added_mid_stream_starts_a_new_segment_and_loses_nothing() {
             assert_eq!(cols, seg.columns, "{}", seg.path);
         }
         if shapes.last().map(|s| &s.1) != Some(&seg.columns) {
-            shapes.push((decoded.rows[0].offset, seg.columns.clone()));
+            shapes.push((decoded.rows[0].meta.offset, seg.columns.clone()));
         }
         // Any Avro reader: the writer schema names the columns, and every
         // record reads back with its exact text.
@@ -179,7 +179,7 @@ async fn a_column_added_mid_stream_starts_a_new_segment_and_loses_nothing() {
     // The delete in the new-shape range is recorded, not lost either.
     let deletes = read_deletes(&store, chain).await;
     assert_eq!(
-        deletes.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        deletes.iter().map(|d| d.meta.offset).collect::<Vec<_>>(),
         vec![6]
     );
 }

@@ -52,7 +52,7 @@ async fn xids_per_checkpoint(store: &ArchiveStore, chain: &Chain) -> Vec<Vec<u64
         if let Some(seg) = &c.segment {
             let bytes = cdc_checkpoint::verify_segment(store, seg).await.unwrap();
             let decoded = cdc_segment::decode_segment(&bytes).unwrap();
-            xids.extend(decoded.rows.iter().map(|r| r.pg_xid.unwrap()));
+            xids.extend(decoded.rows.iter().map(|r| r.meta.pg_xid.unwrap()));
         }
         out.push(xids);
     }

@@ -404,7 +404,7 @@ impl Pipeline {
                         .await
                         .unwrap();
                     let decoded = cdc_segment::decode_deletes(&bytes).unwrap();
-                    keys.extend(decoded.deletes.into_iter().map(|d| d.key_json));
+                    keys.extend(decoded.deletes.into_iter().map(|d| d.meta.key_json));
                 }
             }
         }

@@ -12,7 +12,7 @@ use cdc_checkpoint::{Checkpoint, Counts, SegmentRef};
 use cdc_common::ident::{quote_ident, TableName};
 use cdc_common::storage::ArchiveStore;
 use cdc_purger::PurgerConfig;
-use cdc_segment::{ArchivedRow, SegmentMeta};
+use cdc_segment::{ArchivedRow, RecordMeta, SegmentMeta};
 use object_store::{ObjectStoreExt, PutPayload};
 
 /// One row as read from the table: every column as text (NULL as None).
@@ -228,13 +228,15 @@ impl Fixture {
         assert!(archived, "row {id} must be marked before it is archived");
         ArchivedRow {
             op: Op::Update,
-            key_json: format!("[{id}]"),
-            updated: Some(Hlc::new(1_700_000_000_000_000_000 + offset, 0)),
-            mvcc_timestamp: None,
-            pg_xid,
-            topic: self.table.clone(),
-            partition,
-            offset,
+            meta: RecordMeta {
+                key_json: format!("[{id}]"),
+                updated: Some(Hlc::new(1_700_000_000_000_000_000 + offset, 0)),
+                mvcc_timestamp: None,
+                pg_xid,
+                topic: self.table.clone(),
+                partition,
+                offset,
+            },
             columns: vec![
                 ("id".into(), Value::Number(id.to_string())),
                 ("payload".into(), payload.map_or(Value::Null, Value::String)),
@@ -321,7 +323,7 @@ pub async fn write_checkpoint_to(
 ) -> Checkpoint {
     let last_offset = rows
         .iter()
-        .map(|r| r.offset)
+        .map(|r| r.meta.offset)
         .max()
         .unwrap()
         .max(first_offset + rows.len() as i64 - 1);
@@ -360,8 +362,8 @@ pub async fn write_checkpoint_to(
             rows_archived: rows.len() as u64,
             ..Counts::default()
         },
-        min_updated: rows.iter().filter_map(|r| r.updated).min(),
-        max_updated: rows.iter().filter_map(|r| r.updated).max(),
+        min_updated: rows.iter().filter_map(|r| r.meta.updated).min(),
+        max_updated: rows.iter().filter_map(|r| r.meta.updated).max(),
         resolved: None,
         writer_id: "purger-test".into(),
         created_at: cdc_checkpoint::now_rfc3339(),

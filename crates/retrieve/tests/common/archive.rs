@@ -13,7 +13,7 @@ use cdc_changefeed::{Hlc, Op, Value};
 use cdc_checkpoint::key_filter::KeyFilter;
 use cdc_checkpoint::{Checkpoint, Counts, DeletesRef, SegmentRef};
 use cdc_common::storage::ArchiveStore;
-use cdc_segment::{ArchivedRow, DeletedRow, SegmentMeta};
+use cdc_segment::{ArchivedRow, DeletedRow, RecordMeta, SegmentMeta};
 use object_store::{ObjectStoreExt, PutPayload};
 
 /// An archive under construction in a fresh temporary directory.
@@ -36,6 +36,20 @@ pub enum Event {
     Delete(DeletedRow),
 }
 
+/// An event's metadata; topic, partition and offset are assigned when it
+/// is written.
+fn meta(key_json: &str, updated: Hlc, xid: Option<u64>) -> RecordMeta {
+    RecordMeta {
+        key_json: key_json.to_owned(),
+        updated: Some(updated),
+        mvcc_timestamp: None,
+        pg_xid: xid,
+        topic: String::new(),
+        partition: 0,
+        offset: 0,
+    }
+}
+
 /// A row version to archive; the offset is assigned when it is written.
 pub fn version(
     key_json: &str,
@@ -45,13 +59,7 @@ pub fn version(
 ) -> ArchivedRow {
     ArchivedRow {
         op: Op::Update,
-        key_json: key_json.to_owned(),
-        updated: Some(updated),
-        mvcc_timestamp: None,
-        pg_xid: xid,
-        topic: String::new(),
-        partition: 0,
-        offset: 0,
+        meta: meta(key_json, updated, xid),
         columns: columns
             .iter()
             .map(|(c, v)| ((*c).to_owned(), v.clone()))
@@ -64,13 +72,7 @@ pub fn version(
 /// the offset is assigned when it is written.
 pub fn deleted(key_json: &str, updated: Hlc, xid: u64, before: Option<&ArchivedRow>) -> DeletedRow {
     DeletedRow {
-        key_json: key_json.to_owned(),
-        updated: Some(updated),
-        mvcc_timestamp: None,
-        pg_xid: Some(xid),
-        topic: String::new(),
-        partition: 0,
-        offset: 0,
+        meta: meta(key_json, updated, Some(xid)),
         before: before.map(|row| row.columns.clone()),
     }
 }
@@ -123,11 +125,13 @@ impl Archive {
             let offset = first + i as i64;
             match event {
                 Event::Row(mut r) => {
-                    (r.topic, r.partition, r.offset) = (self.table.clone(), partition, offset);
+                    let m = &mut r.meta;
+                    (m.topic, m.partition, m.offset) = (self.table.clone(), partition, offset);
                     rows.push(r);
                 }
                 Event::Delete(mut d) => {
-                    (d.topic, d.partition, d.offset) = (self.table.clone(), partition, offset);
+                    let m = &mut d.meta;
+                    (m.topic, m.partition, m.offset) = (self.table.clone(), partition, offset);
                     deletes.push(d);
                 }
             }
@@ -221,8 +225,9 @@ impl Archive {
         if let Some(r) = resolved {
             self.last_resolved.insert(partition, r);
         }
-        let key_filter = (!rows.is_empty())
-            .then(|| KeyFilter::from_key_json(rows.iter().map(|r| r.key_json.as_str())).encode());
+        let key_filter = (!rows.is_empty()).then(|| {
+            KeyFilter::from_key_json(rows.iter().map(|r| r.meta.key_json.as_str())).encode()
+        });
         let cp = Checkpoint {
             format_version: cdc_checkpoint::FORMAT_VERSION,
             table: self.table.clone(),
@@ -233,8 +238,8 @@ impl Archive {
             last_offset: last,
             segment,
             counts,
-            min_updated: rows.iter().filter_map(|r| r.updated).min(),
-            max_updated: rows.iter().filter_map(|r| r.updated).max(),
+            min_updated: rows.iter().filter_map(|r| r.meta.updated).min(),
+            max_updated: rows.iter().filter_map(|r| r.meta.updated).max(),
             resolved: self.last_resolved.get(&partition).copied(),
             writer_id: "retrieve-test".into(),
             created_at: cdc_checkpoint::now_rfc3339(),

@@ -268,8 +268,8 @@ impl PartitionBuffer {
         let head = Run {
             first: run.first,
             last: Some(m.offset - 1),
-            min_updated: head_rows.iter().filter_map(|r| r.updated).min(),
-            max_updated: head_rows.iter().filter_map(|r| r.updated).max(),
+            min_updated: head_rows.iter().filter_map(|r| r.meta.updated).min(),
+            max_updated: head_rows.iter().filter_map(|r| r.meta.updated).max(),
             rows: head_rows,
             deletes: std::mem::replace(&mut run.deletes, tail_deletes),
             counts: m.counts,
@@ -278,8 +278,8 @@ impl PartitionBuffer {
         };
         run.first = m.offset;
         run.counts = counts_sub(run.counts, m.counts);
-        run.min_updated = run.rows.iter().filter_map(|r| r.updated).min();
-        run.max_updated = run.rows.iter().filter_map(|r| r.updated).max();
+        run.min_updated = run.rows.iter().filter_map(|r| r.meta.updated).min();
+        run.max_updated = run.rows.iter().filter_map(|r| r.meta.updated).max();
         if head.counts.events > 0 {
             taken.push(head);
         }

@@ -66,7 +66,7 @@ pub(crate) fn ranges(runs: &[Run]) -> Vec<(i64, i64)> {
 }
 
 pub(crate) fn offsets(run: &Run) -> Vec<i64> {
-    run.rows.iter().map(|r| r.offset).collect()
+    run.rows.iter().map(|r| r.meta.offset).collect()
 }
 
 pub(crate) fn p_bytes_of(b: &PartitionBuffer) -> u64 {

@@ -10,7 +10,7 @@ use cdc_changefeed::line::{parse_line, OwnedRecord};
 use cdc_changefeed::{decode_with, DecodeOptions, Event, Value};
 use cdc_checkpoint::Chain;
 use cdc_common::storage::{ArchiveStore, StorageConfig};
-use cdc_segment::{ArchivedRow, DeletedRow};
+use cdc_segment::{ArchivedRow, DeletedRow, RecordMeta};
 use cdc_sink::{SinkConfig, SinkSummary, TopicConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -200,7 +200,7 @@ pub async fn read_archive(
                 assert!(decoded
                     .rows
                     .iter()
-                    .all(|r| (c.first_offset..=c.last_offset).contains(&r.offset)));
+                    .all(|r| (c.first_offset..=c.last_offset).contains(&r.meta.offset)));
                 rows.extend(decoded.rows);
             }
         }
@@ -232,7 +232,7 @@ pub async fn read_deletes(store: &ArchiveStore, chain: &Chain) -> Vec<DeletedRow
         assert!(decoded
             .deletes
             .iter()
-            .all(|r| (c.first_offset..=c.last_offset).contains(&r.offset)));
+            .all(|r| (c.first_offset..=c.last_offset).contains(&r.meta.offset)));
         out.extend(decoded.deletes);
     }
     out
@@ -247,13 +247,15 @@ pub fn expected_deletes(records: &[OwnedRecord], partition: i32) -> Vec<DeletedR
         .filter_map(|r| match decode_as_fixtures(r) {
             Ok(Event::Row(ev)) if ev.op == cdc_changefeed::Op::Delete || ev.after.is_none() => {
                 Some(DeletedRow {
-                    key_json: ev.key_json,
-                    updated: ev.updated,
-                    mvcc_timestamp: ev.mvcc_timestamp,
-                    pg_xid: ev.pg_xid,
-                    topic: ev.topic,
-                    partition: ev.partition,
-                    offset: ev.offset,
+                    meta: RecordMeta {
+                        key_json: ev.key_json,
+                        updated: ev.updated,
+                        mvcc_timestamp: ev.mvcc_timestamp,
+                        pg_xid: ev.pg_xid,
+                        topic: ev.topic,
+                        partition: ev.partition,
+                        offset: ev.offset,
+                    },
                     before: ev
                         .before
                         .filter(|b| b.get("archived") == Some(&Value::Bool(true)))
@@ -285,13 +287,15 @@ pub fn expected_rows(records: &[OwnedRecord], partition: i32) -> Vec<ArchivedRow
                 let after = ev.after?;
                 (after.get("archived") == Some(&Value::Bool(true))).then_some(ArchivedRow {
                     op: ev.op,
-                    key_json: ev.key_json,
-                    updated: ev.updated,
-                    mvcc_timestamp: ev.mvcc_timestamp,
-                    pg_xid: ev.pg_xid,
-                    topic: ev.topic,
-                    partition: ev.partition,
-                    offset: ev.offset,
+                    meta: RecordMeta {
+                        key_json: ev.key_json,
+                        updated: ev.updated,
+                        mvcc_timestamp: ev.mvcc_timestamp,
+                        pg_xid: ev.pg_xid,
+                        topic: ev.topic,
+                        partition: ev.partition,
+                        offset: ev.offset,
+                    },
                     columns: after.0,
                 })
             }

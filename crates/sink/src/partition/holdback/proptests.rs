@@ -59,7 +59,7 @@ fn random_streams_never_split_a_transaction() {
             assert!(c
                 .rows
                 .iter()
-                .all(|r| (c.first..=c.last.unwrap()).contains(&r.offset)));
+                .all(|r| (c.first..=c.last.unwrap()).contains(&r.meta.offset)));
         }
         assert_eq!(b.first(), next);
         let total: u64 =
@@ -75,7 +75,7 @@ fn random_streams_never_split_a_transaction() {
             .enumerate()
         {
             for r in rows {
-                let x = r.pg_xid.unwrap();
+                let x = r.meta.pg_xid.unwrap();
                 assert_eq!(*seen.entry(x).or_insert(i), i, "xid {x} split");
             }
         }
@@ -193,15 +193,15 @@ fn random_streams_with_restarts_never_expose_an_unarchived_version() {
         for (i, c) in checkpoints.iter().enumerate() {
             let mut latest: std::collections::HashMap<&str, &ArchivedRow> = Default::default();
             for r in &c.rows {
-                latest.insert(r.key_json.as_str(), r);
+                latest.insert(r.meta.key_json.as_str(), r);
             }
             for r in latest.values() {
-                let x = r.pg_xid.unwrap();
+                let x = r.meta.pg_xid.unwrap();
                 if c.open_tail_xid == Some(x) {
                     continue;
                 }
                 let t = xids.iter().position(|&y| y == x).unwrap();
-                let key: i64 = r.key_json.trim_matches(['[', ']']).parse().unwrap();
+                let key: i64 = r.meta.key_json.trim_matches(['[', ']']).parse().unwrap();
                 let (v, &(_, archived)) = txs[t]
                     .iter()
                     .enumerate()
@@ -215,7 +215,9 @@ fn random_streams_with_restarts_never_expose_an_unarchived_version() {
                     checkpoints[..=i]
                         .iter()
                         .flat_map(|c| &c.rows)
-                        .any(|a| a.pg_xid == Some(x) && a.key_json == r.key_json && v_of(a) == v),
+                        .any(|a| a.meta.pg_xid == Some(x)
+                            && a.meta.key_json == r.meta.key_json
+                            && v_of(a) == v),
                     "checkpoint {i} ({:?}) lets the purger delete key {key} by xid {x}, \
                      whose final version {v} is not archived up to it",
                     (c.first, c.last)

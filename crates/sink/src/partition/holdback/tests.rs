@@ -92,7 +92,7 @@ fn deletes_are_recorded_and_cut_with_their_transaction() {
     let d: Vec<(i64, &str, Option<u64>)> = run
         .deletes
         .iter()
-        .map(|d| (d.offset, d.key_json.as_str(), d.pg_xid))
+        .map(|d| (d.meta.offset, d.meta.key_json.as_str(), d.meta.pg_xid))
         .collect();
     assert_eq!(d, vec![(1, "[1]", Some(11)), (3, "[2]", Some(11))]);
     assert_eq!(
