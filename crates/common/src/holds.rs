@@ -75,12 +75,27 @@ pub fn key_expr_of(alias: &str, keys: &[String]) -> String {
     format!("jsonb_build_array({})::text", cols.join(", "))
 }
 
-/// `NOT EXISTS (…)`: the row of `schema.table` has no hold.
+/// The row of `schema.table` has no hold (see [`not_held_in`]).
 pub fn not_held(schema: &str, table: &str, keys: &[String]) -> String {
+    not_held_in(&qualified(schema, table), &key_expr(schema, table, keys))
+}
+
+/// `EXISTS (…)`: a row whose key text is `key` has a hold in the holds
+/// table `holds` (qualified).
+pub fn held_in(holds: &str, key: &str) -> String {
+    format!("EXISTS (SELECT 1 FROM {holds} AS cdc_hold WHERE cdc_hold.hold_key = {key})")
+}
+
+/// A row whose key text is `key` has no hold in the holds table `holds`:
+/// `(NOT EXISTS (SELECT 1 FROM holds) OR NOT EXISTS (… hold_key = key))`.
+/// The first test is an InitPlan, evaluated once per statement with the
+/// statement's snapshot (the one the per-row test reads too), so with no
+/// hold at all no row builds its key text: the same answer, and most
+/// tables hold nothing.
+pub fn not_held_in(holds: &str, key: &str) -> String {
     format!(
-        "NOT EXISTS (SELECT 1 FROM {} AS cdc_hold WHERE cdc_hold.hold_key = {})",
-        qualified(schema, table),
-        key_expr(schema, table, keys)
+        "(NOT EXISTS (SELECT 1 FROM {holds}) OR NOT {})",
+        held_in(holds, key)
     )
 }
 
@@ -288,9 +303,10 @@ mod tests {
         assert!(table_name("s", &"é".repeat(40)).len() <= 63);
         assert_eq!(
             not_held("public", "my \"t\"", &["id".into(), "region".into()]),
-            "NOT EXISTS (SELECT 1 FROM \"cdc_archiver\".\"holds:public.my \"\"t\"\"\" AS cdc_hold \
+            "(NOT EXISTS (SELECT 1 FROM \"cdc_archiver\".\"holds:public.my \"\"t\"\"\") \
+             OR NOT EXISTS (SELECT 1 FROM \"cdc_archiver\".\"holds:public.my \"\"t\"\"\" AS cdc_hold \
              WHERE cdc_hold.hold_key = jsonb_build_array(\"public\".\"my \"\"t\"\"\".\"id\", \
-             \"public\".\"my \"\"t\"\"\".\"region\")::text)"
+             \"public\".\"my \"\"t\"\"\".\"region\")::text))"
         );
     }
 }

@@ -182,9 +182,10 @@ impl PurgeSql {
         // A held row is never deleted (see `cdc_common::holds`).
         let key_names: Vec<String> = keys.iter().map(|c| c.name.clone()).collect();
         let held = holds.map(|h| {
-            format!(
-                "EXISTS (SELECT 1 FROM {h} AS cdc_hold WHERE cdc_hold.hold_key = {})",
-                cdc_common::holds::key_expr_of("t", &key_names)
+            let key = cdc_common::holds::key_expr_of("t", &key_names);
+            (
+                cdc_common::holds::held_in(h, &key),
+                cdc_common::holds::not_held_in(h, &key),
             )
         });
         let referenced = blocking
@@ -197,16 +198,13 @@ impl PurgeSql {
         if !referenced.is_empty() {
             archived.push_str(&format!(" AND NOT ({referenced})"));
         }
-        if let (Some(h), Some(table)) = (&held, holds) {
-            // `NOT EXISTS (SELECT 1 FROM holds)` is an InitPlan, evaluated
-            // once per statement with the statement's snapshot (the same
-            // one the per-row check reads): with no hold at all, no row
-            // builds its hold key. Equivalent, and most tables hold none.
-            archived.push_str(&format!(
-                " AND (NOT EXISTS (SELECT 1 FROM {table}) OR NOT {h})"
-            ));
+        if let Some((_, not_held)) = &held {
+            archived.push_str(&format!(" AND {not_held}"));
         }
-        let held = held.map_or_else(|| "false".to_owned(), |h| format!("COALESCE({h}, false)"));
+        let held = held.map_or_else(
+            || "false".to_owned(),
+            |(h, _)| format!("COALESCE({h}, false)"),
+        );
         let referenced = if referenced.is_empty() {
             "false".to_owned()
         } else {

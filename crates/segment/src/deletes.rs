@@ -36,18 +36,18 @@ use crate::{
 /// Value of the `cdc.deletes_format_version` metadata entry.
 pub const DELETES_FORMAT_VERSION: &str = "1";
 
-/// Record fields of a delete file, in order.
-pub const DELETE_FIELDS: [&str; 9] = [
-    "_op",
-    "_key",
-    "_updated",
-    "_mvcc_timestamp",
-    "_pg_xid",
-    "_topic",
-    "_partition",
-    "_offset",
-    "_before",
-];
+/// Record fields of a delete file, in order: a segment record's metadata
+/// fields ([`crate::META_FIELDS`]), then `_before`.
+pub const DELETE_FIELDS: [&str; 9] = {
+    let mut fields = [""; 9];
+    let mut i = 0;
+    while i < crate::META_FIELDS.len() {
+        fields[i] = crate::META_FIELDS[i];
+        i += 1;
+    }
+    fields[8] = "_before";
+    fields
+};
 
 /// One delete event, as kept for the purger and auditors.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -449,22 +449,27 @@ enum Kept {
 /// the `before` row only when it was itself marked archived (an archived
 /// version being deleted, typically by the purger). A row the operator
 /// never chose to archive is not copied into the archive by its deletion.
-fn deleted_row(ev: RowEvent, archived_column: &str) -> DeletedRow {
+fn deleted_row(mut ev: RowEvent, archived_column: &str) -> DeletedRow {
     let archived = cdc_changefeed::Value::Bool(true);
     DeletedRow {
-        meta: RecordMeta {
-            key_json: ev.key_json,
-            updated: ev.updated,
-            mvcc_timestamp: ev.mvcc_timestamp,
-            pg_xid: ev.pg_xid,
-            topic: ev.topic,
-            partition: ev.partition,
-            offset: ev.offset,
-        },
+        meta: take_meta(&mut ev),
         before: ev
             .before
             .filter(|b| b.get(archived_column) == Some(&archived))
             .map(|b| b.0),
+    }
+}
+
+/// The record metadata of an event (its key text and topic moved out).
+fn take_meta(ev: &mut RowEvent) -> RecordMeta {
+    RecordMeta {
+        key_json: std::mem::take(&mut ev.key_json),
+        updated: ev.updated,
+        mvcc_timestamp: ev.mvcc_timestamp,
+        pg_xid: ev.pg_xid,
+        topic: std::mem::take(&mut ev.topic),
+        partition: ev.partition,
+        offset: ev.offset,
     }
 }
 
@@ -479,15 +484,7 @@ fn classify(mut ev: RowEvent, archived_column: &str) -> Kept {
     }
     Kept::Row(ArchivedRow {
         op: ev.op,
-        meta: RecordMeta {
-            key_json: ev.key_json,
-            updated: ev.updated,
-            mvcc_timestamp: ev.mvcc_timestamp,
-            pg_xid: ev.pg_xid,
-            topic: ev.topic,
-            partition: ev.partition,
-            offset: ev.offset,
-        },
+        meta: take_meta(&mut ev),
         columns: after.0,
     })
 }

@@ -47,18 +47,22 @@
 //! the next scheduled run archive and purge it again.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::Arc;
 
 use cdc_changefeed::Value;
 use cdc_common::db::{DbError, Dialect};
 use cdc_common::ident::{quote_ident, TableName};
-use cdc_common::retry::{Retrier, RetryConfig, Retryable};
+use cdc_common::retry::{RetryConfig, Retryable};
 use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::query::{dedupe, latest_per_key, sort_by_key_and_version};
 use crate::Found;
+
+mod fit;
+mod session;
+
+use fit::{find_misfit, ColumnType, FitCheck};
+use session::{with_retry, Session};
 
 /// The `application_name` of restore sessions opened by [`restore_url`].
 const APPLICATION_NAME: &str = "cdc-archiver-restore";
@@ -222,147 +226,6 @@ const PRIMARY_KEY_SQL: &str = "SELECT k.column_name::text \
      WHERE c.constraint_type = 'PRIMARY KEY' AND c.table_schema = $1 AND c.table_name = $2 \
      ORDER BY k.ordinal_position";
 
-/// A target column's types, from the catalog.
-#[derive(Debug, Clone)]
-struct ColumnType {
-    /// What archived text is cast to.
-    cast: String,
-    /// The column's type, with its modifier.
-    declared: String,
-    /// The unconstrained type the value must equal itself in, when the
-    /// modifier could change it.
-    check: Option<String>,
-}
-
-/// The query that finds the first row of a batch whose value of one of
-/// `checked` (indices into the batch's text arrays, with their types)
-/// would change in its column: one text array per checked column, the
-/// row's ordinal and which columns changed.
-fn fit_check_sql(checked: &[(usize, &ColumnType)]) -> String {
-    let arrays: Vec<String> = (1..=checked.len())
-        .map(|i| format!("${i}::text[]"))
-        .collect();
-    let aliases: Vec<String> = (0..checked.len()).map(|i| format!("c{i}")).collect();
-    let changed: Vec<String> = checked
-        .iter()
-        .enumerate()
-        .map(|(i, (_, t))| {
-            // Through the unconstrained type, so that the modifier is
-            // applied as a cast applies it (cut, round), not as input
-            // (`'1011'::bit(3)` is an error, `'1011'::"bit"::bit(3)` cuts).
-            let check = t.check.as_deref().unwrap_or(&t.cast);
-            format!(
-                "(u.c{i}::{check} IS DISTINCT FROM u.c{i}::{check}::{})",
-                t.declared
-            )
-        })
-        .collect();
-    format!(
-        "SELECT u.i, ARRAY[{list}] FROM unnest({arrays}) WITH ORDINALITY AS u({aliases}, i) \
-         WHERE {any} LIMIT 1",
-        list = changed.join(", "),
-        arrays = arrays.join(", "),
-        aliases = aliases.join(", "),
-        any = changed.join(" OR ")
-    )
-}
-
-/// The fit-check queries of one column set: all checked columns at once,
-/// and each alone (to find the value that made the first one fail).
-struct FitCheck {
-    all: String,
-    each: Vec<String>,
-}
-
-impl FitCheck {
-    fn new(checked: &[(usize, &ColumnType)]) -> Self {
-        FitCheck {
-            all: fit_check_sql(checked),
-            each: (0..checked.len())
-                .map(|i| fit_check_sql(&checked[i..=i]))
-                .collect(),
-        }
-    }
-}
-
-/// Runs one fit-check query: the first misfit's (row index, index of the
-/// checked column).
-async fn run_fit_check<'a>(
-    session: &mut Session<'a>,
-    retry: &RetryConfig,
-    retries: &mut u64,
-    table: &str,
-    sql: &str,
-    arrays: &[Vec<Option<String>>],
-) -> Result<Option<(usize, usize)>, RestoreError> {
-    let row = with_retry(
-        session,
-        retry,
-        retries,
-        "checking that the values fit",
-        |c| async move {
-            c.query_opt(sql, &params(arrays))
-                .await
-                .map_err(|source| RestoreError::Db {
-                    table: table.to_owned(),
-                    source,
-                })
-        },
-    )
-    .await?;
-    Ok(row.map(|row| {
-        let ordinal: i64 = row.get(0);
-        let changed: Vec<bool> = row.get(1);
-        (
-            usize::try_from(ordinal - 1).unwrap_or(0),
-            changed.iter().position(|c| *c).unwrap_or(0),
-        )
-    }))
-}
-
-/// The first value of `arrays` (one per checked column) that its column
-/// would change, as (row index, index of the checked column). A value the
-/// modifier cannot hold at all does not differ but fails the cast
-/// (`-999.999` rounds to `-1000.00`, too wide for `numeric(5,2)`: SQLSTATE
-/// class 22, data exception), failing the whole query; then each value is
-/// checked alone to name it. Only a misfit takes that slow path.
-async fn find_misfit<'a>(
-    session: &mut Session<'a>,
-    retry: &RetryConfig,
-    retries: &mut u64,
-    table: &str,
-    sqls: &FitCheck,
-    arrays: &[Vec<Option<String>>],
-) -> Result<Option<(usize, usize)>, RestoreError> {
-    let failure = match run_fit_check(session, retry, retries, table, &sqls.all, arrays).await {
-        Err(e) if is_data_exception(&e) => e,
-        other => return other,
-    };
-    let rows = arrays.first().map_or(0, Vec::len);
-    for row in 0..rows {
-        for (column, (sql, values)) in sqls.each.iter().zip(arrays).enumerate() {
-            let Some(value) = values.get(row) else {
-                continue;
-            };
-            let one = [vec![value.clone()]];
-            match run_fit_check(session, retry, retries, table, sql, &one).await {
-                Ok(Some(_)) => return Ok(Some((row, column))),
-                Ok(None) => {}
-                Err(e) if is_data_exception(&e) => return Ok(Some((row, column))),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    // No single value fails alone: the original error says what did.
-    Err(failure)
-}
-
-/// SQLSTATE class 22: the value cannot be represented in the type.
-fn is_data_exception(e: &RestoreError) -> bool {
-    matches!(e, RestoreError::Db { source, .. }
-        if source.as_db_error().is_some_and(|d| d.code().code().starts_with("22")))
-}
-
 fn value_text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
@@ -428,91 +291,6 @@ fn insert_sql(
         present = present.join(" AND "),
         batch_key = batch_key.join(", "),
     )
-}
-
-/// A session handed in by the caller, or one this module opens (and
-/// re-opens after the connection dropped).
-enum Session<'a> {
-    Borrowed(&'a Client),
-    Owned {
-        url: &'a str,
-        client: Option<Arc<Client>>,
-    },
-}
-
-/// A usable client from a [`Session`].
-#[derive(Clone)]
-enum ClientRef<'a> {
-    Borrowed(&'a Client),
-    Owned(Arc<Client>),
-}
-
-impl std::ops::Deref for ClientRef<'_> {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        match self {
-            ClientRef::Borrowed(c) => c,
-            ClientRef::Owned(c) => c,
-        }
-    }
-}
-
-impl<'a> Session<'a> {
-    async fn client(&mut self) -> Result<ClientRef<'a>, RestoreError> {
-        match self {
-            Session::Borrowed(c) => Ok(ClientRef::Borrowed(c)),
-            Session::Owned { url, client } => {
-                if let Some(c) = client.as_ref().filter(|c| !c.is_closed()) {
-                    return Ok(ClientRef::Owned(Arc::clone(c)));
-                }
-                let c = Arc::new(cdc_common::db::connect(url, APPLICATION_NAME).await?);
-                *client = Some(Arc::clone(&c));
-                Ok(ClientRef::Owned(c))
-            }
-        }
-    }
-
-    /// Whether another attempt can succeed on this session: a caller's
-    /// client whose connection is gone cannot be re-opened here.
-    fn can_retry(&self) -> bool {
-        match self {
-            Session::Borrowed(c) => !c.is_closed(),
-            Session::Owned { .. } => true,
-        }
-    }
-}
-
-/// Runs `op` on the session, retrying what [`Retryable`] allows with the
-/// shared jittered backoff.
-async fn with_retry<'a, T, F, Fut>(
-    session: &mut Session<'a>,
-    retry: &RetryConfig,
-    retries: &mut u64,
-    what: &str,
-    mut op: F,
-) -> Result<T, RestoreError>
-where
-    F: FnMut(ClientRef<'a>) -> Fut,
-    Fut: Future<Output = Result<T, RestoreError>>,
-{
-    let mut retrier = Retrier::new(retry);
-    loop {
-        let result = match session.client().await {
-            Ok(c) => op(c).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Err(e) if session.can_retry() && e.is_retryable() => match retrier.next_delay(&e) {
-                Some(d) => {
-                    *retries += 1;
-                    tracing::warn!(error = %e, delay_ms = d.as_millis() as u64, "restore: {what}: retrying");
-                    Retrier::wait(d, None).await;
-                }
-                None => return Err(e),
-            },
-            other => return other,
-        }
-    }
 }
 
 /// Writes `rows` into `opts.table` on the caller's session, a transaction
@@ -805,6 +583,7 @@ fn column_arrays(
 
 #[cfg(test)]
 mod tests {
+    use super::fit::fit_check_sql;
     use super::*;
 
     #[test]
