@@ -38,8 +38,9 @@ pub enum SessionUse {
     /// The purge's DELETEs: hidden from the changefeed when
     /// `disable_changefeed_replication` is on.
     Purge,
-    /// A dry run: writes nothing; on PostgreSQL it checks the privileges
-    /// for the replication origin.
+    /// A dry run: writes nothing; it checks what the purge's session will
+    /// need (CockroachDB: the setting; PostgreSQL: the privileges for the
+    /// replication origin).
     DryRun,
     /// Writes the changefeed must see (re-touches, holds): never hidden.
     Visible,
@@ -60,8 +61,11 @@ enum Hiding {
 fn hiding(dialect: Dialect, usage: SessionUse, disable_replication: bool) -> Hiding {
     match (disable_replication, usage, dialect) {
         (false, _, _) | (true, SessionUse::Visible, _) => Hiding::Nothing,
-        (true, SessionUse::Purge, Dialect::Cockroach) => Hiding::CockroachSetting,
-        (true, SessionUse::DryRun, Dialect::Cockroach) => Hiding::Nothing,
+        // A dry run writes nothing, but takes the setting: it checks that
+        // the server has it and the role may set it.
+        (true, SessionUse::Purge | SessionUse::DryRun, Dialect::Cockroach) => {
+            Hiding::CockroachSetting
+        }
         (true, SessionUse::Purge, Dialect::Postgres) => Hiding::PgOrigin,
         (true, SessionUse::DryRun, Dialect::Postgres) => Hiding::PgOriginCheck,
     }
@@ -187,7 +191,7 @@ mod tests {
         use SessionUse::{DryRun, Purge, Visible};
         let cases = [
             (Cockroach, Purge, true, Hiding::CockroachSetting),
-            (Cockroach, DryRun, true, Hiding::Nothing),
+            (Cockroach, DryRun, true, Hiding::CockroachSetting),
             (Cockroach, Visible, true, Hiding::Nothing),
             (Postgres, Purge, true, Hiding::PgOrigin),
             (Postgres, DryRun, true, Hiding::PgOriginCheck),
