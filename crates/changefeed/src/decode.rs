@@ -5,11 +5,13 @@ use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Serialize;
+
+pub use cdc_types::Op;
 use serde_json::value::RawValue;
 
 use crate::error::{DecodeError, DecodeErrorKind, RecordPart};
-use crate::hlc::{Hlc, ParseHlcError};
-use crate::value::{Row, Value};
+use cdc_types::{Hlc, ParseHlcError};
+use cdc_types::{Row, Value};
 
 /// One Kafka record as the consumer received it, borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,23 +26,6 @@ pub struct RawRecord<'a> {
     pub key: Option<&'a [u8]>,
     /// Value bytes; `None` for a null value (tombstone).
     pub value: Option<&'a [u8]>,
-}
-
-/// What happened to the row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    /// A new row (wrapped with `diff` and `before: null`, or a CDC query's
-    /// `event_op()` = `insert`). Initial-scan rows are inserts too.
-    Insert,
-    /// A changed row (wrapped with `diff` and a `before` row, or
-    /// `event_op()` = `update`).
-    Update,
-    /// A deleted row (`after: null`, or `event_op()` = `delete`).
-    Delete,
-    /// Insert or update: the message cannot tell (wrapped without `diff`,
-    /// or a bare row without an operation column).
-    Upsert,
 }
 
 /// Which message layout the record used.

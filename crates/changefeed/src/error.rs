@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::hlc::ParseHlcError;
+use cdc_types::ParseHlcError;
 use crate::RawRecord;
 
 /// Which half of a Kafka record an error is about.

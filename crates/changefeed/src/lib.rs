@@ -30,14 +30,12 @@
 
 mod decode;
 mod error;
-mod hlc;
 pub mod line;
 pub mod pgvalue;
-mod value;
 
 pub use decode::{
     decode, decode_with, DecodeOptions, Envelope, Event, Op, RawRecord, Resolved, RowEvent,
 };
 pub use error::{DecodeError, DecodeErrorKind, RecordPart};
-pub use hlc::{Hlc, ParseHlcError};
-pub use value::{Row, Value};
+pub use cdc_types::{Hlc, ParseHlcError};
+pub use cdc_types::{Row, Value};

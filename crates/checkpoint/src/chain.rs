@@ -3,7 +3,7 @@
 //! checkpoint starting exactly at the previous one's `last_offset + 1` and
 //! matching its name, or the read fails with [`CheckpointError::Broken`].
 
-use cdc_changefeed::Hlc;
+use cdc_types::Hlc;
 use cdc_common::storage::ArchiveStore;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;

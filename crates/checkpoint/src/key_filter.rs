@@ -25,7 +25,7 @@
 //! about 1% of the keys it does not hold (sized for that rate).
 
 use base64::Engine as _;
-use cdc_changefeed::Value;
+use cdc_types::Value;
 use sha2::{Digest, Sha256};
 
 /// Target false-positive rate when sizing a filter.

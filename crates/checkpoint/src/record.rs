@@ -4,7 +4,7 @@
 //! archive format ([`FORMAT_VERSION`](crate::FORMAT_VERSION)): unknown fields
 //! are refused.
 
-use cdc_changefeed::Hlc;
+use cdc_types::Hlc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use cdc_changefeed::Hlc;
+use cdc_types::Hlc;
 use cdc_common::storage::ArchiveStore;
 
 use crate::{latest, partitions, CheckpointError};

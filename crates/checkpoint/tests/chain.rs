@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cdc_changefeed::Hlc;
+use cdc_types::Hlc;
 use cdc_checkpoint::*;
 use cdc_common::storage::ArchiveStore;
 use object_store::{ObjectStoreExt, PutPayload};

@@ -24,7 +24,7 @@ use std::fmt;
 
 use apache_avro::types::Value as Avro;
 use apache_avro::{Reader, Schema, Writer};
-use cdc_changefeed::Value;
+use cdc_types::Value;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use apache_avro::types::Value as Avro;
 use apache_avro::{Codec, Reader, Schema, Writer, ZstandardSettings};
-use cdc_changefeed::{Hlc, Op, Value};
+use cdc_types::{Hlc, Op, Value};
 use serde::{Deserialize, Serialize};
 
 mod deletes;

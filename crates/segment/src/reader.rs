@@ -261,7 +261,7 @@ pub fn open_deletes(bytes: &[u8], e: &Expected) -> Result<Deletes, DeletesError>
 mod tests {
     use super::*;
     use crate::{encode_deletes, encode_segment, ArchivedRow, DeletedRow, RecordMeta};
-    use cdc_changefeed::{Op, Value};
+    use cdc_types::{Op, Value};
 
     fn meta() -> SegmentMeta {
         SegmentMeta {

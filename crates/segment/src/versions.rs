@@ -28,7 +28,7 @@
 //! reader.
 
 use apache_avro::{Codec, DeflateSettings, ZstandardSettings};
-use cdc_changefeed::{Hlc, Value};
+use cdc_types::{Hlc, Value};
 use serde_json::value::RawValue;
 use serde_json::Value as Json;
 

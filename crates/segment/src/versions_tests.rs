@@ -6,7 +6,7 @@
 use super::*;
 use crate::{ArchivedRow, RecordMeta};
 use apache_avro::types::Value as Avro;
-use cdc_changefeed::Op;
+use cdc_types::Op;
 
 /// `bytes` written again (uncompressed) with metadata changed by `md`
 /// (`None` removes the entry) and every record passed through `rec`.

@@ -37,7 +37,8 @@ pub struct ParseHlcError {
 
 impl ParseHlcError {
     /// The JSON value is not a string at all.
-    pub(crate) const NOT_A_STRING: Self = err("not a JSON string");
+    #[doc(hidden)]
+    pub const NOT_A_STRING: Self = err("not a JSON string");
 }
 
 const fn err(reason: &'static str) -> ParseHlcError {

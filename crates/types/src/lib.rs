@@ -1,0 +1,19 @@
+//! The vocabulary every crate of cdc-archiver shares about a change: its
+//! HLC timestamp ([`Hlc`]), its column values with their exact text
+//! ([`Value`], [`Row`]) and what it did to its row ([`Op`]). Pure: no I/O,
+//! only serde. The changefeed decoder produces these values; checkpoints,
+//! segments and every reader use them without depending on the decoder.
+//!
+//! Layout:
+//! - `hlc`: CockroachDB's hybrid-logical-clock timestamp, printed back byte
+//!   for byte.
+//! - `value`: column values that keep their exact JSON text.
+//! - `op`: insert, update, delete, upsert.
+
+mod hlc;
+mod op;
+mod value;
+
+pub use hlc::{Hlc, ParseHlcError};
+pub use op::Op;
+pub use value::{Row, Value};
