@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use cdc_types::ParseHlcError;
 use crate::RawRecord;
+use cdc_types::ParseHlcError;
 
 /// Which half of a Kafka record an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,9 +33,9 @@ mod error;
 pub mod line;
 pub mod pgvalue;
 
+pub use cdc_types::{Hlc, ParseHlcError};
+pub use cdc_types::{Row, Value};
 pub use decode::{
     decode, decode_with, DecodeOptions, Envelope, Event, Op, RawRecord, Resolved, RowEvent,
 };
 pub use error::{DecodeError, DecodeErrorKind, RecordPart};
-pub use cdc_types::{Hlc, ParseHlcError};
-pub use cdc_types::{Row, Value};

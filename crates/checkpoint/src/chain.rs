@@ -3,8 +3,8 @@
 //! checkpoint starting exactly at the previous one's `last_offset + 1` and
 //! matching its name, or the read fails with [`CheckpointError::Broken`].
 
-use cdc_types::Hlc;
 use cdc_common::storage::ArchiveStore;
+use cdc_types::Hlc;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 

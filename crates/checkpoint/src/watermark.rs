@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use cdc_types::Hlc;
 use cdc_common::storage::ArchiveStore;
+use cdc_types::Hlc;
 
 use crate::{latest, partitions, CheckpointError};
 

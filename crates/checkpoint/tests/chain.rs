@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cdc_types::Hlc;
 use cdc_checkpoint::*;
 use cdc_common::storage::ArchiveStore;
+use cdc_types::Hlc;
 use object_store::{ObjectStoreExt, PutPayload};
 
 fn checkpoint(
