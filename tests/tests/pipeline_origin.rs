@@ -119,9 +119,9 @@ async fn a_reconnected_purger_session_takes_an_origin_again() {
     let base = cdc_tests::unique("cdc_pp_origin");
     let p = archived_pipeline("pp_origin_re", &base).await;
     let mut cfg = purger(&p, &base, 10);
-    cfg.min_batch_size = 5;
+    cfg.batching.min_batch_size = 5;
     cfg.pipeline_depth = 1;
-    cfg.max_rows_per_second = Some(100);
+    cfg.batching.max_rows_per_second = Some(100);
 
     let purge = tokio::spawn({
         let (cfg, archive) = (cfg.clone(), p.archive.clone());

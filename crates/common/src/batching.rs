@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::aimd::Aimd;
 use crate::pace::Pacer;
 
@@ -31,17 +33,89 @@ pub fn default_target_latency() -> Duration {
     Duration::from_millis(500)
 }
 
-/// One stage's batching settings, as its configuration holds them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One stage's batching settings, as its configuration holds them: the
+/// marker's `[[marker]]` entries and the `[purger]` table both embed it
+/// with `#[serde(flatten)]`, so the four keys sit beside the stage's own
+/// and are written the same way in both.
+///
+/// Deserialized by hand (below) so that a value of the wrong type names
+/// its key even inside `flatten`, where serde's derived errors lose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Batching {
-    /// Largest (and starting) rows per batch.
+    /// Largest (and starting) rows per batch. Default: 500. Small enough
+    /// that a CockroachDB statement's result stays far below the 16 KiB
+    /// auto-retry buffer and a batch holds its locks for milliseconds.
     pub batch_size: u32,
-    /// Smallest batch the adaptive sizing shrinks to.
+    /// Smallest batch the adaptive sizing shrinks to (capped at
+    /// `batch_size`). Default: 10.
     pub min_batch_size: u32,
-    /// A batch slower than this stops growth and shrinks the next one.
+    /// The batch latency the adaptive sizing grows back towards: a batch
+    /// slower than this stops growth and shrinks the next one.
+    /// Default: 500ms.
+    #[serde(with = "humantime_serde")]
     pub target_batch_latency: Duration,
-    /// Rows per second at most (`None`: unlimited).
+    /// Rows per second at most. Default: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rows_per_second: Option<u32>,
+}
+
+const FIELDS: &[&str] = &[
+    "batch_size",
+    "min_batch_size",
+    "target_batch_latency",
+    "max_rows_per_second",
+];
+
+impl<'de> Deserialize<'de> for Batching {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Batching;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("batching settings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Batching, A::Error> {
+                fn named<E: serde::de::Error>(key: &str) -> impl FnOnce(E) -> E + '_ {
+                    move |e| E::custom(format!("`{key}`: {e}"))
+                }
+                let mut b = Batching::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "batch_size" => b.batch_size = map.next_value().map_err(named(&key))?,
+                        "min_batch_size" => {
+                            b.min_batch_size = map.next_value().map_err(named(&key))?
+                        }
+                        "target_batch_latency" => {
+                            b.target_batch_latency = map
+                                .next_value::<humantime_serde::Serde<Duration>>()
+                                .map_err(named(&key))?
+                                .into_inner()
+                        }
+                        "max_rows_per_second" => {
+                            b.max_rows_per_second = map.next_value().map_err(named(&key))?
+                        }
+                        other => return Err(serde::de::Error::unknown_field(other, FIELDS)),
+                    }
+                }
+                Ok(b)
+            }
+        }
+        d.deserialize_struct("Batching", FIELDS, Fields)
+    }
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            batch_size: default_batch_size(),
+            min_batch_size: default_min_batch_size(),
+            target_batch_latency: default_target_latency(),
+            max_rows_per_second: None,
+        }
+    }
 }
 
 impl Batching {
@@ -85,12 +159,7 @@ mod tests {
     use super::*;
 
     fn ok() -> Batching {
-        Batching {
-            batch_size: default_batch_size(),
-            min_batch_size: default_min_batch_size(),
-            target_batch_latency: default_target_latency(),
-            max_rows_per_second: None,
-        }
+        Batching::default()
     }
 
     #[test]

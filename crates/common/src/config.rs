@@ -107,7 +107,10 @@ fn with_shared(base: &Figment, shared: &[&str], section: Figment) -> Figment {
 fn in_section(name: &str, e: figment::Error) -> ConfigError {
     let e = ConfigError::from(e);
     ConfigError {
-        message: e.message.replace("field `", &format!("field `{name}.")),
+        message: e
+            .message
+            .replace("field `(top level)`", &format!("section `{name}`"))
+            .replace("field `", &format!("field `{name}.")),
     }
 }
 
@@ -159,6 +162,39 @@ pub fn load_section_list<T: DeserializeOwned>(
                 .map_err(|e| in_section(&format!("{name}[{i}]"), e))
         })
         .collect()
+}
+
+/// The last field of a config struct that embeds another with
+/// `#[serde(flatten)]` (serde's `deny_unknown_fields` does not work with
+/// `flatten`): it receives every key no other field took, and refuses the
+/// first one, so a typo still fails the load and names the key. Write it
+/// as `#[serde(flatten, skip_serializing)] unknown: UnknownFields`, after
+/// every other field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnknownFields;
+
+impl<'de> serde::Deserialize<'de> for UnknownFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Refuse;
+        impl<'de> serde::de::Visitor<'de> for Refuse {
+            type Value = UnknownFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("no further fields")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UnknownFields, A::Error> {
+                match map.next_key::<String>()? {
+                    Some(key) => Err(serde::de::Error::custom(format!(
+                        "unknown field `{key}`: not a setting of this section (check the spelling against the README's configuration reference)"
+                    ))),
+                    None => Ok(UnknownFields),
+                }
+            }
+        }
+        d.deserialize_map(Refuse)
+    }
 }
 
 /// Extracts `T` from a prepared figment, mapping errors to field names.

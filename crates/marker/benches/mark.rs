@@ -115,7 +115,7 @@ async fn marker(url: &str, name: &str) -> (u64, f64) {
         older_than: None,
         before: Some(CUTOFF.into()),
     });
-    cfg.batch_size = BATCH as u32;
+    cfg.batching.batch_size = BATCH as u32;
     // The progress machinery of `cdc-archiver mark`: a bar (hidden without
     // a terminal) fed by every batch.
     let bar = std::sync::OnceLock::new();

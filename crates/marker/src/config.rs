@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use cdc_common::batching::Batching;
+use cdc_common::config::UnknownFields;
 use cdc_common::ident::TableName;
 use cdc_common::retry::RetryConfig;
 use serde::{Deserialize, Serialize};
@@ -84,7 +86,6 @@ pub enum CrdbReadAsOf {
 
 /// One table's marker settings. Defaults are documented per field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MarkerConfig {
     /// The table, `name` or `schema.name` (schema defaults to `public`).
     pub table: TableName,
@@ -102,28 +103,15 @@ pub struct MarkerConfig {
     /// The boolean column flipped to true. Default: `archived`.
     #[serde(default = "default_archived_column")]
     pub archived_column: String,
-    /// Target (and largest) rows per batch. Default: 500. Small enough that
-    /// a CockroachDB statement's result stays far below the 16KiB
-    /// auto-retry buffer and a batch holds its locks for milliseconds.
-    #[serde(default = "cdc_common::batching::default_batch_size")]
-    pub batch_size: u32,
-    /// Smallest batch the adaptive sizing shrinks to. Default: 10.
-    #[serde(default = "cdc_common::batching::default_min_batch_size")]
-    pub min_batch_size: u32,
-    /// The batch latency the adaptive sizing grows back towards; a batch
-    /// slower than this stops growth. Default: 500ms.
-    #[serde(
-        default = "cdc_common::batching::default_target_latency",
-        with = "humantime_serde"
-    )]
-    pub target_batch_latency: Duration,
+    /// Batch sizing and rate limit: `batch_size`, `min_batch_size`,
+    /// `target_batch_latency`, `max_rows_per_second`, written beside the
+    /// other keys (see [`cdc_common::batching::Batching`]).
+    #[serde(flatten)]
+    pub batching: Batching,
     /// Server-side timeout of one batch statement; a timeout is retried
     /// with a halved batch. Default: 30s.
     #[serde(default = "default_statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
-    /// Rows marked per second at most. Default: unlimited.
-    #[serde(default)]
-    pub max_rows_per_second: Option<u32>,
     /// Stop after marking this many rows. Default: unlimited.
     #[serde(default)]
     pub max_rows: Option<u64>,
@@ -147,6 +135,9 @@ pub struct MarkerConfig {
     /// summary and stay eligible for the next run. Default: 5.
     #[serde(default = "default_revisit_rounds")]
     pub revisit_rounds: u32,
+    /// Refuses any key not above (a typo names itself). Keep last.
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownFields,
 }
 
 fn default_archived_column() -> String {
@@ -163,16 +154,6 @@ fn default_revisit_rounds() -> u32 {
 }
 
 impl MarkerConfig {
-    /// The batching settings, in the shape the purger shares.
-    pub fn batching(&self) -> cdc_common::batching::Batching {
-        cdc_common::batching::Batching {
-            batch_size: self.batch_size,
-            min_batch_size: self.min_batch_size,
-            target_batch_latency: self.target_batch_latency,
-            max_rows_per_second: self.max_rows_per_second,
-        }
-    }
-
     /// A config for `table` with every default and no cutoff yet.
     pub fn new(table: TableName) -> Self {
         Self {
@@ -180,17 +161,15 @@ impl MarkerConfig {
             cutoff: None,
             predicate: None,
             archived_column: default_archived_column(),
-            batch_size: cdc_common::batching::default_batch_size(),
-            min_batch_size: cdc_common::batching::default_min_batch_size(),
-            target_batch_latency: cdc_common::batching::default_target_latency(),
+            batching: Batching::default(),
             statement_timeout: default_statement_timeout(),
-            max_rows_per_second: None,
             max_rows: None,
             max_duration: None,
             count_eligible: true,
             retry: RetryConfig::default(),
             crdb_read_as_of: CrdbReadAsOf::default(),
             revisit_rounds: default_revisit_rounds(),
+            unknown: UnknownFields,
         }
     }
 
@@ -226,7 +205,7 @@ impl MarkerConfig {
             cdc_common::ident::validate_ident(name)
                 .map_err(|e| MarkError::Config(format!("table {table}: {what}: {e}")))?;
         }
-        self.batching()
+        self.batching
             .validate("marker")
             .map_err(|e| MarkError::Config(format!("table {table}: {e}")))?;
         if let Some(p) = &self.predicate {
@@ -258,7 +237,7 @@ mod tests {
             cutoff = { column = "created_at", older_than = "90 days" }
             "#,
         );
-        assert_eq!(cfg.batch_size, 500);
+        assert_eq!(cfg.batching.batch_size, 500);
         assert_eq!(cfg.archived_column, "archived");
         assert_eq!(cfg.statement_timeout, Duration::from_secs(30));
         assert_eq!(
@@ -291,6 +270,15 @@ mod tests {
             "#,
         );
         assert_eq!(cfg.max_duration, Some(Duration::from_secs(600)));
+        assert_eq!(
+            cfg.batching,
+            Batching {
+                batch_size: 200,
+                min_batch_size: 10,
+                target_batch_latency: Duration::from_millis(250),
+                max_rows_per_second: Some(1000),
+            }
+        );
         assert_eq!(cfg.retry.max_retries, 3);
         assert_eq!(cfg.crdb_read_as_of, CrdbReadAsOf::TenSecondsAgo);
         assert!(matches!(cfg.validate().unwrap(), Cutoff::Before { .. }));

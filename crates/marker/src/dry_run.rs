@@ -13,7 +13,7 @@ pub async fn dry_run(url: &str, cfg: &MarkerConfig) -> Result<DryRun, MarkError>
     let (mut session, dialect, table, cutoff) = prepare(url, cfg, true).await?;
     let client = session.client().await?;
     let value = cutoff.value().to_owned();
-    let limit = i64::from(cfg.batch_size);
+    let limit = i64::from(cfg.batching.batch_size);
     let db = |context: &'static str| {
         move |source| MarkError::Db {
             context: context.into(),

@@ -57,7 +57,7 @@ pub(crate) async fn revisit(
     retries: &mut u64,
     shutdown: &CancellationToken,
 ) -> Result<(u64, u64, u64), MarkError> {
-    let chunk = (cfg.batch_size as usize).max(1);
+    let chunk = (cfg.batching.batch_size as usize).max(1);
     let mut marked = 0u64;
     let mut batches = 0u64;
     for round in 0..cfg.revisit_rounds {

@@ -58,7 +58,7 @@ pub async fn mark(
         "marking"
     );
 
-    let (mut aimd, mut pacer) = cfg.batching().controllers(Instant::now());
+    let (mut aimd, mut pacer) = cfg.batching.controllers(Instant::now());
     let mut walk = Walk {
         cursor: None,
         deferred: Vec::new(),
@@ -232,7 +232,7 @@ pub async fn mark(
         batches,
         retries,
         batch_size_decreases: aimd.decreases(),
-        batch_size_target: cfg.batch_size,
+        batch_size_target: cfg.batching.batch_size,
         batch_size_smallest: aimd.smallest(),
         batch_size_final: aimd.current(),
         eligible_at_start: eligible,

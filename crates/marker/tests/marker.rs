@@ -221,7 +221,7 @@ async fn marks_every_eligible_row_exactly_once_under_foreground_writes() {
     }
 
     let mut cfg = fx.cfg(ELIGIBLE);
-    cfg.batch_size = 500;
+    cfg.batching.batch_size = 500;
     let ops_at_start = ops.load(Ordering::Relaxed);
     let summary = run(&cfg).await.expect("marker run");
     let ops_during = ops.load(Ordering::Relaxed) - ops_at_start;
@@ -288,8 +288,8 @@ async fn locked_rows_are_skipped_without_waiting_and_marked_by_a_later_run() {
     assert_eq!(locked.len(), 11);
 
     let mut cfg = fx.cfg(1000);
-    cfg.batch_size = 50;
-    cfg.min_batch_size = 5;
+    cfg.batching.batch_size = 50;
+    cfg.batching.min_batch_size = 5;
     cfg.revisit_rounds = 2;
     // A marker that waited on the lock would never finish while `tx` is open.
     let first = tokio::time::timeout(Duration::from_secs(120), run(&cfg))
@@ -351,7 +351,7 @@ async fn mark_with_locks_released_at(
 async fn rows_unlocked_during_the_run_are_revisited() {
     let fx = Fixture::new("mark_revisit", 2000).await;
     let mut cfg = fx.cfg(2000);
-    cfg.batch_size = 100;
+    cfg.batching.batch_size = 100;
     cfg.revisit_rounds = 50;
     let summary = mark_with_locks_released_at(&fx, &cfg, "7, 1500", 1998).await;
     assert_eq!(summary.rows_marked, 2000, "{summary:?}");
@@ -374,8 +374,8 @@ async fn serialization_failures_are_retried_and_shrink_the_batch() {
         )
         .await;
     let mut cfg = fx.cfg(4000);
-    cfg.batch_size = 400;
-    cfg.min_batch_size = 10;
+    cfg.batching.batch_size = 400;
+    cfg.batching.min_batch_size = 10;
     cfg.retry = fast_retry();
     let retrying = Mutex::new(0u64);
     let summary = mark(&cdc_tests::pg_url(), &cfg, CancellationToken::new(), |p| {
@@ -416,7 +416,7 @@ async fn a_dropped_connection_is_reconnected_and_retried() {
     )
     .await;
     let mut cfg = fx.cfg(3000);
-    cfg.batch_size = 500;
+    cfg.batching.batch_size = 500;
     cfg.retry = fast_retry();
     let summary = run(&cfg).await.unwrap();
     assert_eq!(summary.rows_marked, 3000, "{summary:?}");
@@ -432,7 +432,7 @@ async fn a_dropped_connection_is_reconnected_and_retried() {
 async fn the_revisit_of_locked_rows_respects_max_rows() {
     let fx = Fixture::new("mark_revisit_limit", 2000).await;
     let mut cfg = fx.cfg(2000);
-    cfg.batch_size = 100;
+    cfg.batching.batch_size = 100;
     cfg.revisit_rounds = 50;
     cfg.max_rows = Some(1000);
     let summary = mark_with_locks_released_at(&fx, &cfg, "7", 1000).await;
@@ -451,7 +451,7 @@ async fn the_revisit_of_locked_rows_respects_max_rows() {
 async fn limits_stop_the_run_and_a_restart_resumes() {
     let fx = Fixture::new("mark_limits", 1000).await;
     let mut cfg = fx.cfg(900);
-    cfg.batch_size = 100;
+    cfg.batching.batch_size = 100;
     cfg.max_rows = Some(250);
     let s = run(&cfg).await.unwrap();
     assert_eq!(s.stop_reason, StopReason::MaxRows);
@@ -479,7 +479,7 @@ async fn limits_stop_the_run_and_a_restart_resumes() {
     assert_eq!(s.eligible_at_start, Some(650));
 
     // Rate-limited to the end.
-    cfg.max_rows_per_second = Some(100_000);
+    cfg.batching.max_rows_per_second = Some(100_000);
     let s = run(&cfg).await.unwrap();
     assert_eq!(s.stop_reason, StopReason::Completed);
     assert_eq!(s.rows_marked, 550);
@@ -680,8 +680,8 @@ async fn hostile_identifiers_and_composite_keys_work() {
         before: None,
     });
     cfg.predicate = Some("\"Tenant Name\" <> 'skip me'".into());
-    cfg.batch_size = 37;
-    cfg.min_batch_size = 3;
+    cfg.batching.batch_size = 37;
+    cfg.batching.min_batch_size = 3;
     // The config round-trips through its string form too.
     let text = serde_json::to_string(&cfg).unwrap();
     let cfg: MarkerConfig = serde_json::from_str(&text).unwrap();
@@ -747,7 +747,7 @@ async fn foreign_key_checks_of_child_inserts_neither_block_nor_are_skipped() {
         .await
         .unwrap();
     let mut cfg = fx.cfg(200);
-    cfg.batch_size = 50;
+    cfg.batching.batch_size = 50;
     cfg.revisit_rounds = 1;
     let s = tokio::time::timeout(Duration::from_secs(120), run(&cfg))
         .await
@@ -800,8 +800,8 @@ async fn char_keys_with_include_columns_are_walked_exactly() {
         .await
         .unwrap();
     let mut cfg = fx.cfg(5);
-    cfg.batch_size = 4;
-    cfg.min_batch_size = 2;
+    cfg.batching.batch_size = 4;
+    cfg.batching.min_batch_size = 2;
     let s = run(&cfg).await.unwrap();
     assert_eq!(s.rows_marked, 30, "{s:?}");
     assert_eq!(fx.count("archived").await, 30);

@@ -135,9 +135,9 @@ async fn baseline(r: &Round, rows: i64, batch: usize) -> f64 {
 /// The purger over the round's checkpoints. Returns seconds and batches.
 async fn purger(r: &mut Round, rows: i64, batch: u32) -> (f64, u64) {
     r.f.client.batch_execute("CHECKPOINT").await.unwrap();
-    r.f.cfg.batch_size = batch;
-    r.f.cfg.min_batch_size = (batch / 10).max(1);
-    r.f.cfg.target_batch_latency = std::time::Duration::from_secs(2);
+    r.f.cfg.batching.batch_size = batch;
+    r.f.cfg.batching.min_batch_size = (batch / 10).max(1);
+    r.f.cfg.batching.target_batch_latency = std::time::Duration::from_secs(2);
     r.f.cfg.pipeline_depth = env_num("CDC_BENCH_PIPELINE", r.f.cfg.pipeline_depth.into()) as u32;
     let t = Instant::now();
     let s = r.f.purge(&PurgeOptions::default()).await.unwrap();

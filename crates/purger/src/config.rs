@@ -3,9 +3,9 @@
 //! in turn by command-line flags.
 
 use std::path::Path;
-use std::time::Duration;
 
-use cdc_common::config::ConfigError;
+use cdc_common::batching::Batching;
+use cdc_common::config::{ConfigError, UnknownFields};
 use cdc_common::ident::TableName;
 use cdc_common::retry::RetryConfig;
 use cdc_common::storage::StorageConfig;
@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 /// Everything the purger needs. Defaults are documented per field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PurgerConfig {
     /// PostgreSQL or CockroachDB connection URL. Default: the local stack,
     /// `postgres://postgres@127.0.0.1:54329/postgres`.
@@ -29,18 +28,11 @@ pub struct PurgerConfig {
     /// so that un-marking a row protects it. Default: `archived`.
     #[serde(default = "default_archived_column")]
     pub archived_column: String,
-    /// Largest (and starting) rows per DELETE batch. Default: 500.
-    #[serde(default = "cdc_common::batching::default_batch_size")]
-    pub batch_size: u32,
-    /// Smallest batch the adaptive sizing shrinks to. Default: 10.
-    #[serde(default = "cdc_common::batching::default_min_batch_size")]
-    pub min_batch_size: u32,
-    /// A batch slower than this shrinks the next one. Default: 500ms.
-    #[serde(
-        default = "cdc_common::batching::default_target_latency",
-        with = "humantime_serde"
-    )]
-    pub target_batch_latency: Duration,
+    /// Batch sizing and rate limit: `batch_size`, `min_batch_size`,
+    /// `target_batch_latency`, `max_rows_per_second`, written beside the
+    /// other keys (see [`cdc_common::batching::Batching`]).
+    #[serde(flatten)]
+    pub batching: Batching,
     /// DELETE batches in flight at once on the purger's one connection
     /// (pipelined: the server starts the next batch without waiting for a
     /// round trip through the purger). Each batch is still its own
@@ -48,9 +40,6 @@ pub struct PurgerConfig {
     /// batch at a time. Default: 2.
     #[serde(default = "default_pipeline_depth")]
     pub pipeline_depth: u32,
-    /// Rows deleted per second at most. Default: unlimited.
-    #[serde(default)]
-    pub max_rows_per_second: Option<u32>,
     /// Retry policy for SQLSTATE 40001, timeouts and dropped connections.
     /// Default: 50ms doubling to 5s, 10 retries per batch.
     #[serde(default)]
@@ -92,6 +81,9 @@ pub struct PurgerConfig {
     /// Where the archive lives. Default: see [`StorageConfig`].
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Refuses any key not above (a typo names itself). Keep last.
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownFields,
 }
 
 fn default_database_url() -> String {
@@ -124,17 +116,15 @@ impl PurgerConfig {
             table,
             archive_table: None,
             archived_column: default_archived_column(),
-            batch_size: cdc_common::batching::default_batch_size(),
-            min_batch_size: cdc_common::batching::default_min_batch_size(),
-            target_batch_latency: cdc_common::batching::default_target_latency(),
+            batching: Batching::default(),
             pipeline_depth: default_pipeline_depth(),
-            max_rows_per_second: None,
             retry: RetryConfig::default(),
             disable_changefeed_replication: true,
             replication_origin: default_replication_origin(),
             replication_origin_pool: default_replication_origin_pool(),
             allow_cascading_foreign_keys: false,
             storage: StorageConfig::default(),
+            unknown: UnknownFields,
         }
     }
 
@@ -159,19 +149,9 @@ impl PurgerConfig {
         Ok(cfg)
     }
 
-    /// The batching settings, in the shape the marker shares.
-    pub fn batching(&self) -> cdc_common::batching::Batching {
-        cdc_common::batching::Batching {
-            batch_size: self.batch_size,
-            min_batch_size: self.min_batch_size,
-            target_batch_latency: self.target_batch_latency,
-            max_rows_per_second: self.max_rows_per_second,
-        }
-    }
-
     /// Checks what can be checked without a database.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.batching()
+        self.batching
             .validate("purger")
             .map_err(|message| ConfigError { message })?;
         if self.pipeline_depth == 0 || self.pipeline_depth > 8 {
@@ -230,7 +210,7 @@ mod tests {
         .unwrap();
         let cfg = PurgerConfig::load(Some(&file), &Flags::default()).unwrap();
         assert_eq!(cfg.table.to_string(), "public.payments");
-        assert_eq!(cfg.batch_size, 100);
+        assert_eq!(cfg.batching.batch_size, 100);
         assert_eq!(cfg.archive_table(), "payments");
         assert!(cfg.disable_changefeed_replication);
         assert_eq!(
@@ -240,7 +220,7 @@ mod tests {
         assert_eq!(cfg.replication_origin_pool, 4);
         assert_eq!(cfg, {
             let mut c = PurgerConfig::new(cfg.table.clone());
-            c.batch_size = 100;
+            c.batching.batch_size = 100;
             c.storage = cfg.storage.clone();
             c
         });
@@ -252,13 +232,18 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(cfg.batch_size, 7);
+        assert_eq!(cfg.batching.batch_size, 7);
 
         std::fs::write(&file, "[purger]\ntable = \"t\"\nbatch_sise = 5\n").unwrap();
         let err = PurgerConfig::load(Some(&file), &Flags::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch_sise"), "{err}");
+        std::fs::write(&file, "[purger]\ntable = \"t\"\nbatch_size = \"many\"\n").unwrap();
+        let err = PurgerConfig::load(Some(&file), &Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_size"), "{err}");
         std::fs::write(&file, "[purger]\nbatch_size = 5\n").unwrap();
         let err = PurgerConfig::load(Some(&file), &Flags::default())
             .unwrap_err()

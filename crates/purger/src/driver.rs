@@ -110,7 +110,7 @@ pub async fn purge(
     tracing::debug!(keys = table.keys.len(), "catalog read, statements prepared");
 
     // The controllers the marker uses too (one batching shape).
-    let (size, rate) = cfg.batching().controllers(Instant::now());
+    let (size, rate) = cfg.batching.controllers(Instant::now());
     let mut run = Run {
         cfg,
         store,

@@ -124,7 +124,7 @@ async fn for_keys(
     let batch = format!("unnest({}) AS d({})", params.join(", "), names.join(", "));
     let sql = sql(&batch, &join.join(" AND "));
     let mut total = 0;
-    for chunk in keys.chunks(cfg.batch_size.max(1) as usize) {
+    for chunk in keys.chunks(cfg.batching.batch_size.max(1) as usize) {
         let cols: Vec<Vec<String>> = (0..k)
             .map(|i| chunk.iter().map(|key| key[i].clone()).collect())
             .collect();
@@ -176,7 +176,7 @@ pub async fn retouch_marked(cfg: &PurgerConfig) -> Result<u64, PurgeError> {
         )
     };
     let (first, next) = (select(false), select(true));
-    let limit = i64::from(cfg.batch_size.max(1));
+    let limit = i64::from(cfg.batching.batch_size.max(1));
     let mut last: Option<Vec<String>> = None;
     let mut total = 0;
     loop {

@@ -39,8 +39,8 @@ impl KeyTable {
         let mut cfg = PurgerConfig::new(TableName::parse(&format!("public.{name}")).unwrap());
         cfg.database_url = cdc_tests::pg_url();
         cfg.storage.url = store.url.clone();
-        cfg.batch_size = 8;
-        cfg.min_batch_size = 2;
+        cfg.batching.batch_size = 8;
+        cfg.batching.min_batch_size = 2;
         Self {
             client,
             name,

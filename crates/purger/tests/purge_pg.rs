@@ -600,7 +600,7 @@ async fn date_and_timestamptz_keys_purge_under_hostile_connection_settings() {
         "-c%20DateStyle%3DSQL%2CDMY%20-c%20TimeZone%3DAmerica%2FSt_Johns",
     );
     cfg.storage.url = store.url.clone();
-    cfg.batch_size = 5;
+    cfg.batching.batch_size = 5;
     let s = cdc_purger::purge(
         &cfg,
         &store,

@@ -80,7 +80,7 @@ async fn purge_with_a_lock_between_delete_and_probe(
 ) -> (Fixture, PurgeSummary) {
     let mut f = Fixture::archived(10).await;
     f.sql("UPDATE {t} SET archived = false WHERE id = 5").await;
-    f.cfg.batch_size = 50;
+    f.cfg.batching.batch_size = 50;
     f.cfg.pipeline_depth = depth;
     f.lock_timeout_ms(LOCK_TIMEOUT_MS);
     let q = f.q();

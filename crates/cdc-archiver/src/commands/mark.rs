@@ -216,11 +216,11 @@ fn apply_flags(cfg: &mut MarkerConfig, a: &MarkArgs) {
         cfg.archived_column = c.clone();
     }
     if let Some(b) = a.batch_size {
-        cfg.batch_size = b;
-        cfg.min_batch_size = cfg.min_batch_size.min(b);
+        cfg.batching.batch_size = b;
+        cfg.batching.min_batch_size = cfg.batching.min_batch_size.min(b);
     }
     if a.max_rows_per_second.is_some() {
-        cfg.max_rows_per_second = a.max_rows_per_second;
+        cfg.batching.max_rows_per_second = a.max_rows_per_second;
     }
     if a.max_rows.is_some() {
         cfg.max_rows = a.max_rows;

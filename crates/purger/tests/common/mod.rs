@@ -44,8 +44,8 @@ impl Fixture {
         let mut cfg = PurgerConfig::new(TableName::parse(&format!("public.{table}")).unwrap());
         cfg.database_url = cdc_tests::pg_url();
         cfg.storage.url = store.url.clone();
-        cfg.batch_size = 8;
-        cfg.min_batch_size = 2;
+        cfg.batching.batch_size = 8;
+        cfg.batching.min_batch_size = 2;
         Self {
             client,
             table,
