@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{DecodeError, DecodeErrorKind, RecordPart};
 use cdc_types::{Hlc, ParseHlcError};
-use cdc_types::{Row, Value};
+use cdc_types::{RecordMeta, Row, Value};
 
 /// One Kafka record as the consumer received it, borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,30 +41,18 @@ pub enum Envelope {
 /// A row change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RowEvent {
-    /// Kafka topic.
-    pub topic: String,
-    /// Kafka partition.
-    pub partition: i32,
-    /// Kafka offset.
-    pub offset: i64,
+    /// Key text, timestamps, transaction and Kafka position, in the shape
+    /// the archive stores them.
+    #[serde(flatten)]
+    pub meta: RecordMeta,
     /// Primary-key values in key-column order.
     pub key: Vec<Value>,
-    /// The Kafka key bytes exactly, as text.
-    pub key_json: String,
     /// What happened.
     pub op: Op,
     /// The row after the change; `None` for a delete.
     pub after: Option<Row>,
     /// The row before the change (wrapped envelope with `diff`).
     pub before: Option<Row>,
-    /// The change's commit time (`updated` option; the scan time for
-    /// initial-scan rows).
-    pub updated: Option<Hlc>,
-    /// The row version's own commit time (`mvcc_timestamp` option).
-    pub mvcc_timestamp: Option<Hlc>,
-    /// PostgreSQL changefeed only: the transaction id that wrote the row
-    /// version (top-level `"pg_xid"`, a JSON string of a decimal number).
-    pub pg_xid: Option<u64>,
     /// PostgreSQL changefeed only: the commit LSN (top-level `"pg_lsn"`).
     pub pg_lsn: Option<String>,
     /// The message layout.
@@ -199,17 +187,11 @@ fn decode_inner(record: &RawRecord<'_>, op_column: Option<&str>) -> Result<Event
             }
         }
         return Ok(Event::Row(RowEvent {
-            topic: record.topic.to_owned(),
-            partition: record.partition,
-            offset: record.offset,
+            meta: top.record_meta(record, key.1)?,
             key: key.0,
-            key_json: key.1,
             op,
             after,
             before: before.flatten(),
-            updated: top.hlc("updated", top.updated)?,
-            mvcc_timestamp: top.hlc("mvcc_timestamp", top.mvcc)?,
-            pg_xid: top.pg_xid()?,
             pg_lsn: top.pg_lsn()?,
             envelope: Envelope::Wrapped,
         }));
@@ -266,19 +248,13 @@ fn bare_event(
         },
     };
     Ok(Event::Row(RowEvent {
-        topic: record.topic.to_owned(),
-        partition: record.partition,
-        offset: record.offset,
+        meta: meta.record_meta(record, key.1)?,
         key: key.0,
-        key_json: key.1,
         op,
         // A CDC-query delete carries the key columns and NULL elsewhere:
         // not a row state worth keeping.
         after: (op != Op::Delete).then_some(row),
         before: None,
-        updated: meta.hlc("updated", meta.updated)?,
-        mvcc_timestamp: meta.hlc("mvcc_timestamp", meta.mvcc)?,
-        pg_xid: meta.pg_xid()?,
         pg_lsn: meta.pg_lsn()?,
         envelope: Envelope::Bare,
     }))
@@ -299,6 +275,20 @@ struct Top<'a> {
 }
 
 impl<'a> Top<'a> {
+    /// The event's [`RecordMeta`]: the record's position, its key text and
+    /// the top-level timestamps and transaction id.
+    fn record_meta(&self, record: &RawRecord<'_>, key_json: String) -> Result<RecordMeta, Kind> {
+        Ok(RecordMeta {
+            key_json,
+            updated: self.hlc("updated", self.updated)?,
+            mvcc_timestamp: self.hlc("mvcc_timestamp", self.mvcc)?,
+            pg_xid: self.pg_xid()?,
+            topic: record.topic.to_owned(),
+            partition: record.partition,
+            offset: record.offset,
+        })
+    }
+
     fn index(fields: &[(Cow<'a, str>, &'a RawValue)]) -> Result<Self, Kind> {
         let mut top = Top::default();
         for (name, raw) in fields {

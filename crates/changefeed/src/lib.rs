@@ -23,7 +23,7 @@
 //! };
 //! let Ok(Event::Row(row)) = decode(&record) else { panic!("not a row") };
 //! assert_eq!(row.op, Op::Insert);
-//! assert_eq!(row.updated, Some(Hlc::new(1_749_715_231_873_209_112, 2)));
+//! assert_eq!(row.meta.updated, Some(Hlc::new(1_749_715_231_873_209_112, 2)));
 //! let after = row.after.unwrap();
 //! assert_eq!(after.get("amount"), Some(&Value::Number("-15.50".into())));
 //! ```

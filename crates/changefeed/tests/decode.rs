@@ -191,7 +191,7 @@ fn wrapped_tolerates_unknown_fields_and_reads_pg_fields() {
         r#"{"after": {"a": 1}, "pg_lsn": "0/16B3748", "pg_xid": "4294967295", "some_future_option": {"x": 1}, "topic": "elsewhere"}"#,
     );
     assert_eq!(r.op, Op::Upsert);
-    assert_eq!(r.pg_xid, Some(4_294_967_295));
+    assert_eq!(r.meta.pg_xid, Some(4_294_967_295));
     assert_eq!(r.pg_lsn.as_deref(), Some("0/16B3748"));
     assert_eq!(
         r.after,
@@ -204,9 +204,9 @@ fn wrapped_tolerates_unknown_fields_and_reads_pg_fields() {
             Value::Number("7".into())
         ]
     );
-    assert_eq!(r.key_json, r#"["2025-06-10", 7]"#);
+    assert_eq!(r.meta.key_json, r#"["2025-06-10", 7]"#);
     assert_eq!(
-        (r.topic.as_str(), r.partition, r.offset),
+        (r.meta.topic.as_str(), r.meta.partition, r.meta.offset),
         ("payments", 2, 41)
     );
 }
@@ -275,7 +275,7 @@ fn bare_rows() {
         r.after,
         Some(Row(vec![("a".into(), Value::Number("1.10".into()))]))
     );
-    assert_eq!((r.updated, r.mvcc_timestamp), (None, None));
+    assert_eq!((r.meta.updated, r.meta.mvcc_timestamp), (None, None));
 
     // Without an operation column: upsert.
     let r = row(
@@ -283,8 +283,8 @@ fn bare_rows() {
         r#"{"__crdb__": {"updated": "5.0000000001", "mvcc_timestamp": "4.0000000000", "future": 1}, "a": 1}"#,
     );
     assert_eq!(r.op, Op::Upsert);
-    assert_eq!(r.updated, Some(Hlc::new(5, 1)));
-    assert_eq!(r.mvcc_timestamp, Some(Hlc::new(4, 0)));
+    assert_eq!(r.meta.updated, Some(Hlc::new(5, 1)));
+    assert_eq!(r.meta.mvcc_timestamp, Some(Hlc::new(4, 0)));
 
     // The op column can be renamed or switched off.
     let v = br#"{"__crdb__": {}, "kind": "delete", "op": "x"}"#;
@@ -351,7 +351,7 @@ fn serialises_for_the_cli() {
     );
     assert_eq!(
         serde_json::to_string(&ev).unwrap(),
-        r#"{"type":"row","topic":"payments","partition":2,"offset":41,"key":["a"],"key_json":"[\"a\"]","op":"insert","after":{"amount":1250.00,"j":{"x": [1, 2]},"s":"q\""},"before":null,"updated":"1.0000000002","mvcc_timestamp":null,"pg_xid":null,"pg_lsn":null,"envelope":"wrapped"}"#
+        r#"{"type":"row","topic":"payments","partition":2,"offset":41,"key_json":"[\"a\"]","updated":"1.0000000002","mvcc_timestamp":null,"pg_xid":null,"key":["a"],"op":"insert","after":{"amount":1250.00,"j":{"x": [1, 2]},"s":"q\""},"before":null,"pg_lsn":null,"envelope":"wrapped"}"#
     );
     let ev = ok(None, r#"{"resolved":"7.0000000000"}"#);
     assert_eq!(

@@ -160,16 +160,16 @@ fn check(name: &str, wants: Vec<Want>) -> Vec<Event> {
                 },
             ) => {
                 let d = p.data();
-                assert_eq!(r.topic, "payments", "{at}");
-                assert_eq!(r.partition, d.partition, "{at}: partition of {p:?}");
-                assert_eq!(r.offset, offset, "{at}");
+                assert_eq!(r.meta.topic, "payments", "{at}");
+                assert_eq!(r.meta.partition, d.partition, "{at}: partition of {p:?}");
+                assert_eq!(r.meta.offset, offset, "{at}");
                 assert_eq!(
                     r.key,
                     vec![Value::String(d.date.into()), Value::String(d.id.into())],
                     "{at}: key"
                 );
                 assert_eq!(
-                    r.key_json,
+                    r.meta.key_json,
                     format!("[\"{}\", \"{}\"]", d.date, d.id),
                     "{at}"
                 );
@@ -177,9 +177,9 @@ fn check(name: &str, wants: Vec<Want>) -> Vec<Event> {
                 assert_eq!(r.envelope, envelope, "{at}");
                 assert_eq!(r.after, after.map(|a| p.row(a, envelope)), "{at}: after");
                 assert_eq!(r.before, before.map(|b| p.row(b, envelope)), "{at}: before");
-                assert_eq!(r.updated, updated.map(hlc), "{at}: updated");
-                assert_eq!(r.mvcc_timestamp, mvcc.map(hlc), "{at}: mvcc_timestamp");
-                assert_eq!((r.pg_xid, r.pg_lsn.as_deref()), (None, None), "{at}");
+                assert_eq!(r.meta.updated, updated.map(hlc), "{at}: updated");
+                assert_eq!(r.meta.mvcc_timestamp, mvcc.map(hlc), "{at}: mvcc_timestamp");
+                assert_eq!((r.meta.pg_xid, r.pg_lsn.as_deref()), (None, None), "{at}");
             }
             (Event::Resolved(r), Want::Resolved { partition, at: ts }) => {
                 assert_eq!(
@@ -235,7 +235,10 @@ fn wrapped_updated_diff() {
         p3.after.as_ref().unwrap().get("amount"),
         Some(&Value::Number("-15.50".into()))
     );
-    assert_eq!(p3.updated, Some(Hlc::new(1_749_715_231_873_209_112, 2)));
+    assert_eq!(
+        p3.meta.updated,
+        Some(Hlc::new(1_749_715_231_873_209_112, 2))
+    );
 }
 
 #[test]
@@ -337,7 +340,7 @@ fn duplicate_redelivery() {
     // A redelivery decodes to the same event, only the offset differs.
     let same = |a: &Event, b: &Event| {
         let (mut a, b) = (row_event(a).clone(), row_event(b));
-        a.offset = b.offset;
+        a.meta.offset = b.meta.offset;
         assert_eq!(&a, b);
     };
     same(&events[5], &events[8]);

@@ -61,7 +61,7 @@ proptest! {
         let Ok(Event::Row(ev)) = decode(&rec) else {
             return Err(TestCaseError::fail(format!("no row from {value}")));
         };
-        prop_assert_eq!(&ev.key_json, &key_text);
+        prop_assert_eq!(&ev.meta.key_json, &key_text);
         let got_key: Vec<String> = ev.key.iter().map(Value::to_json_text).collect();
         prop_assert_eq!(got_key, key);
         let row = ev.after.unwrap();

@@ -189,14 +189,18 @@ async fn kill_9_mid_stream_then_restart_delivers_everything_in_key_order() {
         }
     }
     for r in reader.topic.rows() {
-        let k = (r.key_json.clone(), r.pg_xid);
+        let k = (r.meta.key_json.clone(), r.meta.pg_xid);
         match first_updated.get(&k) {
             Some(u) => {
                 resent += 1;
-                assert_eq!(Some(*u), r.updated, "re-sent {k:?} got another `updated`");
+                assert_eq!(
+                    Some(*u),
+                    r.meta.updated,
+                    "re-sent {k:?} got another `updated`"
+                );
             }
             None => {
-                first_updated.insert(k, r.updated.expect("updated"));
+                first_updated.insert(k, r.meta.updated.expect("updated"));
             }
         }
     }
@@ -210,9 +214,9 @@ async fn kill_9_mid_stream_then_restart_delivers_everything_in_key_order() {
             match e {
                 cdc_changefeed::Event::Resolved(r) => resolved = Some(r.resolved),
                 cdc_changefeed::Event::Row(r) => assert!(
-                    resolved.is_none_or(|t| r.updated.is_some_and(|u| u > t)),
+                    resolved.is_none_or(|t| r.meta.updated.is_some_and(|u| u > t)),
                     "partition {p} offset {offset}: updated {:?} after resolved {resolved:?}",
-                    r.updated
+                    r.meta.updated
                 ),
             }
         }

@@ -108,7 +108,7 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
 
     // --- the REPLICA IDENTITY FULL table: before/after, composite key ---
     let mut rows = rf.topic.rows();
-    rows.sort_by_key(|r| r.updated);
+    rows.sort_by_key(|r| r.meta.updated);
     assert_eq!(
         rows.len(),
         7,
@@ -116,27 +116,27 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
     );
     for r in &rows {
         assert_eq!(
-            partition_for_key(r.key_json.as_bytes(), 3),
-            r.partition,
+            partition_for_key(r.meta.key_json.as_bytes(), 3),
+            r.meta.partition,
             "CockroachDB partitioner"
         );
     }
     let (ins, upd, del, moved) = (&rows[..3], &rows[3], &rows[4], &rows[5..]);
     assert!(ins.iter().all(|r| r.op == Op::Insert && r.before.is_none()));
     assert!(
-        ins.iter().all(|r| r.updated == ins[0].updated),
+        ins.iter().all(|r| r.meta.updated == ins[0].meta.updated),
         "one transaction, one updated"
     );
     assert!(
-        ins[0].updated < upd.updated && upd.updated < del.updated,
+        ins[0].meta.updated < upd.meta.updated && upd.meta.updated < del.meta.updated,
         "{:?} {:?} {:?}",
-        ins[0].updated,
-        upd.updated,
-        del.updated
+        ins[0].meta.updated,
+        upd.meta.updated,
+        del.meta.updated
     );
     let eu1 = ins
         .iter()
-        .find(|r| r.key_json == r#"["eu", 1]"#)
+        .find(|r| r.meta.key_json == r#"["eu", 1]"#)
         .expect("key [\"eu\", 1]");
     assert_eq!(eu1.key, vec![text("eu"), num("1")]);
     let after = eu1.after.as_ref().unwrap();
@@ -152,18 +152,24 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
         after.columns().collect::<Vec<_>>(),
         ["amount", "archived", "at", "doc", "id", "note", "region"]
     );
-    let big = ins.iter().find(|r| r.key_json == r#"["us", 1]"#).unwrap();
+    let big = ins
+        .iter()
+        .find(|r| r.meta.key_json == r#"["us", 1]"#)
+        .unwrap();
     assert_eq!(
         big.after.as_ref().unwrap().get("amount"),
         Some(&num("1234567890123456789012345678.90"))
     );
     assert!(
         ins.iter()
-            .all(|r| r.pg_xid.is_some() && r.pg_xid == big.pg_xid),
+            .all(|r| r.meta.pg_xid.is_some() && r.meta.pg_xid == big.meta.pg_xid),
         "one transaction, one xid"
     );
     assert!(big.pg_lsn.as_deref().is_some_and(|l| l.contains('/')));
-    let minus = ins.iter().find(|r| r.key_json == r#"["eu", 2]"#).unwrap();
+    let minus = ins
+        .iter()
+        .find(|r| r.meta.key_json == r#"["eu", 2]"#)
+        .unwrap();
     assert_eq!(
         minus.after.as_ref().unwrap().get("amount"),
         Some(&num("-0.01"))
@@ -174,7 +180,7 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
     );
 
     assert_eq!(upd.op, Op::Update);
-    assert_eq!(upd.key_json, r#"["eu", 1]"#);
+    assert_eq!(upd.meta.key_json, r#"["eu", 1]"#);
     assert_eq!(
         upd.before.as_ref().unwrap().get("note"),
         Some(&text("first"))
@@ -184,11 +190,11 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
         Some(&text("second"))
     );
     assert_eq!(
-        common::xmin_of(upd.pg_xid.unwrap()),
+        common::xmin_of(upd.meta.pg_xid.unwrap()),
         xmin_full[&("eu".to_owned(), 1)]
     );
     assert_eq!(
-        upd.pg_xid.unwrap() >> 32,
+        upd.meta.pg_xid.unwrap() >> 32,
         epoch,
         "pg_xid is the 64-bit xid (epoch << 32 | xid)"
     );
@@ -201,25 +207,28 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
         Some(&num("-0.01"))
     );
 
-    assert_eq!(moved[0].updated, moved[1].updated, "one transaction");
-    assert!(moved[0].updated > del.updated);
+    assert_eq!(
+        moved[0].meta.updated, moved[1].meta.updated,
+        "one transaction"
+    );
+    assert!(moved[0].meta.updated > del.meta.updated);
     let old = moved
         .iter()
         .find(|r| r.op == Op::Delete)
         .expect("delete of the old key");
-    assert_eq!(old.key_json, r#"["us", 1]"#);
+    assert_eq!(old.meta.key_json, r#"["us", 1]"#);
     assert_eq!(old.before.as_ref().unwrap().get("note"), Some(&text("big")));
     let new = moved
         .iter()
         .find(|r| r.op == Op::Insert)
         .expect("insert of the new key");
-    assert_eq!(new.key_json, r#"["us", 3]"#);
+    assert_eq!(new.meta.key_json, r#"["us", 3]"#);
     assert_eq!(
         new.after.as_ref().unwrap().get("amount"),
         Some(&num("1234567890123456789012345678.90"))
     );
     assert_eq!(
-        common::xmin_of(new.pg_xid.unwrap()),
+        common::xmin_of(new.meta.pg_xid.unwrap()),
         xmin_full[&("us".to_owned(), 3)]
     );
 
@@ -236,7 +245,7 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
     assert_eq!(dels[0].key, vec![num("1")]);
     assert!(dels[0].before.is_none(), "DEFAULT identity: no before");
     assert_eq!(upds.len(), 40);
-    let one_txn = upds[0].updated;
+    let one_txn = upds[0].meta.updated;
     let mut ids = Vec::new();
     for r in &upds {
         assert_eq!(
@@ -244,7 +253,7 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
             Op::Upsert,
             "no `before` field: CockroachDB without diff"
         );
-        assert_eq!(r.updated, one_txn, "one UPDATE statement, one updated");
+        assert_eq!(r.meta.updated, one_txn, "one UPDATE statement, one updated");
         let after = r.after.as_ref().unwrap();
         assert_eq!(after.get("archived"), Some(&Value::Bool(true)));
         let Value::Number(id) = &r.key[0] else {
@@ -261,7 +270,7 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
         );
         if id != 1 {
             assert_eq!(
-                common::xmin_of(r.pg_xid.unwrap()),
+                common::xmin_of(r.meta.pg_xid.unwrap()),
                 xmin_filt[&id],
                 "pg_xid's low 32 bits are the row's xmin"
             );
@@ -270,7 +279,7 @@ async fn inserts_updates_deletes_filter_and_composite_keys() {
     }
     ids.sort();
     assert_eq!(ids, (1..=40).collect::<Vec<_>>());
-    assert!(dels[0].updated > one_txn);
+    assert!(dels[0].meta.updated > one_txn);
     check_resolved_guarantee(&rf.topic);
     check_resolved_guarantee(&rg.topic);
 }
@@ -331,7 +340,7 @@ async fn include_columns_of_the_primary_key_are_not_in_the_key() {
         .topic
         .rows()
         .iter()
-        .map(|e| (e.key_json.clone(), e.partition))
+        .map(|e| (e.meta.key_json.clone(), e.meta.partition))
         .collect();
     keys.sort();
     assert_eq!(
@@ -352,7 +361,7 @@ async fn rows_then_resolved(r: &mut Reader, rows: usize, rows_what: &str, resolv
         .topic
         .rows()
         .iter()
-        .filter_map(|e| e.updated)
+        .filter_map(|e| e.meta.updated)
         .max()
         .unwrap();
     r.until(LIMIT, resolved_what, |t| {
@@ -441,7 +450,7 @@ async fn resolved_guarantee_holds_with_concurrent_writers() {
     // transactions never share one.
     let mut by_updated: HashMap<_, usize> = HashMap::new();
     for e in r.topic.rows() {
-        *by_updated.entry(e.updated.unwrap()).or_default() += 1;
+        *by_updated.entry(e.meta.updated.unwrap()).or_default() += 1;
     }
     assert!(
         by_updated.values().all(|n| *n == 1),
@@ -496,7 +505,7 @@ async fn hostile_table_names_are_quoted_and_escaped() {
     .unwrap();
     let mut r = Reader::new(&topic, 2);
     r.until(LIMIT, "the row", |t| !t.rows().is_empty()).await;
-    let last = r.topic.rows()[0].updated.unwrap();
+    let last = r.topic.rows()[0].meta.updated.unwrap();
     // Everything up to this resolved is in the topic.
     r.until(LIMIT, "resolved past it", |t| {
         t.min_resolved().is_some_and(|x| x >= last)
@@ -646,7 +655,10 @@ async fn types_map_to_cockroachdb_json_forms() {
     r.until(LIMIT, "the row", |tp| !tp.rows().is_empty()).await;
     feed.stop().await;
     let row = r.topic.rows()[0].clone();
-    assert_eq!(row.key_json, r#"["f0e1d2c3-b4a5-4968-8776-655443322110"]"#);
+    assert_eq!(
+        row.meta.key_json,
+        r#"["f0e1d2c3-b4a5-4968-8776-655443322110"]"#
+    );
     let a = row.after.unwrap();
     let get = |c: &str| {
         a.get(c)

@@ -31,7 +31,7 @@ fn num(s: &str) -> Value {
 
 fn sorted_rows(r: &Reader) -> Vec<RowEvent> {
     let mut rows: Vec<RowEvent> = r.topic.rows().into_iter().cloned().collect();
-    rows.sort_by_key(|e| e.updated);
+    rows.sort_by_key(|e| e.meta.updated);
     rows
 }
 
@@ -140,7 +140,7 @@ async fn unchanged_toast_value_is_filled_under_full_identity() {
         Some(&text(&big)),
         "the unchanged value is in the row"
     );
-    assert_eq!(upd.pg_xid, Some(xid8), "complete, so versioned");
+    assert_eq!(upd.meta.pg_xid, Some(xid8), "complete, so versioned");
 }
 
 /// Run-time defence: a column added while the feed runs (so the start-up
@@ -207,7 +207,10 @@ async fn incomplete_rows_are_sent_without_a_version() {
             Some(&text(&big)),
             "{qt}: the insert carries the value"
         );
-        assert!(ins.pg_xid.is_some(), "{qt}: a complete insert is versioned");
+        assert!(
+            ins.meta.pg_xid.is_some(),
+            "{qt}: a complete insert is versioned"
+        );
         let after = upd.after.as_ref().unwrap();
         assert_eq!(after.get("archived"), Some(&Value::Bool(true)), "{qt}");
         assert_eq!(
@@ -216,10 +219,10 @@ async fn incomplete_rows_are_sent_without_a_version() {
             "{qt}: wal2json left the unchanged value out"
         );
         assert_eq!(
-            upd.pg_xid, None,
+            upd.meta.pg_xid, None,
             "{qt}: an incomplete row must carry no version the purger could delete by"
         );
-        assert!(upd.pg_lsn.is_some() && upd.updated.is_some());
+        assert!(upd.pg_lsn.is_some() && upd.meta.updated.is_some());
     }
 }
 
@@ -282,7 +285,7 @@ async fn nan_and_infinity_are_kept_or_never_purged() {
             }
         }
         assert_eq!(
-            e.pg_xid.is_some(),
+            e.meta.pg_xid.is_some(),
             supported,
             "row {id}: versioned only if the value survived"
         );
@@ -292,11 +295,11 @@ async fn nan_and_infinity_are_kept_or_never_purged() {
     assert_eq!(a.get("n"), Some(&num("1.50")));
     assert_eq!(a.get("f"), Some(&num("0.30000000000000004")));
     assert_eq!(a.get("r"), Some(&num("0.5")));
-    assert!(finite.pg_xid.is_some(), "finite values: versioned");
+    assert!(finite.meta.pg_xid.is_some(), "finite values: versioned");
     let nulls = row("5");
     assert_eq!(nulls.after.as_ref().unwrap().get("n"), Some(&Value::Null));
     // Without numeric strings a SQL NULL cannot be told from a dropped NaN.
-    assert_eq!(nulls.pg_xid.is_some(), supported);
+    assert_eq!(nulls.meta.pg_xid.is_some(), supported);
 }
 
 /// The role's or database's session defaults must not change value text:
@@ -349,7 +352,10 @@ async fn value_text_does_not_depend_on_session_defaults() {
     r.until(LIMIT, "the row", |tp| !tp.rows().is_empty()).await;
     feed.stop().await;
     let e = &r.topic.rows()[0];
-    assert_eq!(e.key_json, r#"["2025-06-10", 1]"#, "ISO date in the key");
+    assert_eq!(
+        e.meta.key_json, r#"["2025-06-10", 1]"#,
+        "ISO date in the key"
+    );
     let a = e.after.as_ref().unwrap();
     assert_eq!(a.get("d"), Some(&text("2025-06-10")));
     assert_eq!(a.get("ts"), Some(&text("2025-06-10T10:00:00.25")));

@@ -55,7 +55,7 @@ fn deleted_keys(r: &Reader) -> Vec<String> {
         .rows()
         .iter()
         .filter(|e| e.op == Op::Delete)
-        .map(|e| e.key_json.clone())
+        .map(|e| e.meta.key_json.clone())
         .collect()
 }
 
@@ -99,7 +99,12 @@ async fn transactions_of_the_filtered_origin_pool_are_left_out() {
             .unwrap();
         let mut r = Reader::new(&t.t, 1);
         r.until(LIMIT, "the last update", |topic| {
-            topic.rows().iter().filter(|e| e.key_json == "[5]").count() == 2
+            topic
+                .rows()
+                .iter()
+                .filter(|e| e.meta.key_json == "[5]")
+                .count()
+                == 2
         })
         .await;
         feed.stop().await;

@@ -19,7 +19,6 @@
 //! null. The sink fills `_before` only when that row was itself marked
 //! archived (see the sink's README).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use apache_avro::types::Value as Avro;
@@ -29,8 +28,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::{
-    codec, format, opt_str, put_opt_str, put_str, write_records, RecordMeta, SegmentError,
-    SegmentMeta,
+    codec, format, opt_str, put_opt_str, put_str, write_records, MetaCodec, RecordMeta,
+    SegmentError, SegmentMeta,
 };
 
 /// Value of the `cdc.deletes_format_version` metadata entry.
@@ -163,21 +162,13 @@ pub fn encode_deletes(meta: &SegmentMeta, deletes: &[DeletedRow]) -> Result<Vec<
 /// Reads a delete file back; anything else (a segment included) is an error.
 pub fn decode_deletes(bytes: &[u8]) -> Result<Deletes, SegmentError> {
     let reader = Reader::new(bytes)?;
-    let md: BTreeMap<String, String> = reader
-        .user_metadata()
-        .iter()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
-    let get = |k: &str| {
-        md.get(k)
-            .ok_or_else(|| format(format!("not a delete file: missing metadata {k}")))
-    };
-    if get("cdc.deletes_format_version")? != DELETES_FORMAT_VERSION {
-        return Err(format(format!(
-            "unsupported cdc.deletes_format_version {}",
-            get("cdc.deletes_format_version")?
-        )));
+    let md = crate::Metadata::of(&reader);
+    if !md.has("cdc.deletes_format_version") {
+        return Err(format(
+            "not a delete file: missing metadata cdc.deletes_format_version",
+        ));
     }
+    md.expect_version("cdc.deletes_format_version", DELETES_FORMAT_VERSION)?;
     let meta = crate::read_meta(&md)?;
     let mut deletes = Vec::new();
     for record in reader {

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use apache_avro::types::Value as Avro;
 use apache_avro::{Codec, Reader, Schema, Writer, ZstandardSettings};
+pub use cdc_types::RecordMeta;
 use cdc_types::{Hlc, Op, Value};
 use serde::{Deserialize, Serialize};
 
@@ -402,28 +403,16 @@ fn encode_row(r: &ArchivedRow, encodings: &[Encoding], out: &mut Vec<u8>) {
 
 /// The metadata every archived record carries (a segment's row versions
 /// and a delete file's deletes alike): the fields after `_op`, in
-/// [`META_FIELDS`] order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordMeta {
-    /// The Kafka key's JSON array text, exactly.
-    pub key_json: String,
-    /// The change's `updated` timestamp.
-    pub updated: Option<Hlc>,
-    /// The change's MVCC timestamp (CockroachDB `mvcc_timestamp` option).
-    pub mvcc_timestamp: Option<Hlc>,
-    /// PostgreSQL transaction id (PostgreSQL changefeed only).
-    pub pg_xid: Option<u64>,
-    /// Kafka topic.
-    pub topic: String,
-    /// Kafka partition.
-    pub partition: i32,
-    /// Kafka offset.
-    pub offset: i64,
+/// [`META_FIELDS`] order, encoded and decoded here.
+pub(crate) trait MetaCodec: Sized {
+    /// Appends the fields in record order (Avro binary encoding).
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Takes the fields from `next`, checking each one's type.
+    fn decode(next: &mut impl FnMut() -> Avro) -> Result<Self, SegmentError>;
 }
 
-impl RecordMeta {
-    /// Appends the fields in record order (Avro binary encoding).
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+impl MetaCodec for RecordMeta {
+    fn encode(&self, out: &mut Vec<u8>) {
         put_str(out, &self.key_json);
         put_opt_str(out, self.updated.map(|h| h.to_string()).as_deref());
         put_opt_str(out, self.mvcc_timestamp.map(|h| h.to_string()).as_deref());
@@ -440,8 +429,7 @@ impl RecordMeta {
         put_long(out, self.offset);
     }
 
-    /// Takes the fields from `next`, checking each one's type.
-    pub(crate) fn decode(next: &mut impl FnMut() -> Avro) -> Result<Self, SegmentError> {
+    fn decode(next: &mut impl FnMut() -> Avro) -> Result<Self, SegmentError> {
         let key_json = opt_str(next(), "_key")?.ok_or_else(|| format("_key is null"))?;
         let updated = opt_hlc(next(), "_updated")?;
         let mvcc_timestamp = opt_hlc(next(), "_mvcc_timestamp")?;
@@ -514,12 +502,45 @@ fn decode_value(v: Avro, encoding: Encoding, column: &str) -> Result<Value, Segm
     }
 }
 
+/// A segment's or delete file's Avro user metadata, as text.
+pub(crate) struct Metadata(BTreeMap<String, String>);
+
+impl Metadata {
+    /// The metadata in the file's header.
+    pub(crate) fn of<R: std::io::Read>(reader: &Reader<'_, R>) -> Self {
+        Metadata(
+            reader
+                .user_metadata()
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+        )
+    }
+
+    /// Whether `key` is present.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The value of `key`, or an error naming it.
+    pub(crate) fn get(&self, key: &str) -> Result<&String, SegmentError> {
+        self.0
+            .get(key)
+            .ok_or_else(|| format(format!("missing metadata {key}")))
+    }
+
+    /// Checks that the format-version `key` says `version`.
+    pub(crate) fn expect_version(&self, key: &str, version: &str) -> Result<(), SegmentError> {
+        match self.get(key)? {
+            v if v == version => Ok(()),
+            v => Err(format(format!("unsupported {key} {v}"))),
+        }
+    }
+}
+
 /// The `cdc.*` metadata shared by segments and delete files.
-pub(crate) fn read_meta(md: &BTreeMap<String, String>) -> Result<SegmentMeta, SegmentError> {
-    let get = |k: &str| {
-        md.get(k)
-            .ok_or_else(|| format(format!("missing metadata {k}")))
-    };
+pub(crate) fn read_meta(md: &Metadata) -> Result<SegmentMeta, SegmentError> {
+    let get = |k: &str| md.get(k);
     let num = |k: &str| -> Result<i64, SegmentError> {
         get(k)?
             .parse()
@@ -539,28 +560,15 @@ pub(crate) fn read_meta(md: &BTreeMap<String, String>) -> Result<SegmentMeta, Se
 /// were written from, with the same text.
 pub fn decode_segment(bytes: &[u8]) -> Result<Segment, SegmentError> {
     let reader = Reader::new(bytes)?;
-    let md: BTreeMap<String, String> = reader
-        .user_metadata()
-        .iter()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
-    if md.contains_key("cdc.deletes_format_version") {
+    let md = Metadata::of(&reader);
+    if md.has("cdc.deletes_format_version") {
         return Err(format(
             "a delete file (cdc.deletes_format_version), not a segment of row versions",
         ));
     }
-    let get = |k: &str| {
-        md.get(k)
-            .ok_or_else(|| format(format!("missing metadata {k}")))
-    };
-    if get("cdc.format_version")? != FORMAT_VERSION {
-        return Err(format(format!(
-            "unsupported cdc.format_version {}",
-            get("cdc.format_version")?
-        )));
-    }
+    md.expect_version("cdc.format_version", FORMAT_VERSION)?;
     let meta = read_meta(&md)?;
-    let columns: Vec<Column> = serde_json::from_str(get("cdc.columns")?)
+    let columns: Vec<Column> = serde_json::from_str(md.get("cdc.columns")?)
         .map_err(|e| format(format!("cdc.columns: {e}")))?;
     let mut rows = Vec::new();
     for record in reader {

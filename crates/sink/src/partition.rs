@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use cdc_changefeed::{Event, Hlc, Op, RowEvent};
 use cdc_checkpoint::Counts;
-use cdc_segment::{same_columns, ArchivedRow, DeletedRow, RecordMeta};
+use cdc_segment::{same_columns, ArchivedRow, DeletedRow};
 
 mod holdback;
 #[cfg(test)]
@@ -245,7 +245,7 @@ impl PartitionBuffer {
                 Outcome::Resolved
             }
             Ok(Event::Row(ev)) => {
-                let xid = ev.pg_xid;
+                let xid = ev.meta.pg_xid;
                 self.note_row_event(offset, &ev);
                 match classify(ev, archived_column) {
                     Kept::NotArchived => Outcome::NotArchived,
@@ -318,36 +318,40 @@ impl PartitionBuffer {
             Cut::Force => None,
             Cut::Safe => self.held_mark(),
         };
-        match mark {
-            None => {
-                let counts = self
-                    .runs
+        // The preview ends before the mark (or takes everything): the
+        // events counted are those of the runs before it, plus the mark's
+        // own count of the run it cuts.
+        let (counts, end, rows, deletes, resolved, bytes) = match mark {
+            None => (
+                self.runs
                     .iter()
-                    .fold(Counts::default(), |a, r| counts_add(a, r.counts));
-                (counts.events > 0).then(|| Preview {
-                    end: self.expected - 1,
-                    rows: self.rows,
-                    deletes: self.deletes,
-                    other_events: counts.deletes + counts.not_archived + counts.quarantined,
-                    resolved: self.resolved,
-                    bytes: self.bytes,
-                })
-            }
-            Some(m) if m.offset <= self.first() => None,
-            Some(m) => {
-                let counts = self.runs[..m.run_index]
+                    .fold(Counts::default(), |a, r| counts_add(a, r.counts)),
+                self.expected - 1,
+                self.rows,
+                self.deletes,
+                self.resolved,
+                self.bytes,
+            ),
+            Some(m) if m.offset <= self.first() => return None,
+            Some(m) => (
+                self.runs[..m.run_index]
                     .iter()
-                    .fold(m.counts, |a, r| counts_add(a, r.counts));
-                (counts.events > 0).then(|| Preview {
-                    end: m.offset - 1,
-                    rows: m.rows,
-                    deletes: m.deletes,
-                    other_events: counts.deletes + counts.not_archived + counts.quarantined,
-                    resolved: m.resolved,
-                    bytes: m.bytes,
-                })
-            }
-        }
+                    .fold(m.counts, |a, r| counts_add(a, r.counts)),
+                m.offset - 1,
+                m.rows,
+                m.deletes,
+                m.resolved,
+                m.bytes,
+            ),
+        };
+        (counts.events > 0).then(|| Preview {
+            end,
+            rows,
+            deletes,
+            other_events: counts.deletes + counts.not_archived + counts.quarantined,
+            resolved,
+            bytes,
+        })
     }
 
     /// Takes the runs up to where `cut` allows, sealed, leaving the rest
@@ -449,27 +453,14 @@ enum Kept {
 /// the `before` row only when it was itself marked archived (an archived
 /// version being deleted, typically by the purger). A row the operator
 /// never chose to archive is not copied into the archive by its deletion.
-fn deleted_row(mut ev: RowEvent, archived_column: &str) -> DeletedRow {
+fn deleted_row(ev: RowEvent, archived_column: &str) -> DeletedRow {
     let archived = cdc_changefeed::Value::Bool(true);
     DeletedRow {
-        meta: take_meta(&mut ev),
+        meta: ev.meta,
         before: ev
             .before
             .filter(|b| b.get(archived_column) == Some(&archived))
             .map(|b| b.0),
-    }
-}
-
-/// The record metadata of an event (its key text and topic moved out).
-fn take_meta(ev: &mut RowEvent) -> RecordMeta {
-    RecordMeta {
-        key_json: std::mem::take(&mut ev.key_json),
-        updated: ev.updated,
-        mvcc_timestamp: ev.mvcc_timestamp,
-        pg_xid: ev.pg_xid,
-        topic: std::mem::take(&mut ev.topic),
-        partition: ev.partition,
-        offset: ev.offset,
     }
 }
 
@@ -484,7 +475,7 @@ fn classify(mut ev: RowEvent, archived_column: &str) -> Kept {
     }
     Kept::Row(ArchivedRow {
         op: ev.op,
-        meta: take_meta(&mut ev),
+        meta: ev.meta,
         columns: after.0,
     })
 }

@@ -140,12 +140,12 @@ pub fn versions(t: &Topic, col: &str) -> BTreeMap<String, Vec<i64>> {
     for (p, evs) in &t.events {
         for (_, _, ev) in evs {
             if let Event::Row(r) = ev {
-                assert_eq!(r.partition, *p);
-                assert!(r.pg_xid.is_some(), "pg_xid on every row event");
+                assert_eq!(r.meta.partition, *p);
+                assert!(r.meta.pg_xid.is_some(), "pg_xid on every row event");
                 let Some(Value::Number(v)) = r.after.as_ref().and_then(|a| a.get(col)) else {
                     panic!("row event without numeric {col}: {r:?}")
                 };
-                out.entry(r.key_json.clone())
+                out.entry(r.meta.key_json.clone())
                     .or_default()
                     .push(v.parse().unwrap());
             }
@@ -179,7 +179,7 @@ pub fn all_reached(t: &Topic, col: &str, keys: usize, last: i64) -> bool {
     let mut max: BTreeMap<&str, i64> = BTreeMap::new();
     for r in t.rows() {
         if let Some(Value::Number(v)) = r.after.as_ref().and_then(|a| a.get(col)) {
-            let m = max.entry(r.key_json.as_str()).or_default();
+            let m = max.entry(r.meta.key_json.as_str()).or_default();
             *m = (*m).max(v.parse().unwrap_or(-1));
         }
     }
@@ -352,7 +352,7 @@ pub fn check_resolved_guarantee(t: &Topic) -> usize {
                 }
                 Event::Row(r) => {
                     if let Some(res) = resolved {
-                        let u = r.updated.expect("updated");
+                        let u = r.meta.updated.expect("updated");
                         assert!(
                             u > res,
                             "partition {p} offset {off}: row updated {u} after resolved {res}"

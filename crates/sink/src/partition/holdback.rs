@@ -134,7 +134,7 @@ impl PartitionBuffer {
     /// A row event arrived at `offset` (before it is classified): it may
     /// prove the open group complete, and it extends or starts the xid run.
     pub(super) fn note_row_event(&mut self, offset: i64, ev: &RowEvent) {
-        let xid = ev.pg_xid;
+        let xid = ev.meta.pg_xid;
         let lsn = ev.pg_lsn.as_deref().and_then(parse_lsn);
         // An event committed after the group's transaction (a
         // greater commit LSN) proves the group complete: the
@@ -152,21 +152,21 @@ impl PartitionBuffer {
             match &mut self.xid_run {
                 Some(r) if r.xid == x => {
                     r.lsn = r.lsn.max(lsn);
-                    r.updated = r.updated.max(ev.updated);
+                    r.updated = r.updated.max(ev.meta.updated);
                 }
                 _ => {
                     let mark = self.mark_here(offset, Instant::now());
                     self.xid_run = Some(XidRun {
                         xid: x,
                         lsn,
-                        updated: ev.updated,
+                        updated: ev.meta.updated,
                         archivable: false,
                         mark,
                     });
                 }
             }
             if let Some(g) = self.open_group.as_mut().filter(|g| g.xid == x) {
-                g.updated = g.updated.max(ev.updated);
+                g.updated = g.updated.max(ev.meta.updated);
                 g.lsn = g.lsn.max(lsn);
             }
         }

@@ -248,13 +248,13 @@ pub fn expected_deletes(records: &[OwnedRecord], partition: i32) -> Vec<DeletedR
             Ok(Event::Row(ev)) if ev.op == cdc_changefeed::Op::Delete || ev.after.is_none() => {
                 Some(DeletedRow {
                     meta: RecordMeta {
-                        key_json: ev.key_json,
-                        updated: ev.updated,
-                        mvcc_timestamp: ev.mvcc_timestamp,
-                        pg_xid: ev.pg_xid,
-                        topic: ev.topic,
-                        partition: ev.partition,
-                        offset: ev.offset,
+                        key_json: ev.meta.key_json,
+                        updated: ev.meta.updated,
+                        mvcc_timestamp: ev.meta.mvcc_timestamp,
+                        pg_xid: ev.meta.pg_xid,
+                        topic: ev.meta.topic,
+                        partition: ev.meta.partition,
+                        offset: ev.meta.offset,
                     },
                     before: ev
                         .before
@@ -288,13 +288,13 @@ pub fn expected_rows(records: &[OwnedRecord], partition: i32) -> Vec<ArchivedRow
                 (after.get("archived") == Some(&Value::Bool(true))).then_some(ArchivedRow {
                     op: ev.op,
                     meta: RecordMeta {
-                        key_json: ev.key_json,
-                        updated: ev.updated,
-                        mvcc_timestamp: ev.mvcc_timestamp,
-                        pg_xid: ev.pg_xid,
-                        topic: ev.topic,
-                        partition: ev.partition,
-                        offset: ev.offset,
+                        key_json: ev.meta.key_json,
+                        updated: ev.meta.updated,
+                        mvcc_timestamp: ev.meta.mvcc_timestamp,
+                        pg_xid: ev.meta.pg_xid,
+                        topic: ev.meta.topic,
+                        partition: ev.meta.partition,
+                        offset: ev.meta.offset,
                     },
                     columns: after.0,
                 })
