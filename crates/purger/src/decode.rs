@@ -50,47 +50,8 @@ pub fn check_checkpoint(seg: &SegmentVersions, cp: &Checkpoint) -> Result<(), Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cdc_changefeed::{Hlc, Op, Value};
-    use cdc_segment::{ArchivedRow, RecordMeta, SegmentMeta};
-
-    fn row(i: i64) -> ArchivedRow {
-        ArchivedRow {
-            op: if i % 3 == 0 { Op::Insert } else { Op::Update },
-            meta: RecordMeta {
-                key_json: format!("[{i}, \"k\\\"{i}\"]"),
-                updated: (i % 5 != 0)
-                    .then(|| Hlc::new(1_700_000_000_000_000_000 + i, (i % 4) as u32)),
-                mvcc_timestamp: (i % 2 == 0).then(|| Hlc::new(1_600_000_000_000_000_000 + i, 7)),
-                pg_xid: (i % 7 != 0).then_some((3u64 << 32) | i as u64),
-                topic: "topic".into(),
-                partition: 2,
-                offset: 1000 + i,
-            },
-            columns: vec![
-                ("id".into(), Value::Number(i.to_string())),
-                (
-                    "note".into(),
-                    if i % 4 == 0 {
-                        Value::Null
-                    } else {
-                        Value::String("x".repeat(i as usize % 50))
-                    },
-                ),
-                ("flag".into(), Value::Bool(i % 2 == 0)),
-                ("doc".into(), Value::Json(format!("{{\"a\": [{i}, null]}}"))),
-            ],
-        }
-    }
-
-    fn meta() -> SegmentMeta {
-        SegmentMeta {
-            table: "t".into(),
-            topic: "topic".into(),
-            partition: 2,
-            first_offset: 1000,
-            last_offset: 5000,
-        }
-    }
+    use cdc_segment::fixtures::{meta, row};
+    use cdc_segment::ArchivedRow;
 
     fn checkpoint(bytes: &[u8], rows: u64) -> Checkpoint {
         let m = meta();

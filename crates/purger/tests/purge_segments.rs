@@ -25,7 +25,7 @@ async fn tamper(
 ) {
     let seg = cp.segment.as_ref().unwrap();
     let bytes = cdc_checkpoint::verify_segment(&f.store, seg).await.unwrap();
-    let bytes = common::avro::rewrite(&bytes, md, rec);
+    let bytes = cdc_segment::fixtures::rewrite(&bytes, md, rec);
     f.store
         .store
         .put(&f.store.path(&seg.path), PutPayload::from(bytes.clone()))

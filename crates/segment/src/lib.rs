@@ -29,6 +29,8 @@ use cdc_types::{Hlc, Op, Value};
 use serde::{Deserialize, Serialize};
 
 mod deletes;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 pub mod reader;
 pub mod versions;
 pub use deletes::{

@@ -4,82 +4,9 @@
 //! altered bytes or a layout it does not know.
 
 use super::*;
-use crate::{ArchivedRow, RecordMeta};
+use crate::fixtures::{meta, rewrite, row};
+use crate::ArchivedRow;
 use apache_avro::types::Value as Avro;
-use cdc_types::Op;
-
-/// `bytes` written again (uncompressed) with metadata changed by `md`
-/// (`None` removes the entry) and every record passed through `rec`.
-pub fn rewrite(
-    bytes: &[u8],
-    md: &[(&str, Option<&str>)],
-    mut rec: impl FnMut(&mut Vec<(String, Avro)>),
-) -> Vec<u8> {
-    let reader = apache_avro::Reader::new(bytes).unwrap();
-    let schema = reader.writer_schema().clone();
-    let mut meta: Vec<(String, Vec<u8>)> = reader
-        .user_metadata()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in md {
-        meta.retain(|(key, _)| key != k);
-        if let Some(v) = v {
-            meta.push(((*k).to_owned(), v.as_bytes().to_vec()));
-        }
-    }
-    let records: Vec<Avro> = reader.map(Result::unwrap).collect();
-    let mut w = apache_avro::Writer::with_codec(&schema, Vec::new(), apache_avro::Codec::Null);
-    for (k, v) in meta {
-        w.add_user_metadata(k, v).unwrap();
-    }
-    for r in records {
-        let Avro::Record(mut fields) = r else {
-            panic!("a record")
-        };
-        rec(&mut fields);
-        w.append(Avro::Record(fields)).unwrap();
-    }
-    w.into_inner().unwrap()
-}
-
-fn row(i: i64) -> ArchivedRow {
-    ArchivedRow {
-        op: if i % 3 == 0 { Op::Insert } else { Op::Update },
-        meta: RecordMeta {
-            key_json: format!("[{i}, \"k\\\"{i}\"]"),
-            updated: (i % 5 != 0).then(|| Hlc::new(1_700_000_000_000_000_000 + i, (i % 4) as u32)),
-            mvcc_timestamp: (i % 2 == 0).then(|| Hlc::new(1_600_000_000_000_000_000 + i, 7)),
-            pg_xid: (i % 7 != 0).then_some((3u64 << 32) | i as u64),
-            topic: "topic".into(),
-            partition: 2,
-            offset: 1000 + i,
-        },
-        columns: vec![
-            ("id".into(), Value::Number(i.to_string())),
-            (
-                "note".into(),
-                if i % 4 == 0 {
-                    Value::Null
-                } else {
-                    Value::String("x".repeat(i as usize % 50))
-                },
-            ),
-            ("flag".into(), Value::Bool(i % 2 == 0)),
-            ("doc".into(), Value::Json(format!("{{\"a\": [{i}, null]}}"))),
-        ],
-    }
-}
-
-fn meta() -> SegmentMeta {
-    SegmentMeta {
-        table: "t".into(),
-        topic: "topic".into(),
-        partition: 2,
-        first_offset: 1000,
-        last_offset: 5000,
-    }
-}
 
 #[test]
 fn matches_the_full_decode_across_blocks() {

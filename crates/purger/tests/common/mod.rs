@@ -3,8 +3,6 @@
 //! plus checkpoint into a real (local file system) object store.
 #![allow(dead_code)]
 
-pub mod avro;
-
 use std::collections::BTreeMap;
 
 use cdc_changefeed::{Hlc, Op, Value};
