@@ -62,6 +62,12 @@ pub fn purged_dir(table: &str, partition: i32) -> String {
     format!("{table}/purged/p{partition}/")
 }
 
+/// `<table>/progress/p<partition>.json`: the partition's idle progress
+/// (one object per partition, replaced in place).
+pub fn progress_path(table: &str, partition: i32) -> String {
+    format!("{table}/progress/p{partition}.json")
+}
+
 /// `<table>/quarantine/p<partition>/<offset:020>.json`
 pub fn quarantine_path(table: &str, partition: i32, offset: i64) -> String {
     format!("{table}/quarantine/p{partition}/{offset:020}.json")
@@ -146,6 +152,7 @@ mod tests {
             "t/quarantine/p1/00000000000000000042.json"
         );
         assert_eq!(run_path("t", "r1"), "t/runs/r1.json");
+        assert_eq!(progress_path("t", 3), "t/progress/p3.json");
         assert_eq!(parse_partition_dir("p17"), Some(17));
     }
 

@@ -24,9 +24,11 @@
 //! - `watermark`: each partition's [`Progress`] and the table's [`watermark`].
 //! - `segments`: verified segment reads, and the [`orphans`] no checkpoint names.
 //! - `purge_record`: the purger's per-checkpoint [`PurgeRecord`].
+//! - `idle`: a partition's [`IdleProgress`] through resolved-only offsets.
 
 mod chain;
 mod error;
+mod idle;
 pub mod key_filter;
 pub mod layout;
 mod purge_record;
@@ -39,6 +41,7 @@ pub use chain::{
     latest, list_checkpoints, partitions, read_chain, verify_chain, Chain, READ_CONCURRENCY,
 };
 pub use error::CheckpointError;
+pub use idle::{raise, read_idle_progress, write_idle_progress, IdleProgress};
 pub use purge_record::{read_purge_record, write_purge_record, PurgeRecord, PurgeWrite};
 pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,

@@ -1,6 +1,7 @@
 //! The table's archive watermark, computed from object storage alone:
 //! the minimum over ALL partitions `0..partitions` (the count recorded in
-//! the checkpoints) of each chain's latest resolved timestamp; `None` when
+//! the checkpoints) of each chain's latest resolved timestamp (raised by
+//! the partition's idle progress when that extends the chain); `None` when
 //! any partition has none yet. Every change at or before it, in every
 //! partition, is archived.
 
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use cdc_common::storage::ArchiveStore;
 use cdc_types::Hlc;
 
-use crate::{latest, partitions, CheckpointError};
+use crate::{latest, partitions, raise, read_idle_progress, CheckpointError};
 
 /// Where each partition's chain stands: what the watermark is computed from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,13 +49,21 @@ impl Progress {
     }
 }
 
-/// Reads every partition's latest checkpoint: see [`Progress`].
+/// Reads every partition's latest checkpoint and idle progress (which
+/// raises the resolved timestamp only from inside the chain: see
+/// [`crate::raise`]): see [`Progress`].
 pub async fn progress(store: &ArchiveStore, table: &str) -> Result<Progress, CheckpointError> {
     let mut out = Progress::default();
     for p in partitions(store, table).await? {
         if let Some(c) = latest(store, table, p).await? {
-            out.partitions = out.partitions.max(c.partitions).max(p + 1);
-            out.resolved.insert(p, c.resolved);
+            let idle = read_idle_progress(store, table, p).await?;
+            let counted = idle.as_ref().filter(|i| i.extends(&c));
+            out.partitions = out
+                .partitions
+                .max(c.partitions)
+                .max(counted.map_or(0, |i| i.partitions))
+                .max(p + 1);
+            out.resolved.insert(p, raise(&c, idle.as_ref()));
         }
     }
     Ok(out)

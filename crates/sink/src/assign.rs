@@ -168,6 +168,7 @@ impl Sink {
             chain.resolved(),
         );
         buffer.events_counter = metrics::counter!(metric::EVENTS, "table" => buffer.table.clone());
+        buffer.chain_last = chain.end();
         self.parts.insert(key, State::Active(Box::new(buffer)));
         Ok(())
     }

@@ -83,6 +83,19 @@ pub struct SinkConfig {
     /// this far behind. Default: 10s.
     #[serde(with = "humantime_serde")]
     pub resolved_checkpoint_interval: Duration,
+    /// A partition whose chain exists and whose buffered range holds
+    /// nothing but resolved messages does not get a checkpoint per
+    /// `resolved_checkpoint_interval`: its resolved timestamp goes to one
+    /// object per partition, `<table>/progress/p<N>.json`, replaced in
+    /// place, which the watermark reads beside the chain. A real
+    /// (segment-less) checkpoint is still written once this long has passed
+    /// since the partition's last one, so that a restart resumes from
+    /// offsets Kafka still holds: keep it well below the topic's
+    /// `retention.ms`. `0s` writes a checkpoint per interval (the chain
+    /// then grows by one object per interval on an idle table).
+    /// Default: 1h.
+    #[serde(with = "humantime_serde")]
+    pub idle_checkpoint_interval: Duration,
     /// Bound on buffered bytes over all partitions; past it the sink stops
     /// consuming and flushes the largest buffers. Default: 128 MiB.
     pub memory_budget: u64,
@@ -148,6 +161,7 @@ impl Default for SinkConfig {
             flush_bytes: 64 << 20,
             flush_age: Duration::from_secs(30),
             resolved_checkpoint_interval: Duration::from_secs(10),
+            idle_checkpoint_interval: Duration::from_secs(3600),
             memory_budget: 128 << 20,
             multipart_threshold: 16 << 20,
             multipart_part_size: 8 << 20,

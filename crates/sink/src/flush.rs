@@ -148,12 +148,22 @@ impl Sink {
         let Some(preview) = buffer.preview(cut) else {
             return Ok(());
         };
-        if preview.rows == 0
-            && preview.deletes == 0
-            && trigger != Trigger::Shutdown
-            && !segmentless_due(buffer, &preview, &self.config)
-        {
-            return Ok(());
+        if preview.rows == 0 && preview.deletes == 0 && trigger != Trigger::Shutdown {
+            // Resolved messages only, after an existing chain, and no real
+            // checkpoint due yet: the idle progress object takes the
+            // resolved timestamp instead of a new checkpoint.
+            if let Some(base) = buffer
+                .chain_last
+                .filter(|_| preview.other_events == 0 && !idle_checkpoint_due(buffer, &self.config))
+            {
+                if progress_due(buffer, preview.resolved, &self.config) {
+                    self.write_idle_progress(key, base, preview).await?;
+                }
+                return Ok(());
+            }
+            if !segmentless_due(buffer, &preview, &self.config) {
+                return Ok(());
+            }
         }
         if cut == Cut::Force {
             if let Some(g) = buffer.open_group {
@@ -234,6 +244,7 @@ impl Sink {
             if let Some(State::Active(b)) = self.parts.get_mut(key) {
                 b.last_checkpoint = Some(std::time::Instant::now());
                 b.checkpointed_resolved = resolved;
+                b.chain_last = Some(next - 1);
             }
             if let Some(w) = self.watch.get_mut(key) {
                 w.next = next;
@@ -250,6 +261,59 @@ impl Sink {
             if let Err(e) = self.consumer.commit(&tpl, mode) {
                 tracing::warn!(%topic, partition, error = %e, "offset commit failed");
             }
+        }
+        Ok(())
+    }
+
+    /// Records that the partition's offsets `base + 1 ..= preview.end`
+    /// hold resolved messages only, the last `preview.resolved`, in its
+    /// idle progress object ([`cdc_checkpoint::IdleProgress`]). Like a
+    /// checkpoint, it records the partition count the broker states after
+    /// the resolved timestamp was read, and is not written when that is
+    /// unknown.
+    async fn write_idle_progress(
+        &mut self,
+        key: &(String, i32),
+        base: i64,
+        preview: Preview,
+    ) -> Result<(), SinkError> {
+        let Some(State::Active(b)) = self.parts.get(key) else {
+            return Ok(());
+        };
+        let Some(resolved) = preview.resolved else {
+            return Ok(());
+        };
+        let (table, topic, partition, known) =
+            (b.table.clone(), b.topic.clone(), b.partition, b.partitions);
+        let Some(count) = self.fresh_partition_count(&topic).await else {
+            return Ok(());
+        };
+        let progress = cdc_checkpoint::IdleProgress {
+            format_version: cdc_checkpoint::FORMAT_VERSION,
+            table: table.clone(),
+            partition,
+            partitions: count.max(known),
+            base_last_offset: base,
+            last_offset: preview.end,
+            resolved,
+            resolved_messages: preview.resolved_messages,
+            writer_id: self.writer_id.clone(),
+            written_at: cdc_checkpoint::now_rfc3339(),
+        };
+        (|| cdc_checkpoint::write_idle_progress(&self.store, &progress))
+            .retry(self.config.retry.backoff())
+            .when(Retryable::is_retryable)
+            .await?;
+        tracing::debug!(%table, partition, base, last = preview.end, %resolved, "idle progress written");
+        metrics::counter!(metric::IDLE_PROGRESS_WRITES, "table" => table.clone()).increment(1);
+        metrics::gauge!(metric::WATERMARK_AGE, "table" => table, "partition" => partition.to_string())
+            .set(watermark_age(resolved));
+        if let Some(State::Active(b)) = self.parts.get_mut(key) {
+            b.partitions = progress.partitions;
+            b.last_progress = Some((std::time::Instant::now(), resolved));
+        }
+        if let Some(w) = self.watch.get_mut(key) {
+            w.resolved = w.resolved.max(Some(resolved));
         }
         Ok(())
     }
@@ -389,6 +453,27 @@ impl Sink {
 /// checkpoint.
 fn resolved_due(b: &PartitionBuffer, resolved: Option<Hlc>, interval: Duration) -> bool {
     resolved > b.checkpointed_resolved && b.last_checkpoint.is_none_or(|t| t.elapsed() >= interval)
+}
+
+/// Whether a resolved-only range after an existing chain is old enough for
+/// a real checkpoint: `idle_checkpoint_interval` since the partition's
+/// last checkpoint (or since the buffer was created).
+fn idle_checkpoint_due(b: &PartitionBuffer, config: &SinkConfig) -> bool {
+    b.last_checkpoint.unwrap_or(b.since).elapsed() >= config.idle_checkpoint_interval
+}
+
+/// Whether the idle progress is worth writing now: its resolved timestamp
+/// advanced past what the chain and the last progress recorded, and
+/// `resolved_checkpoint_interval` passed since the last of the two.
+fn progress_due(b: &PartitionBuffer, resolved: Option<Hlc>, config: &SinkConfig) -> bool {
+    let (at, recorded) = match b.last_progress {
+        Some((at, r)) => (
+            Some(b.last_checkpoint.map_or(at, |c| c.max(at))),
+            b.checkpointed_resolved.max(Some(r)),
+        ),
+        None => (b.last_checkpoint, b.checkpointed_resolved),
+    };
+    resolved > recorded && at.is_none_or(|t| t.elapsed() >= config.resolved_checkpoint_interval)
 }
 
 /// Whether a cut without rows (`preview`) gets a checkpoint now: when its

@@ -9,6 +9,8 @@ pub const ROWS_ARCHIVED: &str = "cdc_sink_rows_archived_total";
 pub const DELETES_RECORDED: &str = "cdc_sink_deletes_recorded_total";
 /// Counter `{table}`: checkpoints written.
 pub const CHECKPOINTS: &str = "cdc_sink_checkpoints_total";
+/// Counter `{table}`: idle progress objects written (resolved-only ranges).
+pub const IDLE_PROGRESS_WRITES: &str = "cdc_sink_idle_progress_writes_total";
 /// Counter `{table}`: segments written.
 pub const SEGMENTS: &str = "cdc_sink_segments_total";
 /// Counter `{table}`: bytes of segments written.

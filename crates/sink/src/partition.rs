@@ -90,6 +90,8 @@ pub struct Preview {
     pub other_events: u64,
     /// The partition's resolved timestamp at `end`.
     pub resolved: Option<Hlc>,
+    /// Resolved messages in the range.
+    pub resolved_messages: u64,
     /// Estimated bytes the cut frees.
     pub bytes: u64,
 }
@@ -128,6 +130,13 @@ pub struct PartitionBuffer {
     pub checkpointed_resolved: Option<Hlc>,
     /// When this sink last wrote a checkpoint of the partition (`None`: not yet).
     pub last_checkpoint: Option<Instant>,
+    /// The last offset of the partition's chain (`None`: no chain yet).
+    pub chain_last: Option<i64>,
+    /// When this buffer was created (the partition assigned or reloaded).
+    pub since: Instant,
+    /// When this sink last wrote the partition's idle progress, and the
+    /// resolved timestamp it recorded (`cdc_checkpoint::IdleProgress`).
+    pub last_progress: Option<(Instant, Hlc)>,
     /// `cdc_sink_events_total{table}`, counted on arrival.
     pub events_counter: metrics::Counter,
     /// Fingerprints of the buffered messages, by offset (see
@@ -185,6 +194,9 @@ impl PartitionBuffer {
             xid_run: None,
             checkpointed_resolved: resolved,
             last_checkpoint: None,
+            chain_last: None,
+            since: Instant::now(),
+            last_progress: None,
             events_counter: metrics::Counter::noop(),
             fingerprints: std::collections::VecDeque::new(),
         }
@@ -350,6 +362,7 @@ impl PartitionBuffer {
             deletes,
             other_events: counts.deletes + counts.not_archived + counts.quarantined,
             resolved,
+            resolved_messages: counts.resolved,
             bytes,
         })
     }

@@ -2,8 +2,7 @@
 //! never ends a checkpoint between two events of one source transaction
 //! (same `pg_xid`) unless the partition proved the transaction complete,
 //! so the purger's `xmin = X AND archived` guard can never delete a version
-//! that only a later checkpoint holds. Also: resolved-only checkpoints are
-//! rate-limited.
+//! that only a later checkpoint holds.
 
 mod common;
 
@@ -16,33 +15,6 @@ use cdc_common::storage::ArchiveStore;
 use cdc_sink::SinkConfig;
 use common::*;
 use tokio_util::sync::CancellationToken;
-
-const BASE: i64 = 1_760_000_000_000_000_000;
-
-/// One PostgreSQL changefeed message (the wrapped envelope pg-changefeed writes).
-fn pg(topic: &str, offset: i64, key: i64, xid: u64, updated: i64, archived: bool) -> OwnedRecord {
-    let value = format!(
-        r#"{{"after": {{"archived": {archived}, "id": {key}, "version": {offset}}}, "before": null, "pg_lsn": "0/16B{xid:04X}", "pg_xid": "{xid}", "updated": "{}.0000000000"}}"#,
-        BASE + updated
-    );
-    OwnedRecord {
-        topic: topic.to_owned(),
-        partition: 0,
-        offset,
-        key: Some(format!("[{key}]").into_bytes()),
-        value: Some(value.into_bytes()),
-    }
-}
-
-fn resolved(topic: &str, offset: i64, at: i64) -> OwnedRecord {
-    OwnedRecord {
-        topic: topic.to_owned(),
-        partition: 0,
-        offset,
-        key: None,
-        value: Some(format!(r#"{{"resolved": "{}.0000000000"}}"#, BASE + at).into_bytes()),
-    }
-}
 
 /// Per checkpoint (chain order): the xids of its rows.
 async fn xids_per_checkpoint(store: &ArchiveStore, chain: &Chain) -> Vec<Vec<u64>> {
@@ -386,72 +358,4 @@ async fn a_resent_earlier_transaction_does_not_end_a_checkpoint_inside_a_later_o
     }
     let archive = read_archive(&store, &topic, 1).await;
     assert_eq!(archive[0].1, expected_rows(&records, 0));
-}
-
-/// Resolved-only traffic: a segment-less checkpoint only when the resolved
-/// timestamp advanced and `resolved_checkpoint_interval` passed, instead
-/// of one per `flush_age`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resolved_only_checkpoints_are_rate_limited() {
-    let topic = cdc_tests::unique("resrate");
-    cdc_tests::create_topic(&topic, 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = local_storage(dir.path());
-    let store = ArchiveStore::open(&storage).unwrap();
-    let cfg = SinkConfig {
-        flush_age: Duration::from_millis(100),
-        resolved_checkpoint_interval: Duration::from_secs(3),
-        ..config(&topic, storage)
-    };
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn({
-        let (cfg, cancel) = (cfg.clone(), cancel.clone());
-        async move { cdc_sink::run(&cfg, cancel).await }
-    });
-    // 20 advancing resolved messages over ~4 s.
-    let t = topic.as_str();
-    for i in 0..20 {
-        produce(&[resolved(t, i, i)]).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let last = Some(format!("{}.0000000000", BASE + 19).parse().unwrap());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let chain = loop {
-        let chain = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
-        if chain.resolved() == last || tokio::time::Instant::now() > deadline {
-            break chain;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(chain.resolved(), last);
-    let n = chain.checkpoints.len();
-    // ~4 s of traffic at one per 3 s (the first at once): 2 or 3, where
-    // one per flush_age would have been about 20.
-    assert!(
-        (2..=3).contains(&n),
-        "{n} checkpoints: {:?}",
-        chain.checkpoints
-    );
-    assert!(chain.checkpoints.iter().all(|c| c.segment.is_none()));
-    let times: Vec<chrono::DateTime<chrono::Utc>> = chain
-        .checkpoints
-        .iter()
-        .map(|c| c.created_at.parse().unwrap())
-        .collect();
-    for w in times.windows(2) {
-        assert!(
-            w[1] - w[0] >= chrono::Duration::milliseconds(2500),
-            "{times:?}"
-        );
-    }
-    // Resolved messages that do not advance are not worth a checkpoint,
-    // however long they wait.
-    for i in 20..30 {
-        produce(&[resolved(t, i, 19)]).await;
-    }
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let after = cdc_checkpoint::read_chain(&store, &topic, 0).await.unwrap();
-    cancel.cancel();
-    task.await.unwrap().unwrap();
-    assert_eq!(after.checkpoints.len(), n, "{:?}", after.checkpoints);
 }

@@ -418,3 +418,39 @@ pub fn decode_as_fixtures(
 ) -> Result<cdc_changefeed::Event, cdc_changefeed::DecodeError> {
     decode_with(&r.as_raw(), &DecodeOptions::with_op_column("op"))
 }
+
+/// The HLC wall time (ns) the PostgreSQL messages below count from.
+pub const BASE: i64 = 1_760_000_000_000_000_000;
+
+/// One PostgreSQL changefeed message (the wrapped envelope pg-changefeed writes).
+pub fn pg(
+    topic: &str,
+    offset: i64,
+    key: i64,
+    xid: u64,
+    updated: i64,
+    archived: bool,
+) -> OwnedRecord {
+    let value = format!(
+        r#"{{"after": {{"archived": {archived}, "id": {key}, "version": {offset}}}, "before": null, "pg_lsn": "0/16B{xid:04X}", "pg_xid": "{xid}", "updated": "{}.0000000000"}}"#,
+        BASE + updated
+    );
+    OwnedRecord {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset,
+        key: Some(format!("[{key}]").into_bytes()),
+        value: Some(value.into_bytes()),
+    }
+}
+
+/// A resolved message on partition 0.
+pub fn resolved(topic: &str, offset: i64, at: i64) -> OwnedRecord {
+    OwnedRecord {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset,
+        key: None,
+        value: Some(format!(r#"{{"resolved": "{}.0000000000"}}"#, BASE + at).into_bytes()),
+    }
+}
