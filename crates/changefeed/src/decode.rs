@@ -39,11 +39,10 @@ pub enum Envelope {
 }
 
 /// A row change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowEvent {
     /// Key text, timestamps, transaction and Kafka position, in the shape
     /// the archive stores them.
-    #[serde(flatten)]
     pub meta: RecordMeta,
     /// Primary-key values in key-column order.
     pub key: Vec<Value>,
@@ -57,6 +56,30 @@ pub struct RowEvent {
     pub pg_lsn: Option<String>,
     /// The message layout.
     pub envelope: Envelope,
+}
+
+/// The printed form (`cdc-archiver changefeed decode`): the metadata's
+/// fields inline, in the order this output has always had.
+impl Serialize for RowEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = &self.meta;
+        let mut st = s.serialize_struct("RowEvent", 13)?;
+        st.serialize_field("topic", &m.topic)?;
+        st.serialize_field("partition", &m.partition)?;
+        st.serialize_field("offset", &m.offset)?;
+        st.serialize_field("key", &self.key)?;
+        st.serialize_field("key_json", &m.key_json)?;
+        st.serialize_field("op", &self.op)?;
+        st.serialize_field("after", &self.after)?;
+        st.serialize_field("before", &self.before)?;
+        st.serialize_field("updated", &m.updated)?;
+        st.serialize_field("mvcc_timestamp", &m.mvcc_timestamp)?;
+        st.serialize_field("pg_xid", &m.pg_xid)?;
+        st.serialize_field("pg_lsn", &self.pg_lsn)?;
+        st.serialize_field("envelope", &self.envelope)?;
+        st.end()
+    }
 }
 
 /// A resolved message: every row change up to `resolved` has been emitted

@@ -351,7 +351,7 @@ fn serialises_for_the_cli() {
     );
     assert_eq!(
         serde_json::to_string(&ev).unwrap(),
-        r#"{"type":"row","topic":"payments","partition":2,"offset":41,"key_json":"[\"a\"]","updated":"1.0000000002","mvcc_timestamp":null,"pg_xid":null,"key":["a"],"op":"insert","after":{"amount":1250.00,"j":{"x": [1, 2]},"s":"q\""},"before":null,"pg_lsn":null,"envelope":"wrapped"}"#
+        r#"{"type":"row","topic":"payments","partition":2,"offset":41,"key":["a"],"key_json":"[\"a\"]","op":"insert","after":{"amount":1250.00,"j":{"x": [1, 2]},"s":"q\""},"before":null,"updated":"1.0000000002","mvcc_timestamp":null,"pg_xid":null,"pg_lsn":null,"envelope":"wrapped"}"#
     );
     let ev = ok(None, r#"{"resolved":"7.0000000000"}"#);
     assert_eq!(
