@@ -54,6 +54,10 @@ pub enum Command {
     Sink(commands::sink::SinkArgs),
     /// CockroachDB changefeed tools: `decode` a dump of Kafka records.
     Changefeed(commands::changefeed::ChangefeedArgs),
+    /// The archive's checkpoint chains for the on-call engineer: `list`
+    /// (chains, watermark, findings), `show` one checkpoint, `verify`
+    /// every segment against its checkpoint (read-only; exit 7 on findings).
+    Checkpoints(commands::checkpoints::CheckpointsArgs),
 }
 
 impl Cli {
@@ -72,6 +76,7 @@ impl Cli {
             Command::Changefeed(args) => commands::changefeed::run(g, args).await,
             Command::PgChangefeed(args) => commands::pg_changefeed::run(g, args).await,
             Command::Sink(args) => commands::sink::run(g, args).await,
+            Command::Checkpoints(args) => commands::checkpoints::run(g, args).await,
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum Exit {
     /// `sink`: a partition was stopped (offset gap, chain ahead, broken
     /// chain); the others were archived. The log says which and why.
     PartitionStopped = 6,
+    /// `checkpoints verify` / `checkpoints list --strict`: the archive has
+    /// findings (printed); `checkpoints show`: no such checkpoint.
+    Findings = 7,
 }
 
 impl From<Exit> for ExitCode {
@@ -43,6 +46,7 @@ mod tests {
             Exit::NoMatch,
             Exit::NotRestored,
             Exit::PartitionStopped,
+            Exit::Findings,
         ];
         let codes: std::collections::BTreeSet<u8> = all.iter().map(|e| *e as u8).collect();
         assert_eq!(codes.len(), all.len());

@@ -62,6 +62,7 @@
 //! apart either.
 
 mod deletes;
+pub mod inspect;
 mod output;
 mod query;
 mod read;

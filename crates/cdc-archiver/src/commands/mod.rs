@@ -3,6 +3,7 @@
 
 pub mod changefeed;
 pub mod check;
+pub mod checkpoints;
 pub mod holds;
 pub mod mark;
 pub mod pg_changefeed;

@@ -1,0 +1,233 @@
+//! `cdc-archiver checkpoints`: the on-call engineer's read-only view of the
+//! archive's checkpoint chains (`cdc_retrieve::inspect`).
+//!
+//! - `list [--table T] [--json] [--strict]`: per partition, the chain
+//!   (checkpoints, offsets, rows, deletes, `updated` range, resolved, idle
+//!   progress, purge status), the watermark, and findings. Exit 0 (7 with
+//!   `--strict` when there are findings).
+//! - `show <path>`: one checkpoint, its files as they are now, its purge
+//!   record. Exit 7 when there is no such checkpoint.
+//! - `verify [--table T] [--json]`: re-reads every segment and delete file
+//!   against its checkpoint, and every chain's continuity. Exit 7 on any
+//!   finding.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cdc_common::storage::{ArchiveStore, StorageConfig};
+use cdc_retrieve::inspect::{self, Finding, ListOptions, TableReport, VerifyReport};
+use clap::{Args, Subcommand};
+
+use crate::exit::Exit;
+use crate::global::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct CheckpointsArgs {
+    /// Archive URL (overrides `storage.url`).
+    #[arg(long, env = "CDC_ARCHIVE_URL", global = true)]
+    pub archive_url: Option<String>,
+    #[command(subcommand)]
+    pub action: CheckpointsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointsAction {
+    /// Each partition's chain, the watermark, and findings: gaps,
+    /// overlaps, unreadable checkpoints, orphan segments, unpurged
+    /// checkpoints older than a threshold, partitions the watermark does
+    /// not cover.
+    List {
+        /// The table's name in the archive (default: every table in it).
+        #[arg(long)]
+        table: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// A checkpoint with rows and no purge record older than this is a
+        /// finding.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        unpurged_older_than: Duration,
+        /// Exit 7 when there are findings.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// One checkpoint: everything it records, the actual size and SHA-256
+    /// of its segment and delete file, and its purge record.
+    Show {
+        /// Its path in the archive, e.g.
+        /// `payments/checkpoints/p0/00000000000000000000.json`.
+        path: String,
+    },
+    /// Re-reads every segment and delete file against its checkpoint (size,
+    /// SHA-256, table, partition, offsets, record count, columns) and every
+    /// chain's continuity. Exit 7 on any finding.
+    Verify {
+        /// The table's name in the archive (default: every table in it).
+        #[arg(long)]
+        table: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn open(global: &GlobalArgs, archive_url: Option<&str>) -> anyhow::Result<ArchiveStore> {
+    let mut storage: StorageConfig =
+        cdc_common::config::load_section(global.config.as_deref(), "storage", &[])?;
+    if let Some(url) = archive_url {
+        storage.url = url.to_owned();
+    }
+    ArchiveStore::open(&storage).context("opening the archive")
+}
+
+async fn tables(store: &ArchiveStore, table: Option<String>) -> anyhow::Result<Vec<String>> {
+    match table {
+        Some(t) => Ok(vec![t]),
+        None => inspect::tables(store)
+            .await
+            .context("listing the archive's tables"),
+    }
+}
+
+pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<ExitCode> {
+    let store = open(global, args.archive_url.as_deref())?;
+    match args.action {
+        CheckpointsAction::List {
+            table,
+            json,
+            unpurged_older_than,
+            strict,
+        } => {
+            let opts = ListOptions {
+                unpurged_older_than,
+            };
+            let mut findings = 0;
+            for t in tables(&store, table).await? {
+                let report = inspect::list(&store, &t, opts)
+                    .await
+                    .with_context(|| format!("reading the chains of table {t}"))?;
+                findings += report.findings.len();
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print_list(&report);
+                }
+            }
+            Ok(exit(strict && findings > 0))
+        }
+        CheckpointsAction::Show { path } => {
+            match inspect::show(&store, &path)
+                .await
+                .with_context(|| format!("reading {path}"))?
+            {
+                Some(report) => {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    Ok(Exit::Success.into())
+                }
+                None => {
+                    eprintln!("no checkpoint at {path} in {}", store.url);
+                    Ok(Exit::Findings.into())
+                }
+            }
+        }
+        CheckpointsAction::Verify { table, json } => {
+            let mut findings = 0;
+            for t in tables(&store, table).await? {
+                let report = inspect::verify(&store, &t)
+                    .await
+                    .with_context(|| format!("verifying table {t}"))?;
+                findings += report.findings.len();
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print_verify(&report);
+                }
+            }
+            Ok(exit(findings > 0))
+        }
+    }
+}
+
+fn exit(findings: bool) -> ExitCode {
+    if findings {
+        Exit::Findings.into()
+    } else {
+        Exit::Success.into()
+    }
+}
+
+fn text<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".to_owned(), T::to_string)
+}
+
+fn print_findings(findings: &[Finding]) {
+    if findings.is_empty() {
+        println!("findings: none");
+        return;
+    }
+    println!("findings: {}", findings.len());
+    for f in findings {
+        let p = f.partition.map_or_else(String::new, |p| format!(" p{p}"));
+        println!("  {}{p}: {}", f.kind, f.detail);
+    }
+}
+
+fn print_list(r: &TableReport) {
+    println!(
+        "table {}: {} partition(s) in the topic, watermark {}",
+        r.table,
+        r.partition_count,
+        text(&r.watermark)
+    );
+    println!(
+        "  {:>4} {:>6} {:>21} {:>10} {:>8} {:>6} {:>8} {:<30} {:<30}",
+        "part",
+        "ckpts",
+        "offsets",
+        "rows",
+        "deletes",
+        "purged",
+        "unpurged",
+        "resolved",
+        "idle progress"
+    );
+    for p in &r.partitions {
+        let offsets = match (p.first_offset, p.last_offset) {
+            (Some(a), Some(b)) => format!("{a}..={b}"),
+            _ => "-".to_owned(),
+        };
+        let idle = p.idle_progress.as_ref().map_or_else(
+            || "-".to_owned(),
+            |i| {
+                format!(
+                    "..={} {}{}",
+                    i.last_offset,
+                    i.resolved,
+                    if i.counted { "" } else { " (not counted)" }
+                )
+            },
+        );
+        println!(
+            "  {:>4} {:>6} {:>21} {:>10} {:>8} {:>6} {:>8} {:<30} {:<30}",
+            p.partition,
+            p.checkpoints,
+            offsets,
+            p.rows,
+            p.deletes,
+            p.purged,
+            p.unpurged_with_rows,
+            text(&p.resolved),
+            idle
+        );
+    }
+    print_findings(&r.findings);
+}
+
+fn print_verify(r: &VerifyReport) {
+    println!(
+        "table {}: {} checkpoint(s), {} segment(s) with {} row(s), {} delete file(s) with {} delete(s), {} bytes read",
+        r.table, r.checkpoints, r.segments, r.rows, r.delete_files, r.deletes, r.bytes
+    );
+    print_findings(&r.findings);
+}
