@@ -15,7 +15,8 @@
 //! make the watermark lower than it could be, never claim an unarchived
 //! change. The chain itself is unchanged: the next checkpoint still starts
 //! at the chain's end + 1 and covers the idle range, and the sink writes a
-//! real checkpoint at least every `idle_checkpoint_interval`, so a restart
+//! real checkpoint once the range's resolved timestamp is
+//! `idle_checkpoint_interval` past the chain's, so a restart
 //! never has to resume from offsets Kafka's retention may have removed.
 //!
 //! Format: written since format 1 archives gained it (readers before it
@@ -31,13 +32,20 @@ use crate::store::{get_bytes, parse};
 use crate::{layout, Checkpoint, CheckpointError, FORMAT_VERSION};
 
 /// A partition's progress through resolved-only offsets past its chain.
+///
+/// Unknown fields are ignored (a later version may add some), and an
+/// object that does not parse is treated as absent by the watermark: it is
+/// optional, and without it the chain alone gives a lower, still true,
+/// watermark.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IdleProgress {
     /// Always [`FORMAT_VERSION`].
     pub format_version: u32,
     /// Archive table.
     pub table: String,
+    /// Kafka topic (the chain's: an object written for another topic's
+    /// offsets is not counted).
+    pub topic: String,
     /// Partition.
     pub partition: i32,
     /// The topic's partition count, as the broker stated it after
@@ -59,11 +67,12 @@ pub struct IdleProgress {
 
 impl IdleProgress {
     /// Whether this progress may raise the resolved timestamp of a chain
-    /// whose latest checkpoint is `latest`: same table and partition, a
-    /// known format, and a range that starts inside the chain.
+    /// whose latest checkpoint is `latest`: same table, topic and
+    /// partition, a known format, and a range that starts inside the chain.
     pub fn extends(&self, latest: &Checkpoint) -> bool {
         self.format_version == FORMAT_VERSION
             && self.table == latest.table
+            && self.topic == latest.topic
             && self.partition == latest.partition
             && self.last_offset > self.base_last_offset
             && self.base_last_offset <= latest.last_offset
@@ -95,7 +104,8 @@ pub async fn write_idle_progress(
     Ok(())
 }
 
-/// Reads the partition's idle progress, `None` if there is none.
+/// Reads the partition's idle progress, `None` if there is none
+/// ([`CheckpointError::Malformed`] if it does not parse).
 pub async fn read_idle_progress(
     store: &ArchiveStore,
     table: &str,
@@ -140,6 +150,7 @@ mod tests {
         IdleProgress {
             format_version: FORMAT_VERSION,
             table: "t".into(),
+            topic: "t".into(),
             partition: 1,
             partitions: 2,
             base_last_offset: base,
@@ -177,6 +188,9 @@ mod tests {
         assert_eq!(raise(&c, Some(&other)), Some(r5));
         let mut other = idle(10, 20, r9);
         other.table = "u".into();
+        assert_eq!(raise(&c, Some(&other)), Some(r5));
+        let mut other = idle(10, 20, r9);
+        other.topic = "t_2".into();
         assert_eq!(raise(&c, Some(&other)), Some(r5));
         assert_eq!(raise(&c, Some(&idle(10, 10, r9))), Some(r5));
         let mut other = idle(10, 20, r9);

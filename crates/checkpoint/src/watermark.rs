@@ -56,7 +56,13 @@ pub async fn progress(store: &ArchiveStore, table: &str) -> Result<Progress, Che
     let mut out = Progress::default();
     for p in partitions(store, table).await? {
         if let Some(c) = latest(store, table, p).await? {
-            let idle = read_idle_progress(store, table, p).await?;
+            // Optional: one that does not parse only leaves the chain's
+            // (lower, still true) resolved timestamp.
+            let idle = match read_idle_progress(store, table, p).await {
+                Ok(i) => i,
+                Err(CheckpointError::Malformed { .. }) => None,
+                Err(e) => return Err(e),
+            };
             let counted = idle.as_ref().filter(|i| i.extends(&c));
             out.partitions = out
                 .partitions

@@ -158,6 +158,7 @@ fn idle(dir: &Path, next: i64, days: i64, format: Format) {
             let progress = IdleProgress {
                 format_version: cdc_checkpoint::FORMAT_VERSION,
                 table: TABLE.into(),
+                topic: TABLE.into(),
                 partition: p,
                 partitions: PARTITIONS,
                 base_last_offset: first - 1,

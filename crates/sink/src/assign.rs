@@ -169,6 +169,18 @@ impl Sink {
         );
         buffer.events_counter = metrics::counter!(metric::EVENTS, "table" => buffer.table.clone());
         buffer.chain_last = chain.end();
+        // What the partition's idle progress already holds (a previous
+        // owner's): this sink writes it again only past that, so the
+        // watermark does not step back after a rebalance or a restart.
+        if let Some(last) = chain.last() {
+            if let Ok(Some(idle)) =
+                cdc_checkpoint::read_idle_progress(&self.store, &buffer.table, partition).await
+            {
+                if idle.extends(last) {
+                    buffer.last_progress = Some((std::time::Instant::now(), Some(idle.resolved)));
+                }
+            }
+        }
         self.parts.insert(key, State::Active(Box::new(buffer)));
         Ok(())
     }

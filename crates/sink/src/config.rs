@@ -88,8 +88,9 @@ pub struct SinkConfig {
     /// `resolved_checkpoint_interval`: its resolved timestamp goes to one
     /// object per partition, `<table>/progress/p<N>.json`, replaced in
     /// place, which the watermark reads beside the chain. A real
-    /// (segment-less) checkpoint is still written once this long has passed
-    /// since the partition's last one, so that a restart resumes from
+    /// (segment-less) checkpoint is still written once the range's resolved
+    /// timestamp is this far past the chain's (HLC wall time, so restarts
+    /// and rebalances do not postpone it), so that a restart resumes from
     /// offsets Kafka still holds: keep it well below the topic's
     /// `retention.ms`. `0s` writes a checkpoint per interval (the chain
     /// then grows by one object per interval on an idle table).

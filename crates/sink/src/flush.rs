@@ -152,10 +152,10 @@ impl Sink {
             // Resolved messages only, after an existing chain, and no real
             // checkpoint due yet: the idle progress object takes the
             // resolved timestamp instead of a new checkpoint.
-            if let Some(base) = buffer
-                .chain_last
-                .filter(|_| preview.other_events == 0 && !idle_checkpoint_due(buffer, &self.config))
-            {
+            if let Some(base) = buffer.chain_last.filter(|_| {
+                preview.other_events == 0
+                    && !idle_checkpoint_due(buffer, preview.resolved, &self.config)
+            }) {
                 if progress_due(buffer, preview.resolved, &self.config) {
                     self.write_idle_progress(key, base, preview).await?;
                 }
@@ -286,11 +286,18 @@ impl Sink {
         let (table, topic, partition, known) =
             (b.table.clone(), b.topic.clone(), b.partition, b.partitions);
         let Some(count) = self.fresh_partition_count(&topic).await else {
+            // Not now; tried again after `resolved_checkpoint_interval`
+            // (not at every tick: each try is a Metadata request).
+            if let Some(State::Active(b)) = self.parts.get_mut(key) {
+                let held = b.last_progress.and_then(|(_, r)| r);
+                b.last_progress = Some((std::time::Instant::now(), held));
+            }
             return Ok(());
         };
         let progress = cdc_checkpoint::IdleProgress {
             format_version: cdc_checkpoint::FORMAT_VERSION,
             table: table.clone(),
+            topic,
             partition,
             partitions: count.max(known),
             base_last_offset: base,
@@ -310,7 +317,7 @@ impl Sink {
             .set(watermark_age(resolved));
         if let Some(State::Active(b)) = self.parts.get_mut(key) {
             b.partitions = progress.partitions;
-            b.last_progress = Some((std::time::Instant::now(), resolved));
+            b.last_progress = Some((std::time::Instant::now(), Some(resolved)));
         }
         if let Some(w) = self.watch.get_mut(key) {
             w.resolved = w.resolved.max(Some(resolved));
@@ -456,20 +463,31 @@ fn resolved_due(b: &PartitionBuffer, resolved: Option<Hlc>, interval: Duration) 
 }
 
 /// Whether a resolved-only range after an existing chain is old enough for
-/// a real checkpoint: `idle_checkpoint_interval` since the partition's
-/// last checkpoint (or since the buffer was created).
-fn idle_checkpoint_due(b: &PartitionBuffer, config: &SinkConfig) -> bool {
-    b.last_checkpoint.unwrap_or(b.since).elapsed() >= config.idle_checkpoint_interval
+/// a real checkpoint: its resolved timestamp is `idle_checkpoint_interval`
+/// (in HLC wall time) past the chain's last one. Measured on the data, not
+/// on this process's clock, so a sink restarted or rebalanced more often
+/// than the interval still writes it (the chain never falls further
+/// behind than that, whatever happens to the buffer).
+fn idle_checkpoint_due(b: &PartitionBuffer, resolved: Option<Hlc>, config: &SinkConfig) -> bool {
+    match (resolved, b.checkpointed_resolved) {
+        (Some(r), Some(c)) => {
+            i128::from(r.wall) - i128::from(c.wall)
+                >= i128::try_from(config.idle_checkpoint_interval.as_nanos()).unwrap_or(i128::MAX)
+        }
+        (_, None) => true,
+        (None, Some(_)) => false,
+    }
 }
 
 /// Whether the idle progress is worth writing now: its resolved timestamp
-/// advanced past what the chain and the last progress recorded, and
-/// `resolved_checkpoint_interval` passed since the last of the two.
+/// advanced past what the chain and the progress object hold, and
+/// `resolved_checkpoint_interval` passed since this sink's last checkpoint
+/// or progress write (or try).
 fn progress_due(b: &PartitionBuffer, resolved: Option<Hlc>, config: &SinkConfig) -> bool {
     let (at, recorded) = match b.last_progress {
         Some((at, r)) => (
             Some(b.last_checkpoint.map_or(at, |c| c.max(at))),
-            b.checkpointed_resolved.max(Some(r)),
+            b.checkpointed_resolved.max(r),
         ),
         None => (b.last_checkpoint, b.checkpointed_resolved),
     };
@@ -484,4 +502,60 @@ fn progress_due(b: &PartitionBuffer, resolved: Option<Hlc>, config: &SinkConfig)
 fn segmentless_due(b: &PartitionBuffer, preview: &Preview, config: &SinkConfig) -> bool {
     resolved_due(b, preview.resolved, config.resolved_checkpoint_interval)
         || (preview.other_events > 0 && b.oldest.is_some_and(|t| t.elapsed() >= config.flush_age))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::test_support::buffer;
+
+    fn hlc(secs: i64) -> Option<Hlc> {
+        Some(Hlc::new(
+            1_760_000_000_000_000_000 + secs * 1_000_000_000,
+            0,
+        ))
+    }
+
+    #[test]
+    fn the_idle_checkpoint_is_due_by_the_data_not_by_this_process() {
+        let config = SinkConfig::default();
+        assert_eq!(config.idle_checkpoint_interval, Duration::from_secs(3600));
+        let mut b = buffer(10);
+        // No resolved timestamp in the chain yet: a real checkpoint.
+        assert!(idle_checkpoint_due(&b, hlc(5), &config));
+        b.checkpointed_resolved = hlc(0);
+        // A fresh buffer (a restart, a rebalance) changes nothing: what
+        // counts is how far the range's resolved timestamp is past the
+        // chain's.
+        assert!(!idle_checkpoint_due(&b, hlc(3599), &config));
+        assert!(idle_checkpoint_due(&b, hlc(3600), &config));
+        assert!(!idle_checkpoint_due(&b, None, &config));
+        let every = SinkConfig {
+            idle_checkpoint_interval: Duration::ZERO,
+            ..SinkConfig::default()
+        };
+        assert!(idle_checkpoint_due(&b, hlc(0), &every));
+    }
+
+    #[test]
+    fn progress_is_written_past_what_the_object_holds_once_per_interval() {
+        let config = SinkConfig::default();
+        let mut b = buffer(10);
+        b.checkpointed_resolved = hlc(0);
+        // Nothing written yet by this sink: due as soon as resolved advances.
+        assert!(!progress_due(&b, hlc(0), &config));
+        assert!(progress_due(&b, hlc(1), &config));
+        // The object holds 50 (read at assignment, or just written): not
+        // before resolved passes it, nor before the interval passed.
+        let now = std::time::Instant::now();
+        b.last_progress = Some((now - Duration::from_secs(60), hlc(50)));
+        assert!(!progress_due(&b, hlc(40), &config));
+        assert!(progress_due(&b, hlc(51), &config));
+        b.last_progress = Some((now, hlc(50)));
+        assert!(!progress_due(&b, hlc(51), &config));
+        // A try that failed (partition count unknown) also waits the
+        // interval before the next.
+        b.last_progress = Some((now, None));
+        assert!(!progress_due(&b, hlc(51), &config));
+    }
 }

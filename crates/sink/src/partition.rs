@@ -20,7 +20,7 @@ use cdc_segment::{same_columns, ArchivedRow, DeletedRow};
 
 mod holdback;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use crate::resume::{accept, start_offset, Accept, StopReason};
 use holdback::{reset_to_start, Mark, XidRun};
@@ -132,11 +132,10 @@ pub struct PartitionBuffer {
     pub last_checkpoint: Option<Instant>,
     /// The last offset of the partition's chain (`None`: no chain yet).
     pub chain_last: Option<i64>,
-    /// When this buffer was created (the partition assigned or reloaded).
-    pub since: Instant,
-    /// When this sink last wrote the partition's idle progress, and the
-    /// resolved timestamp it recorded (`cdc_checkpoint::IdleProgress`).
-    pub last_progress: Option<(Instant, Hlc)>,
+    /// When this sink last tried to write the partition's idle progress,
+    /// and the resolved timestamp the object holds (read at assignment,
+    /// then what this sink wrote; `cdc_checkpoint::IdleProgress`).
+    pub last_progress: Option<(Instant, Option<Hlc>)>,
     /// `cdc_sink_events_total{table}`, counted on arrival.
     pub events_counter: metrics::Counter,
     /// Fingerprints of the buffered messages, by offset (see
@@ -156,7 +155,7 @@ fn counts_sub(a: Counts, b: Counts) -> Counts {
     }
 }
 
-fn counts_add(a: Counts, b: Counts) -> Counts {
+pub(crate) fn counts_add(a: Counts, b: Counts) -> Counts {
     Counts {
         events: a.events + b.events,
         rows_archived: a.rows_archived + b.rows_archived,
@@ -195,7 +194,6 @@ impl PartitionBuffer {
             checkpointed_resolved: resolved,
             last_checkpoint: None,
             chain_last: None,
-            since: Instant::now(),
             last_progress: None,
             events_counter: metrics::Counter::noop(),
             fingerprints: std::collections::VecDeque::new(),

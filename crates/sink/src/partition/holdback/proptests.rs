@@ -7,6 +7,7 @@
 
 use crate::partition::test_support::*;
 use crate::partition::*;
+use cdc_checkpoint::Counts;
 use cdc_segment::ArchivedRow;
 
 /// Random PostgreSQL streams (contiguous transactions, increasing
@@ -233,4 +234,86 @@ fn random_streams_with_restarts_never_expose_an_unarchived_version() {
     // final one (a partial copy of a re-sent transaction, whose whole
     // copy an earlier checkpoint holds) were met, and were safe.
     assert!(older_latest > 0, "{older_latest}");
+}
+
+/// What a cut would take ([`PartitionBuffer::preview`]) is exactly what it
+/// takes ([`PartitionBuffer::take`]): end, rows, deletes, other events,
+/// resolved messages and resolved timestamp, over random streams of rows,
+/// deletes, unmarked, quarantined and incomplete events, re-sent and
+/// out-of-order transactions, and random safe and forced cuts. The sink
+/// decides from the preview whether a range holds resolved messages only
+/// (then the idle progress object, not a checkpoint, records it), so the
+/// idle progress is only as true as this.
+#[test]
+fn preview_describes_exactly_what_take_returns() {
+    let mut seed: u64 = 0x1234_5678_9abc_def1;
+    let mut rand = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut cuts = 0;
+    for _ in 0..5_000 {
+        let mut b = buffer(0);
+        let (mut offset, mut xid, mut updated) = (0i64, 100u64, 1000i64);
+        for _ in 0..(5 + rand(40)) {
+            let r = rand(14);
+            if r < 5 && rand(2) == 0 {
+                xid += 1;
+                updated += 1;
+            }
+            let key = rand(3) as i64;
+            let e = match r {
+                0 => Err(()),
+                1 | 2 => resolved_at(updated - 2 + rand(4) as i64),
+                3 => pg_delete(offset, key, xid, updated, rand(2) == 0),
+                4 => incomplete(offset, key, (rand(2) == 0).then_some("0/FFFFFFF"), updated),
+                5 => {
+                    let x = xid.saturating_sub(rand(4));
+                    let u = updated + rand(3) as i64 - 1;
+                    pg_at(offset, key, x, &lsn_of(x), u, rand(3) != 0)
+                }
+                6 => {
+                    let x = xid + 50 + rand(3);
+                    let lsn = lsn_of(xid.saturating_sub(rand(3)));
+                    pg_at(offset, key, x, &lsn, updated, rand(3) != 0)
+                }
+                _ => pg(offset, key, xid, updated, rand(4) != 0),
+            };
+            b.push(offset, e, "archived");
+            offset += 1;
+            if rand(4) != 0 {
+                continue;
+            }
+            let cut = if rand(4) == 0 { Cut::Force } else { Cut::Safe };
+            let preview = b.preview(cut).map(|p| {
+                (
+                    p.end,
+                    p.rows,
+                    p.deletes,
+                    p.other_events,
+                    p.resolved_messages,
+                    p.resolved,
+                )
+            });
+            let runs = b.take(cut);
+            let taken = runs.last().map(|last| {
+                let c = runs
+                    .iter()
+                    .fold(Counts::default(), |a, r| counts_add(a, r.counts));
+                (
+                    last.last.expect("sealed"),
+                    runs.iter().map(|r| r.rows.len()).sum::<usize>(),
+                    runs.iter().map(|r| r.deletes.len()).sum::<usize>(),
+                    c.deletes + c.not_archived + c.quarantined,
+                    c.resolved,
+                    last.resolved,
+                )
+            });
+            assert_eq!(preview, taken, "cut {cut:?} at offset {offset}");
+            cuts += usize::from(taken.is_some());
+        }
+    }
+    assert!(cuts > 1_000, "{cuts} non-empty cuts");
 }
