@@ -7,9 +7,9 @@
 //!   `--strict` when there are findings).
 //! - `show <path>`: one checkpoint, its files as they are now, its purge
 //!   record. Exit 7 when there is no such checkpoint.
-//! - `verify [--table T] [--json]`: re-reads every segment and delete file
-//!   against its checkpoint, and every chain's continuity. Exit 7 on any
-//!   finding.
+//! - `verify [--table T] [--since T|AGE] [--json]`: re-reads every segment
+//!   and delete file (of checkpoints written since `--since`) against its
+//!   checkpoint, and every chain's continuity. Exit 7 on any finding.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,6 +66,10 @@ pub enum CheckpointsAction {
         /// The table's name in the archive (default: every table in it).
         #[arg(long)]
         table: Option<String>,
+        /// Re-read only the files of checkpoints written since then: an
+        /// RFC 3339 time, or an age such as `1d` (chains are checked whole).
+        #[arg(long)]
+        since: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -131,10 +135,11 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
                 }
             }
         }
-        CheckpointsAction::Verify { table, json } => {
+        CheckpointsAction::Verify { table, since, json } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
             let mut findings = 0;
             for t in tables(&store, table).await? {
-                let report = inspect::verify(&store, &t)
+                let report = inspect::verify(&store, &t, since)
                     .await
                     .with_context(|| format!("verifying table {t}"))?;
                 findings += report.findings.len();
@@ -147,6 +152,17 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
             Ok(exit(findings > 0))
         }
     }
+}
+
+/// `--since`: an RFC 3339 time, or an age (`1d`, `12h`) before now.
+fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let age = humantime::parse_duration(text).with_context(|| {
+        format!("--since {text:?}: expected an RFC 3339 time or an age such as 1d")
+    })?;
+    Ok(chrono::Utc::now() - chrono::Duration::from_std(age).context("--since: age too large")?)
 }
 
 fn exit(findings: bool) -> ExitCode {
