@@ -1,5 +1,5 @@
-//! A partition's chain: its checkpoints listed by name, read, and verified
-//! contiguous. A chain read by [`read_chain`] is contiguous, each
+//! A partition's chain: its newest manifest, then its checkpoints listed
+//! by name after it, read, and verified contiguous. A chain read by [`read_chain`] is contiguous, each
 //! checkpoint starting exactly at the previous one's `last_offset + 1` and
 //! matching its name, or the read fails with [`CheckpointError::Broken`].
 
@@ -149,20 +149,66 @@ async fn read_listed(
     Ok(c)
 }
 
-/// Reads and verifies a partition's chain (empty if it has no checkpoint).
-/// Checkpoints are fetched [`READ_CONCURRENCY`] at a time; the result keeps
-/// chain (offset) order and any gap or overlap fails the read.
+/// First offsets of the checkpoints of one partition named after the one
+/// that starts at `after`, sorted: a listing that starts after that name
+/// (`list_with_offset`, S3 `start-after`), not a full one.
+pub async fn list_checkpoints_after(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    after: i64,
+) -> Result<Vec<i64>, CheckpointError> {
+    let prefix = store.path(&layout::checkpoints_dir(table, partition));
+    let offset = store.path(&layout::checkpoint_path(table, partition, after));
+    let listed: Vec<object_store::ObjectMeta> = store
+        .store
+        .list_with_offset(Some(&prefix), &offset)
+        .try_collect()
+        .await
+        .map_err(storage("list", &prefix))?;
+    let mut firsts: Vec<i64> = listed
+        .iter()
+        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
+        .filter(|f| *f > after)
+        .collect();
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+/// The partition's newest manifest's checkpoints, and the first offsets of
+/// the checkpoints named after them (all of them without a manifest).
+async fn manifest_and_tail(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<(Vec<Checkpoint>, Vec<i64>), CheckpointError> {
+    match crate::newest_manifest(store, table, partition).await? {
+        Some(m) => {
+            let after = m.checkpoints.last().map_or(-1, |c| c.first_offset);
+            let tail = list_checkpoints_after(store, table, partition, after).await?;
+            Ok((m.checkpoints, tail))
+        }
+        None => Ok((Vec::new(), list_checkpoints(store, table, partition).await?)),
+    }
+}
+
+/// Reads and verifies a partition's chain (empty if it has no checkpoint):
+/// the newest manifest's checkpoints, then the checkpoints after it (all of
+/// them when there is no manifest), fetched [`READ_CONCURRENCY`] at a time.
+/// The result keeps chain (offset) order and any gap or overlap fails the
+/// read.
 pub async fn read_chain(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
 ) -> Result<Chain, CheckpointError> {
-    let firsts = list_checkpoints(store, table, partition).await?;
-    let checkpoints: Vec<Checkpoint> = futures::stream::iter(firsts)
+    let (mut checkpoints, tail) = manifest_and_tail(store, table, partition).await?;
+    let tail: Vec<Checkpoint> = futures::stream::iter(tail)
         .map(|first| read_listed(store, table, partition, first))
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await?;
+    checkpoints.extend(tail);
     verify_chain(table, partition, &checkpoints)?;
     Ok(Chain {
         table: table.to_owned(),
@@ -188,14 +234,16 @@ pub async fn partitions(store: &ArchiveStore, table: &str) -> Result<Vec<i32>, C
     Ok(parts)
 }
 
-/// The latest checkpoint of a partition (by name; not chain-verified).
+/// The latest checkpoint of a partition (by name; not chain-verified):
+/// the last one named after the newest manifest, or the manifest's last.
 pub async fn latest(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    match list_checkpoints(store, table, partition).await?.last() {
+    let (mut manifest, tail) = manifest_and_tail(store, table, partition).await?;
+    match tail.last() {
         Some(&first) => read(store, table, partition, first).await,
-        None => Ok(None),
+        None => Ok(manifest.pop()),
     }
 }

@@ -62,6 +62,17 @@ pub fn purged_dir(table: &str, partition: i32) -> String {
     format!("{table}/purged/p{partition}/")
 }
 
+/// `<table>/manifests/p<partition>/`
+pub fn manifests_dir(table: &str, partition: i32) -> String {
+    format!("{table}/manifests/p{partition}/")
+}
+
+/// `<table>/manifests/p<partition>/<last:020>.json`: the chain up to
+/// `last`, in one object.
+pub fn manifest_path(table: &str, partition: i32, last: i64) -> String {
+    format!("{table}/manifests/p{partition}/{last:020}.json")
+}
+
 /// `<table>/progress/p<partition>.json`: the partition's idle progress
 /// (one object per partition, replaced in place).
 pub fn progress_path(table: &str, partition: i32) -> String {

@@ -25,12 +25,14 @@
 //! - `segments`: verified segment reads, and the [`orphans`] no checkpoint names.
 //! - `purge_record`: the purger's per-checkpoint [`PurgeRecord`].
 //! - `idle`: a partition's [`IdleProgress`] through resolved-only offsets.
+//! - `manifest`: a chain prefix in one object ([`Manifest`]), read first.
 
 mod chain;
 mod error;
 mod idle;
 pub mod key_filter;
 pub mod layout;
+mod manifest;
 mod purge_record;
 mod record;
 mod segments;
@@ -38,10 +40,12 @@ mod store;
 mod watermark;
 
 pub use chain::{
-    latest, list_checkpoints, partitions, read_chain, verify_chain, Chain, READ_CONCURRENCY,
+    latest, list_checkpoints, list_checkpoints_after, partitions, read_chain, verify_chain, Chain,
+    READ_CONCURRENCY,
 };
 pub use error::CheckpointError;
 pub use idle::{raise, read_idle_progress, write_idle_progress, IdleProgress};
+pub use manifest::{newest_manifest, plan_manifest, write_manifest, Manifest};
 pub use purge_record::{read_purge_record, write_purge_record, PurgeRecord, PurgeWrite};
 pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,

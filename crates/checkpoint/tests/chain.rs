@@ -390,6 +390,90 @@ async fn conditional_create_is_honoured(store: &ArchiveStore) {
     assert!(left.objects.is_empty(), "{left:?}");
 }
 
+/// Manifests: `plan_manifest` covers the whole verified chain; after one
+/// is written, readers take the chain from it plus the checkpoints named
+/// after it (listed from its last name, not in full); a gap after it, or a
+/// manifest that is not this partition's, fails the read instead of being
+/// trusted.
+async fn manifests(store: &ArchiveStore) {
+    let table = cdc_tests::unique("manifest");
+    let w = "w1";
+    let mut chain = Vec::new();
+    for i in 0..12i64 {
+        let c = checkpoint(&table, 0, i * 10, i * 10 + 9, Some(Hlc::new(100 + i, 0)), w);
+        create(store, &c).await.unwrap();
+        chain.push(c);
+    }
+    let before = read_chain(store, &table, 0).await.unwrap();
+    assert_eq!(before.checkpoints, chain);
+    let m = plan_manifest(store, &table, 0, "compactor")
+        .await
+        .unwrap()
+        .expect("a plan");
+    assert_eq!(
+        (m.first_offset, m.last_offset, m.checkpoints.len()),
+        (0, 119, 12)
+    );
+    assert_eq!(write_manifest(store, &m).await.unwrap(), Created::Created);
+    assert_eq!(
+        write_manifest(store, &m).await.unwrap(),
+        Created::AlreadyThere
+    );
+    assert!(plan_manifest(store, &table, 0, "c")
+        .await
+        .unwrap()
+        .is_none());
+    // Three more checkpoints after it: the chain is manifest + tail.
+    for i in 12..15i64 {
+        let c = checkpoint(&table, 0, i * 10, i * 10 + 9, Some(Hlc::new(100 + i, 0)), w);
+        create(store, &c).await.unwrap();
+        chain.push(c);
+    }
+    assert_eq!(
+        list_checkpoints_after(store, &table, 0, 110).await.unwrap(),
+        vec![120, 130, 140]
+    );
+    // The covered checkpoint objects removed (as a later `gc` would): the
+    // chain still reads whole, from the manifest, and so do latest and
+    // the watermark.
+    for c in &chain[..12] {
+        store.store.delete(&store.path(&c.path())).await.unwrap();
+    }
+    let after = read_chain(store, &table, 0).await.unwrap();
+    assert_eq!(after.checkpoints, chain);
+    assert_eq!(
+        latest(store, &table, 0).await.unwrap().as_ref(),
+        chain.last()
+    );
+    // A gap after the manifest fails the read.
+    let c = checkpoint(&table, 0, 160, 169, None, w);
+    create(store, &c).await.unwrap();
+    assert!(matches!(
+        read_chain(store, &table, 0).await,
+        Err(CheckpointError::Broken { .. })
+    ));
+    // A manifest in p1's folder that is p0's is refused, not used.
+    let mut foreign = m.clone();
+    foreign.table = table.clone();
+    put(
+        store,
+        &manifest_path_of(&table, 1, foreign.last_offset),
+        serde_json::to_vec(&foreign).unwrap(),
+    )
+    .await;
+    create(store, &checkpoint(&table, 1, 0, 9, None, w))
+        .await
+        .unwrap();
+    assert!(matches!(
+        read_chain(store, &table, 1).await,
+        Err(CheckpointError::Broken { .. })
+    ));
+}
+
+fn manifest_path_of(table: &str, partition: i32, last: i64) -> String {
+    layout::manifest_path(table, partition, last)
+}
+
 #[tokio::test]
 async fn local_file_system() {
     let (store, _dir) = cdc_tests::local_archive();
@@ -400,6 +484,7 @@ async fn local_file_system() {
     long_chain_reads_in_order(&store).await;
     purge_records(&store).await;
     conditional_create_is_honoured(&store).await;
+    manifests(&store).await;
 }
 
 #[tokio::test]
@@ -412,4 +497,5 @@ async fn s3_compatible_server() {
     long_chain_reads_in_order(&store).await;
     purge_records(&store).await;
     conditional_create_is_honoured(&store).await;
+    manifests(&store).await;
 }

@@ -10,11 +10,15 @@
 //! progress object per partition). Bulk history is written as the same
 //! JSON the sink writes, with plain file writes (fast to build).
 //!
+//! "compacted": after `checkpoints compact --yes` (a manifest per
+//! partition, which readers fetch first, then only the checkpoints after
+//! it).
+//!
 //! Measured (median of 5): the watermark (`run`'s wait), reading every
 //! chain (a sink's start-up), `retrieve --key` of one key, and `checkpoints
-//! list`. Reported as time and as a ratio to the archive with no history
-//! (target for issue 15: every ratio within 2x at 365 days, which needs
-//! manifests: every reader still reads every checkpoint). Not part of
+//! list` (which reads every checkpoint object on purpose). Reported as
+//! time and as a ratio to the archive with no history (target for issue
+//! 15: every ratio within 2x at 365 days). Not part of
 //! `cargo test`: `scripts/bench history`. Prints a table and writes
 //! `target/bench/history.json`.
 
@@ -217,7 +221,7 @@ struct Row {
     times: [Duration; 4],
 }
 
-async fn measure(label: &str, days: i64, format: Format) -> Row {
+async fn measure(label: &str, days: i64, format: Format, compact: bool) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let next = busy(dir.path());
     idle(dir.path(), next, days, format);
@@ -227,6 +231,16 @@ async fn measure(label: &str, days: i64, format: Format) -> Row {
     })
     .unwrap();
     let store = &store;
+    if compact {
+        // `checkpoints compact --yes`: a manifest per partition.
+        for p in 0..PARTITIONS {
+            let m = cdc_checkpoint::plan_manifest(store, TABLE, p, "bench")
+                .await
+                .unwrap()
+                .unwrap();
+            cdc_checkpoint::write_manifest(store, &m).await.unwrap();
+        }
+    }
     let watermark = median(|| async {
         cdc_checkpoint::watermark(store, TABLE)
             .await
@@ -275,16 +289,23 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let cases: [(&str, i64, Format); 5] = [
-        ("none", 0, Format::Idle),
-        ("1 day, before (a checkpoint per 10 s)", 1, Format::Chain),
-        ("1 day, now (idle progress)", 1, Format::Idle),
-        ("30 days, now", 30, Format::Idle),
-        ("365 days, now", 365, Format::Idle),
+    let cases: [(&str, i64, Format, bool); 7] = [
+        ("none", 0, Format::Idle, false),
+        (
+            "1 day, before (a checkpoint per 10 s)",
+            1,
+            Format::Chain,
+            false,
+        ),
+        ("1 day, before, compacted", 1, Format::Chain, true),
+        ("1 day, now (idle progress)", 1, Format::Idle, false),
+        ("30 days, now", 30, Format::Idle, false),
+        ("365 days, now", 365, Format::Idle, false),
+        ("365 days, now, compacted", 365, Format::Idle, true),
     ];
     let rows: Vec<Row> = cases
         .iter()
-        .map(|(label, days, f)| rt.block_on(measure(label, *days, *f)))
+        .map(|(label, days, f, c)| rt.block_on(measure(label, *days, *f, *c)))
         .collect();
     let base = rows[0].times;
     let names = [

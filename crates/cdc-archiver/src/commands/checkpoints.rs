@@ -7,6 +7,9 @@
 //!   `--strict` when there are findings).
 //! - `show <path>`: one checkpoint, its files as they are now, its purge
 //!   record. Exit 7 when there is no such checkpoint.
+//! - `compact [--table T] [--yes]`: a manifest per partition of its whole
+//!   chain, so readers fetch one object and then only the checkpoints after
+//!   it. Prints the plan; writes only with `--yes`.
 //! - `verify [--table T] [--since T|AGE] [--json]`: re-reads every segment
 //!   and delete file (of checkpoints written since `--since`) against its
 //!   checkpoint, and every chain's continuity. Exit 7 on any finding.
@@ -58,6 +61,18 @@ pub enum CheckpointsAction {
         /// Its path in the archive, e.g.
         /// `payments/checkpoints/p0/00000000000000000000.json`.
         path: String,
+    },
+    /// Writes, per partition, a manifest of its whole chain (one object
+    /// that readers fetch first, then only the checkpoints after it), when
+    /// the chain has grown past its newest manifest. Prints the plan;
+    /// writes only with --yes. Never rewrites or removes anything.
+    Compact {
+        /// The table's name in the archive (default: every table in it).
+        #[arg(long)]
+        table: Option<String>,
+        /// Write the manifests (without it: only say what would be written).
+        #[arg(long)]
+        yes: bool,
     },
     /// Re-reads every segment and delete file against its checkpoint (size,
     /// SHA-256, table, partition, offsets, record count, columns) and every
@@ -134,6 +149,36 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
                     Ok(Exit::Findings.into())
                 }
             }
+        }
+        CheckpointsAction::Compact { table, yes } => {
+            let writer = format!("checkpoints-compact-{}", std::process::id());
+            for t in tables(&store, table).await? {
+                for p in cdc_checkpoint::partitions(&store, &t).await? {
+                    let plan = cdc_checkpoint::plan_manifest(&store, &t, p, &writer)
+                        .await
+                        .with_context(|| format!("reading the chain of {t} p{p}"))?;
+                    let Some(m) = plan else {
+                        println!("{t} p{p}: up to date");
+                        continue;
+                    };
+                    let what = format!(
+                        "{} ({} checkpoint(s), offsets {}..={})",
+                        m.path(),
+                        m.checkpoints.len(),
+                        m.first_offset,
+                        m.last_offset
+                    );
+                    if yes {
+                        cdc_checkpoint::write_manifest(&store, &m)
+                            .await
+                            .with_context(|| format!("writing {}", m.path()))?;
+                        println!("{t} p{p}: wrote {what}");
+                    } else {
+                        println!("{t} p{p}: would write {what} (--yes writes it)");
+                    }
+                }
+            }
+            Ok(Exit::Success.into())
         }
         CheckpointsAction::Verify { table, since, json } => {
             let since = since.as_deref().map(parse_since).transpose()?;

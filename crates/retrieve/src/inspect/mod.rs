@@ -33,7 +33,8 @@ pub struct Finding {
     pub partition: Option<i32>,
     /// What kind: `gap`, `overlap`, `unreadable_checkpoint`,
     /// `segment_missing`, `segment_corrupt`, `segment_mismatch`,
-    /// `orphan`, `unpurged`, `not_covered`.
+    /// `unusable_manifest`, `manifest_mismatch`, `orphan`, `unpurged`,
+    /// `not_covered`.
     pub kind: &'static str,
     /// What exactly, with paths and offsets.
     pub detail: String,

@@ -50,6 +50,9 @@ pub async fn verify(
     for p in cdc_checkpoint::partitions(store, table).await? {
         let (checkpoints, found) = checkpoints_of(store, table, p).await?;
         report.findings.extend(found);
+        report
+            .findings
+            .extend(manifest_findings(store, table, p, &checkpoints).await?);
         for c in &checkpoints {
             report.checkpoints += 1;
             let written = chrono::DateTime::parse_from_rfc3339(&c.created_at).ok();
@@ -61,6 +64,47 @@ pub async fn verify(
         }
     }
     Ok(report)
+}
+
+/// The newest manifest against the checkpoint objects it copies: every
+/// copy must be the stored checkpoint (a removed object is not a finding:
+/// the manifest is then its only copy). An unusable manifest is a finding.
+async fn manifest_findings(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    objects: &[Checkpoint],
+) -> Result<Vec<Finding>, CheckpointError> {
+    let manifest = match cdc_checkpoint::newest_manifest(store, table, partition).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(Vec::new()),
+        Err(e @ (CheckpointError::Broken { .. } | CheckpointError::Malformed { .. })) => {
+            return Ok(vec![Finding {
+                partition: Some(partition),
+                kind: "unusable_manifest",
+                detail: e.to_string(),
+            }])
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(manifest
+        .checkpoints
+        .iter()
+        .filter_map(|copy| {
+            let stored = objects
+                .iter()
+                .find(|c| c.first_offset == copy.first_offset)?;
+            (stored != copy).then(|| Finding {
+                partition: Some(partition),
+                kind: "manifest_mismatch",
+                detail: format!(
+                    "{} differs from its copy in {}",
+                    stored.path(),
+                    manifest.path()
+                ),
+            })
+        })
+        .collect())
 }
 
 /// A fetch failure that says the file is damaged or gone (a finding), or
