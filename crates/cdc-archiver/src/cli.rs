@@ -56,7 +56,8 @@ pub enum Command {
     Changefeed(commands::changefeed::ChangefeedArgs),
     /// The archive's checkpoint chains for the on-call engineer: `list`
     /// (chains, watermark, findings), `show` one checkpoint, `verify`
-    /// every segment against its checkpoint (read-only; exit 7 on findings).
+    /// every segment against its checkpoint (exit 7 on findings), `compact`
+    /// the chains into manifests (writes only with --yes).
     Checkpoints(commands::checkpoints::CheckpointsArgs),
 }
 
