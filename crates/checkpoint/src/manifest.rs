@@ -35,17 +35,15 @@ pub struct Manifest {
     pub first_offset: i64,
     /// Last offset covered (names the object).
     pub last_offset: i64,
-    /// The chain's checkpoints, in offset order, as stored.
+    /// The chain's checkpoints, in offset order, as stored. (Nothing else:
+    /// a manifest is a function of the chain prefix it copies, so two
+    /// compactions of one prefix write the same bytes.)
     pub checkpoints: Vec<Checkpoint>,
-    /// Who wrote it.
-    pub writer_id: String,
-    /// When (RFC 3339).
-    pub written_at: String,
 }
 
 impl Manifest {
     /// A manifest of `checkpoints` (a verified chain, not empty).
-    pub fn of(table: &str, partition: i32, checkpoints: Vec<Checkpoint>, writer_id: &str) -> Self {
+    pub fn of(table: &str, partition: i32, checkpoints: Vec<Checkpoint>) -> Self {
         Manifest {
             format_version: FORMAT_VERSION,
             table: table.to_owned(),
@@ -53,8 +51,6 @@ impl Manifest {
             first_offset: checkpoints.first().map_or(0, |c| c.first_offset),
             last_offset: checkpoints.last().map_or(-1, |c| c.last_offset),
             checkpoints,
-            writer_id: writer_id.to_owned(),
-            written_at: crate::now_rfc3339(),
         }
     }
 
@@ -152,19 +148,15 @@ pub async fn plan_manifest(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
-    writer_id: &str,
 ) -> Result<Option<Manifest>, CheckpointError> {
     let covered = newest_manifest(store, table, partition)
         .await?
         .map(|m| m.last_offset);
     let chain = crate::read_chain(store, table, partition).await?;
     match chain.end() {
-        Some(end) if covered.is_none_or(|c| end > c) => Ok(Some(Manifest::of(
-            table,
-            partition,
-            chain.checkpoints,
-            writer_id,
-        ))),
+        Some(end) if covered.is_none_or(|c| end > c) => {
+            Ok(Some(Manifest::of(table, partition, chain.checkpoints)))
+        }
         _ => Ok(None),
     }
 }

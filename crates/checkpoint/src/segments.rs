@@ -15,8 +15,8 @@ use object_store::ObjectStoreExt;
 use crate::error::storage;
 use crate::store::{get_bytes, list};
 use crate::{
-    layout, list_checkpoints, partitions, read, sha256_hex, verify_chain, Checkpoint,
-    CheckpointError, DeletesRef, SegmentRef, READ_CONCURRENCY,
+    layout, list_checkpoints, partitions, read, sha256_hex, Checkpoint, CheckpointError,
+    DeletesRef, SegmentRef, READ_CONCURRENCY,
 };
 
 /// Fetches a segment and checks it against its checkpoint's size and
@@ -87,9 +87,10 @@ fn segment_partition(relative: &str) -> Option<i32> {
     layout::parse_partition_dir(parts.next()?)
 }
 
-/// Per partition: the segments its checkpoints name, and the chain's end
-/// (`None` when the partition has no checkpoint, or its chain does not
-/// verify: then nothing of it counts as covered).
+/// Per partition: the segments its checkpoints name (checkpoint objects,
+/// and the copies in its newest manifest, which may be the only ones left),
+/// and the chain's end (`None` when the partition has no checkpoint, or its
+/// chain does not verify: then nothing of it counts as covered).
 async fn named_segments(
     store: &ArchiveStore,
     table: &str,
@@ -103,7 +104,13 @@ async fn named_segments(
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
-        let checkpoints: Vec<Checkpoint> = checkpoints.into_iter().flatten().collect();
+        let mut checkpoints: Vec<Checkpoint> = checkpoints.into_iter().flatten().collect();
+        // A manifest that does not read names nothing and covers nothing:
+        // the read below then fails the chain, so no orphan is "covered".
+        let manifest = crate::newest_manifest(store, table, p).await;
+        if let Ok(Some(m)) = &manifest {
+            checkpoints.extend(m.checkpoints.iter().cloned());
+        }
         named.extend(checkpoints.iter().flat_map(|c| {
             c.segment
                 .as_ref()
@@ -111,9 +118,10 @@ async fn named_segments(
                 .into_iter()
                 .chain(c.deletes.as_ref().map(|d| d.path.clone()))
         }));
-        let end = match verify_chain(table, p, &checkpoints) {
-            Ok(()) => checkpoints.last().map(|c| c.last_offset),
-            Err(_) => None,
+        // The chain as readers see it (manifest, then the tail).
+        let end = match (&manifest, crate::read_chain(store, table, p).await) {
+            (Ok(_), Ok(chain)) => chain.end(),
+            _ => None,
         };
         ends.insert(p, end);
     }

@@ -234,7 +234,7 @@ async fn measure(label: &str, days: i64, format: Format, compact: bool) -> Row {
     if compact {
         // `checkpoints compact --yes`: a manifest per partition.
         for p in 0..PARTITIONS {
-            let m = cdc_checkpoint::plan_manifest(store, TABLE, p, "bench")
+            let m = cdc_checkpoint::plan_manifest(store, TABLE, p)
                 .await
                 .unwrap()
                 .unwrap();

@@ -151,10 +151,9 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
             }
         }
         CheckpointsAction::Compact { table, yes } => {
-            let writer = format!("checkpoints-compact-{}", std::process::id());
             for t in tables(&store, table).await? {
                 for p in cdc_checkpoint::partitions(&store, &t).await? {
-                    let plan = cdc_checkpoint::plan_manifest(&store, &t, p, &writer)
+                    let plan = cdc_checkpoint::plan_manifest(&store, &t, p)
                         .await
                         .with_context(|| format!("reading the chain of {t} p{p}"))?;
                     let Some(m) = plan else {

@@ -5,7 +5,7 @@
 //! columns, every record's offset in the range). One file at a time, so
 //! memory is bounded by the largest file.
 
-use cdc_checkpoint::{Checkpoint, CheckpointError};
+use cdc_checkpoint::{Checkpoint, CheckpointError, Manifest};
 use cdc_common::storage::ArchiveStore;
 use cdc_segment::reader::Expected;
 use serde::Serialize;
@@ -48,11 +48,20 @@ pub async fn verify(
         ..VerifyReport::default()
     };
     for p in cdc_checkpoint::partitions(store, table).await? {
-        let (checkpoints, found) = checkpoints_of(store, table, p).await?;
+        let (mut checkpoints, found) = checkpoints_of(store, table, p).await?;
         report.findings.extend(found);
-        report
-            .findings
-            .extend(manifest_findings(store, table, p, &checkpoints).await?);
+        let (found, manifest) = manifest_findings(store, table, p, &checkpoints).await?;
+        report.findings.extend(found);
+        // Checkpoints whose only copy is in the manifest: their files are
+        // verified too.
+        let objects: std::collections::BTreeSet<i64> =
+            checkpoints.iter().map(|c| c.first_offset).collect();
+        checkpoints.extend(
+            manifest
+                .into_iter()
+                .flat_map(|m| m.checkpoints)
+                .filter(|c| !objects.contains(&c.first_offset)),
+        );
         for c in &checkpoints {
             report.checkpoints += 1;
             let written = chrono::DateTime::parse_from_rfc3339(&c.created_at).ok();
@@ -74,20 +83,23 @@ async fn manifest_findings(
     table: &str,
     partition: i32,
     objects: &[Checkpoint],
-) -> Result<Vec<Finding>, CheckpointError> {
+) -> Result<(Vec<Finding>, Option<Manifest>), CheckpointError> {
     let manifest = match cdc_checkpoint::newest_manifest(store, table, partition).await {
         Ok(Some(m)) => m,
-        Ok(None) => return Ok(Vec::new()),
+        Ok(None) => return Ok((Vec::new(), None)),
         Err(e @ (CheckpointError::Broken { .. } | CheckpointError::Malformed { .. })) => {
-            return Ok(vec![Finding {
+            let finding = Finding {
                 partition: Some(partition),
                 kind: "unusable_manifest",
-                detail: e.to_string(),
-            }])
+                detail: format!(
+                    "{e} (readers refuse this partition's chain until the manifest is removed; the chain is then read from its checkpoints)"
+                ),
+            };
+            return Ok((vec![finding], None));
         }
         Err(e) => return Err(e),
     };
-    Ok(manifest
+    let findings = manifest
         .checkpoints
         .iter()
         .filter_map(|copy| {
@@ -104,7 +116,8 @@ async fn manifest_findings(
                 ),
             })
         })
-        .collect())
+        .collect();
+    Ok((findings, Some(manifest)))
 }
 
 /// A fetch failure that says the file is damaged or gone (a finding), or
