@@ -184,8 +184,7 @@ async fn manifest_and_tail(
 ) -> Result<(Vec<Checkpoint>, Vec<i64>), CheckpointError> {
     match crate::newest_manifest(store, table, partition).await? {
         Some(m) => {
-            let after = m.checkpoints.last().map_or(-1, |c| c.first_offset);
-            let tail = list_checkpoints_after(store, table, partition, after).await?;
+            let tail = list_checkpoints_after(store, table, partition, m.last_offset).await?;
             Ok((m.checkpoints, tail))
         }
         None => Ok((Vec::new(), list_checkpoints(store, table, partition).await?)),
@@ -235,15 +234,21 @@ pub async fn partitions(store: &ArchiveStore, table: &str) -> Result<Vec<i32>, C
 }
 
 /// The latest checkpoint of a partition (by name; not chain-verified):
-/// the last one named after the newest manifest, or the manifest's last.
+/// the last one named after the newest manifest (found from the manifest's
+/// name, without reading it), or else the manifest's last.
 pub async fn latest(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    let (mut manifest, tail) = manifest_and_tail(store, table, partition).await?;
+    let tail = match crate::manifest::newest_manifest_end(store, table, partition).await? {
+        Some(end) => list_checkpoints_after(store, table, partition, end).await?,
+        None => list_checkpoints(store, table, partition).await?,
+    };
     match tail.last() {
         Some(&first) => read(store, table, partition, first).await,
-        None => Ok(manifest.pop()),
+        None => Ok(crate::newest_manifest(store, table, partition)
+            .await?
+            .and_then(|mut m| m.checkpoints.pop())),
     }
 }

@@ -45,7 +45,7 @@ pub use chain::{
 };
 pub use error::CheckpointError;
 pub use idle::{raise, read_idle_progress, write_idle_progress, IdleProgress};
-pub use manifest::{newest_manifest, plan_manifest, write_manifest, Manifest};
+pub use manifest::{newest_manifest, newest_manifest_end, plan_manifest, write_manifest, Manifest};
 pub use purge_record::{read_purge_record, write_purge_record, PurgeRecord, PurgeWrite};
 pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,

@@ -116,6 +116,21 @@ pub async fn write_manifest(
     }
 }
 
+/// The last offset the newest manifest of a partition covers (from its
+/// name alone), `None` if it has none. Checkpoints named after it (first
+/// offset greater) are the chain's tail.
+pub async fn newest_manifest_end(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<Option<i64>, CheckpointError> {
+    Ok(list(store, &layout::manifests_dir(table, partition))
+        .await?
+        .iter()
+        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
+        .max())
+}
+
 /// The newest manifest of a partition, checked (see [`Manifest`]), or
 /// `None` if it has none.
 pub async fn newest_manifest(
@@ -123,12 +138,7 @@ pub async fn newest_manifest(
     table: &str,
     partition: i32,
 ) -> Result<Option<Manifest>, CheckpointError> {
-    let newest = list(store, &layout::manifests_dir(table, partition))
-        .await?
-        .iter()
-        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
-        .max();
-    let Some(last) = newest else {
+    let Some(last) = newest_manifest_end(store, table, partition).await? else {
         return Ok(None);
     };
     let path = store.path(&layout::manifest_path(table, partition, last));

@@ -427,6 +427,15 @@ async fn manifests(store: &ArchiveStore) {
         Created::AlreadyThere
     );
     assert!(plan_manifest(store, &table, 0).await.unwrap().is_none());
+    // No tail yet: the latest is the manifest's last.
+    assert_eq!(
+        newest_manifest_end(store, &table, 0).await.unwrap(),
+        Some(119)
+    );
+    assert_eq!(
+        latest(store, &table, 0).await.unwrap().as_ref(),
+        chain.last()
+    );
     // Three more checkpoints after it: the chain is manifest + tail.
     for i in 12..15i64 {
         let c = checkpoint(&table, 0, i * 10, i * 10 + 9, Some(Hlc::new(100 + i, 0)), w);
