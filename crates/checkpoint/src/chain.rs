@@ -234,21 +234,27 @@ pub async fn partitions(store: &ArchiveStore, table: &str) -> Result<Vec<i32>, C
 }
 
 /// The latest checkpoint of a partition (by name; not chain-verified):
-/// the last one named after the newest manifest (found from the manifest's
-/// name, without reading it), or else the manifest's last.
+/// the last one named after the newest manifest, or else the manifest's
+/// last (both found from the manifest's name, without reading it; the
+/// manifest's copy only if that checkpoint object is gone).
 pub async fn latest(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    let tail = match crate::manifest::newest_manifest_end(store, table, partition).await? {
-        Some(end) => list_checkpoints_after(store, table, partition, end).await?,
+    let named = crate::manifest::newest_manifest_end(store, table, partition).await?;
+    let tail = match named {
+        Some((end, _)) => list_checkpoints_after(store, table, partition, end).await?,
         None => list_checkpoints(store, table, partition).await?,
     };
-    match tail.last() {
-        Some(&first) => read(store, table, partition, first).await,
-        None => Ok(crate::newest_manifest(store, table, partition)
-            .await?
-            .and_then(|mut m| m.checkpoints.pop())),
+    match (tail.last(), named) {
+        (Some(&first), _) => read(store, table, partition, first).await,
+        (None, Some((_, tail_first))) => match read(store, table, partition, tail_first).await? {
+            Some(c) => Ok(Some(c)),
+            None => Ok(crate::newest_manifest(store, table, partition)
+                .await?
+                .and_then(|mut m| m.checkpoints.pop())),
+        },
+        (None, None) => Ok(None),
     }
 }

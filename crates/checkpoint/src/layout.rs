@@ -67,10 +67,19 @@ pub fn manifests_dir(table: &str, partition: i32) -> String {
     format!("{table}/manifests/p{partition}/")
 }
 
-/// `<table>/manifests/p<partition>/<last:020>.json`: the chain up to
-/// `last`, in one object.
-pub fn manifest_path(table: &str, partition: i32, last: i64) -> String {
-    format!("{table}/manifests/p{partition}/{last:020}.json")
+/// `<table>/manifests/p<partition>/<last:020>-<tail_first:020>.json`: the
+/// chain up to `last` in one object; `tail_first` is the first offset of
+/// its last checkpoint (so that the latest checkpoint can be read without
+/// reading the manifest).
+pub fn manifest_path(table: &str, partition: i32, last: i64, tail_first: i64) -> String {
+    format!("{table}/manifests/p{partition}/{last:020}-{tail_first:020}.json")
+}
+
+/// `<last:020>-<tail_first:020>.json` -> (last, tail_first).
+pub fn parse_manifest_name(path: &str) -> Option<(i64, i64)> {
+    let stem = file_name(path).strip_suffix(".json")?;
+    let (last, first) = stem.split_once('-')?;
+    Some((offset(last)?, offset(first)?))
 }
 
 /// `<table>/progress/p<partition>.json`: the partition's idle progress
@@ -164,6 +173,13 @@ mod tests {
         );
         assert_eq!(run_path("t", "r1"), "t/runs/r1.json");
         assert_eq!(progress_path("t", 3), "t/progress/p3.json");
+        let m = manifest_path("t", 2, 119, 110);
+        assert_eq!(
+            m,
+            "t/manifests/p2/00000000000000000119-00000000000000000110.json"
+        );
+        assert_eq!(parse_manifest_name(&m), Some((119, 110)));
+        assert_eq!(parse_manifest_name("t/manifests/p2/x.json"), None);
         assert_eq!(parse_partition_dir("p17"), Some(17));
     }
 

@@ -1,4 +1,4 @@
-//! Manifests (`<table>/manifests/p<partition>/<last:020>.json`): a
+//! Manifests (`<table>/manifests/p<partition>/<last:020>-<tail_first:020>.json`): a
 //! partition's chain from its start up to `last_offset`, the checkpoints
 //! copied verbatim into one object, so that a reader fetches one manifest
 //! and then only the checkpoints after it, instead of every checkpoint of
@@ -56,18 +56,34 @@ impl Manifest {
 
     /// Its path relative to the archive root.
     pub fn path(&self) -> String {
-        layout::manifest_path(&self.table, self.partition, self.last_offset)
+        layout::manifest_path(
+            &self.table,
+            self.partition,
+            self.last_offset,
+            self.tail_first(),
+        )
+    }
+
+    /// The first offset of its last checkpoint.
+    pub fn tail_first(&self) -> i64 {
+        self.checkpoints.last().map_or(-1, |c| c.first_offset)
     }
 
     /// Checks that the manifest read at `path` is usable for
     /// `table`/`partition`: known format, not empty, its own first and last
     /// offsets, named by its last offset, and contiguous.
-    fn check(&self, table: &str, partition: i32, named_last: i64) -> Result<(), CheckpointError> {
+    fn check(
+        &self,
+        table: &str,
+        partition: i32,
+        (named_last, named_first): (i64, i64),
+    ) -> Result<(), CheckpointError> {
+        let path = layout::manifest_path(table, partition, named_last, named_first);
         let broken = |reason: String| CheckpointError::Broken {
             table: table.to_owned(),
             partition,
-            previous: layout::manifest_path(table, partition, named_last),
-            next: layout::manifest_path(table, partition, named_last),
+            previous: path.clone(),
+            next: path.clone(),
             reason,
         };
         if self.format_version != FORMAT_VERSION {
@@ -84,6 +100,7 @@ impl Manifest {
             || first.first_offset != self.first_offset
             || last.last_offset != self.last_offset
             || self.last_offset != named_last
+            || last.first_offset != named_first
         {
             return Err(broken(format!(
                 "manifest says table {:?} partition {} offsets {}..={}, its checkpoints {}..={}",
@@ -116,18 +133,18 @@ pub async fn write_manifest(
     }
 }
 
-/// The last offset the newest manifest of a partition covers (from its
-/// name alone), `None` if it has none. Checkpoints named after it (first
-/// offset greater) are the chain's tail.
+/// From the newest manifest's name alone: the last offset it covers and
+/// the first offset of its last checkpoint; `None` if it has none.
+/// Checkpoints named after the last offset are the chain's tail.
 pub async fn newest_manifest_end(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
-) -> Result<Option<i64>, CheckpointError> {
+) -> Result<Option<(i64, i64)>, CheckpointError> {
     Ok(list(store, &layout::manifests_dir(table, partition))
         .await?
         .iter()
-        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
+        .filter_map(|m| layout::parse_manifest_name(m.location.as_ref()))
         .max())
 }
 
@@ -138,15 +155,15 @@ pub async fn newest_manifest(
     table: &str,
     partition: i32,
 ) -> Result<Option<Manifest>, CheckpointError> {
-    let Some(last) = newest_manifest_end(store, table, partition).await? else {
+    let Some(named) = newest_manifest_end(store, table, partition).await? else {
         return Ok(None);
     };
-    let path = store.path(&layout::manifest_path(table, partition, last));
+    let path = store.path(&layout::manifest_path(table, partition, named.0, named.1));
     let Some(bytes) = get_bytes(store, &path).await? else {
         return Ok(None);
     };
     let manifest: Manifest = parse(&path, &bytes)?;
-    manifest.check(table, partition, last)?;
+    manifest.check(table, partition, named)?;
     Ok(Some(manifest))
 }
 

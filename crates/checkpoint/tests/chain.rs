@@ -430,7 +430,7 @@ async fn manifests(store: &ArchiveStore) {
     // No tail yet: the latest is the manifest's last.
     assert_eq!(
         newest_manifest_end(store, &table, 0).await.unwrap(),
-        Some(119)
+        Some((119, 110))
     );
     assert_eq!(
         latest(store, &table, 0).await.unwrap().as_ref(),
@@ -470,7 +470,7 @@ async fn manifests(store: &ArchiveStore) {
     foreign.table = table.clone();
     put(
         store,
-        &manifest_path_of(&table, 1, foreign.last_offset),
+        &manifest_path_of(&table, 1, foreign.last_offset, foreign.tail_first()),
         serde_json::to_vec(&foreign).unwrap(),
     )
     .await;
@@ -483,8 +483,8 @@ async fn manifests(store: &ArchiveStore) {
     ));
 }
 
-fn manifest_path_of(table: &str, partition: i32, last: i64) -> String {
-    layout::manifest_path(table, partition, last)
+fn manifest_path_of(table: &str, partition: i32, last: i64, tail_first: i64) -> String {
+    layout::manifest_path(table, partition, last, tail_first)
 }
 
 #[tokio::test]
