@@ -74,6 +74,31 @@ async fn purger_killed_mid_run_then_rerun_completes_and_reconciles() {
     child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed, not finished: {status:?}");
+    // The killed client's backend may still be finishing a DELETE it had
+    // sent (the server completes and commits a statement in flight): count
+    // what the kill left only once no purger session on this table is left
+    // (other tests' purgers may run meanwhile).
+    let start = std::time::Instant::now();
+    loop {
+        let sessions: i64 = p
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cdc-archiver-purge' \
+                 AND strpos(query, $1) > 0",
+                &[&p.table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sessions == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the killed purger's session never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let left_after_kill = p.count("true").await;
     assert!(
         left_after_kill > 0,
