@@ -255,14 +255,31 @@ impl Pipeline {
     /// passed `t`: everything committed before `t` is archived.
     pub async fn wait_archived(&self, t: DateTime<Utc>) {
         let target = t.timestamp_nanos_opt().expect("a date in range");
-        self.until("the archive watermark", || async {
-            cdc_checkpoint::watermark(&self.archive, &self.table)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|w| w.wall > target)
-        })
-        .await;
+        let start = Instant::now();
+        loop {
+            let progress = cdc_checkpoint::progress(&self.archive, &self.table).await;
+            if let Ok(p) = &progress {
+                if p.watermark().is_some_and(|w| w.wall > target) {
+                    return;
+                }
+            }
+            if start.elapsed() >= LIMIT {
+                let mut idle = Vec::new();
+                for part in 0..8 {
+                    idle.push(
+                        cdc_checkpoint::read_idle_progress(&self.archive, &self.table, part)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|i| (part, i.base_last_offset, i.last_offset, i.resolved)),
+                    );
+                }
+                panic!(
+                    "gave up waiting for the archive watermark past {target}: {progress:?}; idle progress: {idle:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A marker configuration for this table: `column` older than `age`.
