@@ -19,7 +19,6 @@ use backon::Retryable as _;
 use cdc_checkpoint::CheckpointError;
 use cdc_common::retry::Retryable;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -91,17 +90,31 @@ impl Sink {
             }
             Err(e) => return Err(e.into()),
         };
-        let consumer = Arc::clone(&self.consumer);
-        let t = topic.clone();
-        let (low, high, count) =
-            tokio::task::spawn_blocking(move || -> Result<(i64, i64, i32), KafkaError> {
-                let timeout = Duration::from_secs(10);
-                let (low, high) = consumer.fetch_watermarks(&t, partition, timeout)?;
-                let md = consumer.fetch_metadata(Some(&t), timeout)?;
-                let count = md.topics().first().map_or(0, |m| m.partitions().len());
-                Ok((low, high, i32::try_from(count).unwrap_or(i32::MAX)))
+        // Kafka's watermarks and partition count. A broker slow to answer
+        // (a partition just added, a loaded broker) is retried with the
+        // storage backoff, not taken for a reason to stop the sink.
+        let fetch = || {
+            let consumer = Arc::clone(&self.consumer);
+            let t = topic.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> Result<(i64, i64, i32), SinkError> {
+                    let timeout = Duration::from_secs(10);
+                    let (low, high) = consumer.fetch_watermarks(&t, partition, timeout)?;
+                    let md = consumer.fetch_metadata(Some(&t), timeout)?;
+                    let count = md.topics().first().map_or(0, |m| m.partitions().len());
+                    Ok((low, high, i32::try_from(count).unwrap_or(i32::MAX)))
+                })
+                .await?
+            }
+        };
+        let (low, high, count) = fetch
+            .retry(self.config.retry.backoff())
+            .when(Retryable::is_retryable)
+            .notify(|e, delay| {
+                tracing::warn!(%topic, partition, error = %e, ?delay,
+                    "no watermarks from the broker yet; retrying")
             })
-            .await??;
+            .await?;
         if let Some(end) = chain.end() {
             self.watch.insert(
                 key.clone(),

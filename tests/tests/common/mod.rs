@@ -185,10 +185,12 @@ impl Pipeline {
     pub fn start_sink(&mut self) {
         let cfg = self.sink_cfg.clone();
         self.sink = Some(Stage::spawn(|c| async move {
-            cdc_sink::run(&cfg, c)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            cdc_sink::run(&cfg, c).await.map(|_| ()).map_err(|e| {
+                // Said at once: a test waiting on the archive would
+                // otherwise only see it stall.
+                eprintln!("the sink stopped with an error: {e:#}");
+                e.to_string()
+            })
         }));
     }
 
