@@ -15,8 +15,8 @@ use object_store::ObjectStoreExt;
 use crate::error::storage;
 use crate::store::{get_bytes, list};
 use crate::{
-    layout, list_checkpoints, partitions, read, sha256_hex, Checkpoint, CheckpointError,
-    DeletesRef, SegmentRef, READ_CONCURRENCY,
+    layout, list_checkpoints, partitions, read, sha256_hex, verify_chain, Checkpoint,
+    CheckpointError, DeletesRef, SegmentRef, READ_CONCURRENCY,
 };
 
 /// Fetches a segment and checks it against its checkpoint's size and
@@ -104,23 +104,31 @@ async fn named_segments(
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
-        let mut checkpoints: Vec<Checkpoint> = checkpoints.into_iter().flatten().collect();
-        // A manifest that does not read names nothing and covers nothing:
-        // the read below then fails the chain, so no orphan is "covered".
+        let objects: Vec<Checkpoint> = checkpoints.into_iter().flatten().collect();
+        // A manifest that does not read names nothing and covers nothing
+        // (the partition's end is then unknown: no orphan is "covered").
         let manifest = crate::newest_manifest(store, table, p).await;
-        if let Ok(Some(m)) = &manifest {
-            checkpoints.extend(m.checkpoints.iter().cloned());
-        }
-        named.extend(checkpoints.iter().flat_map(|c| {
+        let copies = match &manifest {
+            Ok(Some(m)) => m.checkpoints.as_slice(),
+            _ => &[],
+        };
+        named.extend(objects.iter().chain(copies).flat_map(|c| {
             c.segment
                 .as_ref()
                 .map(|s| s.path.clone())
                 .into_iter()
                 .chain(c.deletes.as_ref().map(|d| d.path.clone()))
         }));
-        // The chain as readers see it (manifest, then the tail).
-        let end = match (&manifest, crate::read_chain(store, table, p).await) {
-            (Ok(_), Ok(chain)) => chain.end(),
+        // The chain as readers see it, from what was just read (no second
+        // read): the manifest's copies, then the objects after it.
+        let after = copies.last().map_or(i64::MIN, |c| c.last_offset);
+        let chain: Vec<Checkpoint> = copies
+            .iter()
+            .cloned()
+            .chain(objects.into_iter().filter(|c| c.first_offset > after))
+            .collect();
+        let end = match (&manifest, verify_chain(table, p, &chain)) {
+            (Ok(_), Ok(())) => chain.last().map(|c| c.last_offset),
             _ => None,
         };
         ends.insert(p, end);
