@@ -137,6 +137,15 @@ async fn read_listed(
             },
         })?;
     let c: Checkpoint = parse(&path, &bytes)?;
+    if c.merged.is_some() {
+        return Err(CheckpointError::Broken {
+            table: table.to_owned(),
+            partition,
+            previous: path.to_string(),
+            next: path.to_string(),
+            reason: "a checkpoint object says it merges checkpoints (only manifests do)".into(),
+        });
+    }
     if c.first_offset != first {
         return Err(CheckpointError::Broken {
             table: table.to_owned(),
@@ -233,6 +242,27 @@ pub async fn partitions(store: &ArchiveStore, table: &str) -> Result<Vec<i32>, C
     Ok(parts)
 }
 
+/// Where a partition's chain ends, from object names alone (no read): the
+/// first offset of its last checkpoint, and whether that checkpoint is the
+/// newest manifest's last (`true`) or one named after it (`false`).
+/// `None`: the partition has no checkpoint.
+pub async fn head(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<Option<(i64, bool)>, CheckpointError> {
+    let named = crate::manifest::newest_manifest_end(store, table, partition).await?;
+    let tail = match named {
+        Some((end, _)) => list_checkpoints_after(store, table, partition, end).await?,
+        None => list_checkpoints(store, table, partition).await?,
+    };
+    Ok(match (tail.last(), named) {
+        (Some(&first), _) => Some((first, false)),
+        (None, Some((_, tail_first))) => Some((tail_first, true)),
+        (None, None) => None,
+    })
+}
+
 /// The latest checkpoint of a partition (by name; not chain-verified):
 /// the last one named after the newest manifest, or else the manifest's
 /// last (both found from the manifest's name, without reading it; the
@@ -242,19 +272,14 @@ pub async fn latest(
     table: &str,
     partition: i32,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    let named = crate::manifest::newest_manifest_end(store, table, partition).await?;
-    let tail = match named {
-        Some((end, _)) => list_checkpoints_after(store, table, partition, end).await?,
-        None => list_checkpoints(store, table, partition).await?,
-    };
-    match (tail.last(), named) {
-        (Some(&first), _) => read(store, table, partition, first).await,
-        (None, Some((_, tail_first))) => match read(store, table, partition, tail_first).await? {
+    match head(store, table, partition).await? {
+        Some((first, false)) => read(store, table, partition, first).await,
+        Some((first, true)) => match read(store, table, partition, first).await? {
             Some(c) => Ok(Some(c)),
             None => Ok(crate::newest_manifest(store, table, partition)
                 .await?
                 .and_then(|mut m| m.checkpoints.pop())),
         },
-        (None, None) => Ok(None),
+        None => Ok(None),
     }
 }

@@ -121,28 +121,11 @@ pub async fn read_idle_progress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Counts;
 
     fn checkpoint(last: i64, resolved: Option<Hlc>) -> Checkpoint {
         Checkpoint {
-            format_version: FORMAT_VERSION,
-            table: "t".into(),
-            topic: "t".into(),
-            partition: 1,
-            partitions: 2,
-            first_offset: 0,
-            last_offset: last,
-            segment: None,
-            deletes: None,
-            counts: Counts::default(),
-            min_updated: None,
-            max_updated: None,
             resolved,
-            writer_id: "w".into(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            key_filter: None,
-            open_tail_xid: None,
-            last_message: None,
+            ..crate::record::test_checkpoint(0, last)
         }
     }
 

@@ -82,6 +82,11 @@ pub fn parse_manifest_name(path: &str) -> Option<(i64, i64)> {
     Some((offset(last)?, offset(first)?))
 }
 
+/// `<table>/gc/<gc-id>.json`: the record of one gc (what it removed).
+pub fn gc_path(table: &str, gc_id: &str) -> String {
+    format!("{table}/gc/{gc_id}.json")
+}
+
 /// `<table>/progress/p<partition>.json`: the partition's idle progress
 /// (one object per partition, replaced in place).
 pub fn progress_path(table: &str, partition: i32) -> String {

@@ -26,9 +26,11 @@
 //! - `purge_record`: the purger's per-checkpoint [`PurgeRecord`].
 //! - `idle`: a partition's [`IdleProgress`] through resolved-only offsets.
 //! - `manifest`: a chain prefix in one object ([`Manifest`]), read first.
+//! - `gc`: removing what a manifest superseded, with a record ([`plan_gc`]).
 
 mod chain;
 mod error;
+mod gc;
 mod idle;
 pub mod key_filter;
 pub mod layout;
@@ -40,12 +42,16 @@ mod store;
 mod watermark;
 
 pub use chain::{
-    latest, list_checkpoints, list_checkpoints_after, partitions, read_chain, verify_chain, Chain,
-    READ_CONCURRENCY,
+    head, latest, list_checkpoints, list_checkpoints_after, partitions, read_chain, verify_chain,
+    Chain, READ_CONCURRENCY,
 };
 pub use error::CheckpointError;
+pub use gc::{plan_gc, run_gc, GcItem, GcKept, GcPlan, GcRecord, GC_FORMAT_VERSION};
 pub use idle::{raise, read_idle_progress, write_idle_progress, IdleProgress};
-pub use manifest::{newest_manifest, newest_manifest_end, plan_manifest, write_manifest, Manifest};
+pub use manifest::{
+    newest_manifest, newest_manifest_end, plan_manifest, write_manifest, Manifest,
+    MANIFEST_FORMAT_VERSION,
+};
 pub use purge_record::{read_purge_record, write_purge_record, PurgeRecord, PurgeWrite};
 pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,

@@ -1,8 +1,12 @@
 //! Manifests (`<table>/manifests/p<partition>/<last:020>-<tail_first:020>.json`): a
-//! partition's chain from its start up to `last_offset`, the checkpoints
-//! copied verbatim into one object, so that a reader fetches one manifest
-//! and then only the checkpoints after it, instead of every checkpoint of
-//! the chain's history.
+//! partition's chain from its start up to `last_offset` in one object, so
+//! that a reader fetches one manifest and then only the checkpoints after
+//! it, instead of every checkpoint of the chain's history. Checkpoints that
+//! name a file are copied verbatim; a run of consecutive checkpoints that
+//! name none (idle time) is merged into one entry
+//! ([`Checkpoint::merged`]), so a manifest's size follows the archive's
+//! files, not its age. The last checkpoint is always copied verbatim (its
+//! object is the one `latest` reads, and `gc` keeps it).
 //!
 //! Guarantee: a manifest is written only from a chain read and verified
 //! contiguous ([`crate::read_chain`]), with a conditional create that never
@@ -19,13 +23,19 @@ use cdc_common::storage::ArchiveStore;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{create_object, get_bytes, list, parse};
-use crate::{layout, verify_chain, Checkpoint, CheckpointError, Created, FORMAT_VERSION};
+use crate::{layout, verify_chain, Checkpoint, CheckpointError, Counts, Created};
+
+/// The manifest format this crate writes: 2, with merged runs of
+/// checkpoints that name no file. Format 1 (every checkpoint verbatim,
+/// written by the version before) is read too.
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
 
 /// A partition's chain up to `last_offset`, in one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Always [`FORMAT_VERSION`].
+    /// [`MANIFEST_FORMAT_VERSION`] (1 in manifests written before merged
+    /// runs existed).
     pub format_version: u32,
     /// Archive table.
     pub table: String,
@@ -35,17 +45,63 @@ pub struct Manifest {
     pub first_offset: i64,
     /// Last offset covered (names the object).
     pub last_offset: i64,
-    /// The chain's checkpoints, in offset order, as stored. (Nothing else:
-    /// a manifest is a function of the chain prefix it copies, so two
-    /// compactions of one prefix write the same bytes.)
+    /// The chain's checkpoints, in offset order: as stored, or merged runs
+    /// of checkpoints that name no file. (Nothing else: a manifest is a
+    /// function of the chain prefix it holds, so two compactions of one
+    /// prefix write the same bytes.)
     pub checkpoints: Vec<Checkpoint>,
 }
 
+/// Whether `next` may join the merged run that `prev` ends: both name no
+/// file and they agree on topic and partition count.
+fn mergeable(prev: &Checkpoint, next: &Checkpoint) -> bool {
+    prev.names_no_file()
+        && next.names_no_file()
+        && prev.topic == next.topic
+        && prev.partitions == next.partitions
+}
+
+/// `prev` and `next` (contiguous, [`mergeable`]) as one entry.
+fn merge(prev: Checkpoint, next: Checkpoint) -> Checkpoint {
+    let (a, b) = (prev.counts, next.counts);
+    Checkpoint {
+        first_offset: prev.first_offset,
+        counts: Counts {
+            events: a.events + b.events,
+            rows_archived: 0,
+            deletes: a.deletes + b.deletes,
+            not_archived: a.not_archived + b.not_archived,
+            resolved: a.resolved + b.resolved,
+            quarantined: a.quarantined + b.quarantined,
+        },
+        resolved: next.resolved.or(prev.resolved),
+        merged: Some(prev.checkpoint_count() + next.checkpoint_count()),
+        ..next
+    }
+}
+
+/// Merges each run of consecutive checkpoints that name no file into one
+/// entry, except the last checkpoint, which stays as stored.
+fn merge_runs(checkpoints: Vec<Checkpoint>) -> Vec<Checkpoint> {
+    let last = checkpoints.len().saturating_sub(1);
+    let mut out: Vec<Checkpoint> = Vec::with_capacity(checkpoints.len());
+    for (i, c) in checkpoints.into_iter().enumerate() {
+        match out.pop() {
+            Some(prev) if i < last && mergeable(&prev, &c) => out.push(merge(prev, c)),
+            Some(prev) => out.extend([prev, c]),
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 impl Manifest {
-    /// A manifest of `checkpoints` (a verified chain, not empty).
+    /// A manifest of `checkpoints` (a verified chain, not empty), runs of
+    /// checkpoints that name no file merged.
     pub fn of(table: &str, partition: i32, checkpoints: Vec<Checkpoint>) -> Self {
+        let checkpoints = merge_runs(checkpoints);
         Manifest {
-            format_version: FORMAT_VERSION,
+            format_version: MANIFEST_FORMAT_VERSION,
             table: table.to_owned(),
             partition,
             first_offset: checkpoints.first().map_or(0, |c| c.first_offset),
@@ -86,10 +142,24 @@ impl Manifest {
             next: path.clone(),
             reason,
         };
-        if self.format_version != FORMAT_VERSION {
+        if !(1..=MANIFEST_FORMAT_VERSION).contains(&self.format_version) {
             return Err(broken(format!(
-                "manifest format_version {} is not {FORMAT_VERSION}",
+                "manifest format_version {} is not one this version reads (1 to {MANIFEST_FORMAT_VERSION})",
                 self.format_version
+            )));
+        }
+        let last_index = self.checkpoints.len().saturating_sub(1);
+        if let Some((i, c)) = self.checkpoints.iter().enumerate().find(|(i, c)| {
+            c.merged.is_some()
+                && (self.format_version < 2
+                    || c.merged < Some(2)
+                    || !c.names_no_file()
+                    || *i == last_index)
+        }) {
+            return Err(broken(format!(
+                "entry {i} ({}) merges {:?} checkpoints: only format 2 merges, only runs of two or more that name no file, never the last",
+                c.path(),
+                c.merged
             )));
         }
         let (Some(first), Some(last)) = (self.checkpoints.first(), self.checkpoints.last()) else {
@@ -113,6 +183,30 @@ impl Manifest {
             )));
         }
         verify_chain(table, partition, &self.checkpoints)
+    }
+
+    /// Whether `object` (a checkpoint object of this partition) is what
+    /// this manifest holds for its offsets: `None` when it lies after the
+    /// manifest; otherwise whether it is a verbatim entry, or lies inside a
+    /// merged entry and, like it, names no file.
+    pub fn represents(&self, object: &Checkpoint) -> Option<bool> {
+        if object.first_offset > self.last_offset {
+            return None;
+        }
+        let i = self
+            .checkpoints
+            .partition_point(|e| e.first_offset <= object.first_offset);
+        let Some(entry) = i.checked_sub(1).map(|i| &self.checkpoints[i]) else {
+            return Some(false);
+        };
+        Some(match entry.merged {
+            None => entry == object,
+            Some(_) => {
+                object.merged.is_none()
+                    && object.last_offset <= entry.last_offset
+                    && mergeable(entry, object)
+            }
+        })
     }
 }
 
@@ -185,5 +279,129 @@ pub async fn plan_manifest(
             Ok(Some(Manifest::of(table, partition, chain.checkpoints)))
         }
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::test_checkpoint;
+    use crate::SegmentRef;
+    use cdc_types::Hlc;
+
+    fn idle(first: i64, resolved: i64) -> Checkpoint {
+        Checkpoint {
+            counts: Counts {
+                events: 10,
+                resolved: 1,
+                ..Counts::default()
+            },
+            resolved: Some(Hlc::new(resolved, 0)),
+            created_at: format!("2026-01-01T00:00:{:02}Z", first / 10),
+            last_message: Some(format!("m{first}")),
+            ..test_checkpoint(first, first + 9)
+        }
+    }
+
+    fn with_segment(first: i64) -> Checkpoint {
+        Checkpoint {
+            segment: Some(SegmentRef::describe(format!("s{first}"), b"x", 1, vec![])),
+            counts: Counts {
+                events: 10,
+                rows_archived: 1,
+                ..Counts::default()
+            },
+            ..test_checkpoint(first, first + 9)
+        }
+    }
+
+    fn shape(m: &Manifest) -> Vec<(i64, i64, Option<u64>)> {
+        m.checkpoints
+            .iter()
+            .map(|c| (c.first_offset, c.last_offset, c.merged))
+            .collect()
+    }
+
+    #[test]
+    fn runs_that_name_no_file_merge_except_the_last() {
+        // The topic grew to 3 partitions at offset 60: a run ends there.
+        let mut grown = idle(60, 6);
+        grown.partitions = 3;
+        let mut grown_too = idle(70, 7);
+        grown_too.partitions = 3;
+        let chain = vec![
+            idle(0, 0),
+            idle(10, 1),
+            with_segment(20),
+            idle(30, 3),
+            idle(40, 4),
+            idle(50, 5),
+            grown,
+            grown_too,
+            idle(80, 8),
+        ];
+        let m = Manifest::of("t", 1, chain.clone());
+        assert_eq!(
+            shape(&m),
+            [
+                (0, 19, Some(2)),
+                (20, 29, None),
+                (30, 59, Some(3)),
+                (60, 79, Some(2)),
+                (80, 89, None),
+            ]
+        );
+        let run = &m.checkpoints[2];
+        assert_eq!(run.counts.events, 30);
+        assert_eq!(run.counts.resolved, 3);
+        assert_eq!(run.resolved, Some(Hlc::new(5, 0)));
+        assert_eq!(run.last_message.as_deref(), Some("m50"));
+        assert_eq!(run.created_at, chain[5].created_at);
+        assert_eq!(m.checkpoints[1], chain[2]);
+        assert_eq!(m.checkpoints[4], chain[8]);
+        assert_eq!(m.tail_first(), 80);
+        m.check("t", 1, (89, 80)).unwrap();
+        // Compacting the compacted chain again merges nothing new.
+        assert_eq!(Manifest::of("t", 1, m.checkpoints.clone()), m);
+        // A single checkpoint that names no file is not "merged".
+        let one = Manifest::of("t", 1, vec![idle(0, 0), with_segment(10), idle(20, 2)]);
+        assert_eq!(shape(&one), [(0, 9, None), (10, 19, None), (20, 29, None)]);
+    }
+
+    #[test]
+    fn represents_tells_held_objects_from_others() {
+        let chain = vec![idle(0, 0), idle(10, 1), with_segment(20), idle(30, 3)];
+        let m = Manifest::of("t", 1, chain.clone());
+        for c in &chain {
+            assert_eq!(m.represents(c), Some(true), "{c:?}");
+        }
+        assert_eq!(m.represents(&idle(40, 4)), None);
+        let mut altered = chain[2].clone();
+        altered.counts.rows_archived = 2;
+        assert_eq!(m.represents(&altered), Some(false));
+        // Inside a merged run, an object that names a file is not held.
+        assert_eq!(m.represents(&with_segment(10)), Some(false));
+        let mut merged_object = chain[1].clone();
+        merged_object.merged = Some(2);
+        assert_eq!(m.represents(&merged_object), Some(false));
+    }
+
+    #[test]
+    fn check_refuses_merges_it_cannot_trust() {
+        let chain = vec![idle(0, 0), idle(10, 1), idle(20, 2)];
+        let good = Manifest::of("t", 1, chain);
+        good.check("t", 1, (29, 20)).unwrap();
+        let mut v1 = good.clone();
+        v1.format_version = 1;
+        assert!(v1.check("t", 1, (29, 20)).is_err());
+        let mut one = good.clone();
+        one.checkpoints[0].merged = Some(1);
+        assert!(one.check("t", 1, (29, 20)).is_err());
+        let mut last = good.clone();
+        last.checkpoints[1].merged = Some(1);
+        assert!(last.check("t", 1, (29, 20)).is_err());
+        let mut future = good;
+        future.format_version = MANIFEST_FORMAT_VERSION + 1;
+        assert!(future.check("t", 1, (29, 20)).is_err());
     }
 }

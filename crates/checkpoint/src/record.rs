@@ -150,12 +150,37 @@ pub struct Checkpoint {
     /// Absent from checkpoints written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message: Option<String>,
+    /// Manifests only: this entry stands for that many consecutive
+    /// checkpoints that named no file (see [`Checkpoint::names_no_file`]),
+    /// merged by compaction (offsets, counts summed; resolved, writer, time
+    /// and last message of the last one). Never in a checkpoint object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<u64>,
 }
 
 impl Checkpoint {
     /// Path of this checkpoint relative to the archive root.
     pub fn path(&self) -> String {
         layout::checkpoint_path(&self.table, self.partition, self.first_offset)
+    }
+
+    /// Whether it names no file: no segment, no delete file, no key filter,
+    /// no archived row and no transaction left open. Runs of such
+    /// checkpoints (idle time: resolved timestamps only) are what a
+    /// manifest merges into one entry.
+    pub fn names_no_file(&self) -> bool {
+        self.segment.is_none()
+            && self.deletes.is_none()
+            && self.key_filter.is_none()
+            && self.open_tail_xid.is_none()
+            && self.counts.rows_archived == 0
+            && self.min_updated.is_none()
+            && self.max_updated.is_none()
+    }
+
+    /// How many checkpoints it stands for (1 unless [`Checkpoint::merged`]).
+    pub fn checkpoint_count(&self) -> u64 {
+        self.merged.unwrap_or(1)
     }
 
     /// Pretty JSON, as stored.
@@ -189,4 +214,31 @@ pub fn message_fingerprint(key: Option<&[u8]>, value: Option<&[u8]>) -> String {
         }
     }
     format!("{h:016x}")
+}
+
+/// A checkpoint of table `t`, partition 1 of 2, offsets `first..=last`,
+/// naming no file (unit tests).
+#[cfg(test)]
+pub(crate) fn test_checkpoint(first: i64, last: i64) -> Checkpoint {
+    Checkpoint {
+        format_version: crate::FORMAT_VERSION,
+        table: "t".into(),
+        topic: "t".into(),
+        partition: 1,
+        partitions: 2,
+        first_offset: first,
+        last_offset: last,
+        segment: None,
+        deletes: None,
+        counts: Counts::default(),
+        min_updated: None,
+        max_updated: None,
+        resolved: None,
+        writer_id: "w".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        key_filter: None,
+        open_tail_xid: None,
+        last_message: None,
+        merged: None,
+    }
 }

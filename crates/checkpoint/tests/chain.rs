@@ -39,6 +39,7 @@ fn checkpoint(
         key_filter: None,
         open_tail_xid: None,
         last_message: None,
+        merged: None,
     }
 }
 
@@ -417,15 +418,46 @@ async fn manifests(store: &ArchiveStore) {
         .await
         .unwrap()
         .expect("a plan");
+    // Runs of checkpoints that name no file are merged (offsets and counts
+    // summed, the last one's resolved); the one with a segment and the
+    // last are copied as stored.
     assert_eq!(
         (m.first_offset, m.last_offset, m.checkpoints.len()),
-        (0, 119, 12)
+        (0, 119, 4)
     );
+    let merged = |e: &Checkpoint| {
+        (
+            e.first_offset,
+            e.last_offset,
+            e.merged,
+            e.counts.events,
+            e.counts.resolved,
+            e.resolved,
+        )
+    };
+    assert_eq!(
+        merged(&m.checkpoints[0]),
+        (0, 49, Some(5), 50, 5, Some(Hlc::new(104, 0)))
+    );
+    assert_eq!(m.checkpoints[1], chain[5]);
+    assert_eq!(
+        merged(&m.checkpoints[2]),
+        (60, 109, Some(5), 50, 5, Some(Hlc::new(110, 0)))
+    );
+    assert_eq!(m.checkpoints[3], chain[11]);
+    // Readers now take the manifest's entries: the same offsets, segments
+    // and resolved timestamps as the objects.
+    let compacted = |tail: &[Checkpoint]| -> Vec<Checkpoint> {
+        m.checkpoints.iter().chain(tail).cloned().collect()
+    };
     assert_eq!(write_manifest(store, &m).await.unwrap(), Created::Created);
     assert_eq!(
         write_manifest(store, &m).await.unwrap(),
         Created::AlreadyThere
     );
+    let read = read_chain(store, &table, 0).await.unwrap();
+    assert_eq!(read.checkpoints, compacted(&[]));
+    assert_eq!(read.resolved(), before.resolved());
     assert!(plan_manifest(store, &table, 0).await.unwrap().is_none());
     // No tail yet: the latest is the manifest's last.
     assert_eq!(
@@ -453,7 +485,7 @@ async fn manifests(store: &ArchiveStore) {
         store.store.delete(&store.path(&c.path())).await.unwrap();
     }
     let after = read_chain(store, &table, 0).await.unwrap();
-    assert_eq!(after.checkpoints, chain);
+    assert_eq!(after.checkpoints, compacted(&chain[12..]));
     assert_eq!(
         latest(store, &table, 0).await.unwrap().as_ref(),
         chain.last()
@@ -483,6 +515,195 @@ async fn manifests(store: &ArchiveStore) {
     ));
 }
 
+/// A manifest written by the version before merged runs (format 1, every
+/// checkpoint verbatim) still reads; format 1 with a merged entry, or a
+/// merged entry that names a file, is refused.
+async fn manifest_formats(store: &ArchiveStore) {
+    let table = cdc_tests::unique("manifest_v1");
+    let chain: Vec<Checkpoint> = (0..4i64)
+        .map(|i| {
+            checkpoint(
+                &table,
+                0,
+                i * 10,
+                i * 10 + 9,
+                Some(Hlc::new(100 + i, 0)),
+                "w",
+            )
+        })
+        .collect();
+    for c in &chain {
+        create(store, c).await.unwrap();
+    }
+    let v1 = Manifest {
+        format_version: 1,
+        table: table.clone(),
+        partition: 0,
+        first_offset: 0,
+        last_offset: 39,
+        checkpoints: chain.clone(),
+    };
+    put(store, &v1.path(), serde_json::to_vec(&v1).unwrap()).await;
+    assert_eq!(
+        read_chain(store, &table, 0).await.unwrap().checkpoints,
+        chain
+    );
+    // Format 1 does not merge.
+    let mut bad = Manifest::of(&table, 0, chain.clone());
+    assert_eq!(bad.checkpoints[0].merged, Some(3));
+    bad.format_version = 1;
+    let table2 = cdc_tests::unique("manifest_v1_merged");
+    let rename = |m: &mut Manifest, t: &str| {
+        m.table = t.to_owned();
+        for c in &mut m.checkpoints {
+            c.table = t.to_owned();
+        }
+    };
+    rename(&mut bad, &table2);
+    put(store, &bad.path(), serde_json::to_vec(&bad).unwrap()).await;
+    assert!(matches!(
+        read_chain(store, &table2, 0).await,
+        Err(CheckpointError::Broken { .. })
+    ));
+    // A merged entry that names a segment is refused.
+    let table3 = cdc_tests::unique("manifest_merged_segment");
+    let mut bad = Manifest::of(&table3, 0, chain.clone());
+    rename(&mut bad, &table3);
+    bad.checkpoints[0].segment = Some(SegmentRef::describe("x".into(), b"x", 1, vec![]));
+    put(store, &bad.path(), serde_json::to_vec(&bad).unwrap()).await;
+    assert!(matches!(
+        read_chain(store, &table3, 0).await,
+        Err(CheckpointError::Broken { .. })
+    ));
+}
+
+/// `gc` after a compaction: it removes only what the newest manifest holds
+/// (never its last checkpoint), superseded manifests and covered orphans,
+/// all older than the safety age, records it first, keeps a checkpoint
+/// object that differs from the manifest, and readers see the same chain
+/// before and after.
+async fn gc_after_compaction(store: &ArchiveStore) {
+    let table = cdc_tests::unique("gc");
+    let mut chain = Vec::new();
+    for i in 0..8i64 {
+        let mut c = checkpoint(
+            &table,
+            0,
+            i * 10,
+            i * 10 + 9,
+            Some(Hlc::new(100 + i, 0)),
+            "w",
+        );
+        if i == 2 || i == 5 {
+            let path = layout::segment_path(&table, 0, i * 10, i * 10 + 9, "g");
+            put(store, &path, b"rows".to_vec()).await;
+            c.segment = Some(SegmentRef::describe(path, b"rows", 1, vec![]));
+            c.counts.rows_archived = 1;
+        }
+        create(store, &c).await.unwrap();
+        chain.push(c);
+    }
+    // A covered orphan (a crashed upload of offsets 20..=29).
+    let orphan = layout::segment_path(&table, 0, 20, 29, "crashed");
+    put(store, &orphan, b"lost upload".to_vec()).await;
+    let m = plan_manifest(store, &table, 0).await.unwrap().unwrap();
+    write_manifest(store, &m).await.unwrap();
+    let before = read_chain(store, &table, 0).await.unwrap();
+
+    // The manifest is younger than the safety age: nothing is planned.
+    let young = plan_gc(store, &table, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(young.remove.is_empty(), "{young:?}");
+    assert!(young.kept.iter().any(|k| k.path == m.path()));
+
+    // A checkpoint object that differs from its copy is kept.
+    let mut tampered = chain[2].clone();
+    tampered.counts.rows_archived = 7;
+    put(store, &tampered.path(), tampered.to_json()).await;
+
+    let plan = plan_gc(store, &table, Duration::ZERO).await.unwrap();
+    let planned: Vec<&str> = plan.remove.iter().map(|i| i.path.as_str()).collect();
+    let mut expected: Vec<String> = [0usize, 1, 3, 4, 5, 6]
+        .iter()
+        .map(|&i| chain[i].path())
+        .collect();
+    expected.push(orphan.clone());
+    expected.sort();
+    assert_eq!(planned, expected);
+    assert!(plan
+        .kept
+        .iter()
+        .any(|k| k.path == chain[2].path() && k.reason.contains("differs")));
+    put(store, &chain[2].path(), chain[2].to_json()).await;
+
+    let record = run_gc(store, &plan, "test-1").await.unwrap();
+    let stored: GcRecord = serde_json::from_slice(
+        &store
+            .store
+            .get(&store.path(&layout::gc_path(&table, "test-1")))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored, record);
+    assert_eq!(stored.removed, plan.remove);
+    for path in &expected {
+        assert!(store.store.head(&store.path(path)).await.is_err(), "{path}");
+    }
+    // Readers see the same chain; the segments only the manifest names
+    // are no orphans; the partition is still listed; latest still reads.
+    assert_eq!(read_chain(store, &table, 0).await.unwrap(), before);
+    assert!(orphans(store, &table).await.unwrap().is_empty());
+    assert_eq!(partitions(store, &table).await.unwrap(), vec![0]);
+    assert_eq!(
+        latest(store, &table, 0).await.unwrap().as_ref(),
+        chain.last()
+    );
+    assert_eq!(head(store, &table, 0).await.unwrap(), Some((70, true)));
+    // Resumable: a second plan finds only what the first kept on purpose.
+    let again = plan_gc(store, &table, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        again.remove.iter().map(|i| &i.path).collect::<Vec<_>>(),
+        vec![&chain[2].path()]
+    );
+
+    // The chain grows and is compacted again: the older manifest and the
+    // old last checkpoint go; the new last stays.
+    for i in 8..11i64 {
+        let c = checkpoint(
+            &table,
+            0,
+            i * 10,
+            i * 10 + 9,
+            Some(Hlc::new(100 + i, 0)),
+            "w",
+        );
+        create(store, &c).await.unwrap();
+        chain.push(c);
+    }
+    let m2 = plan_manifest(store, &table, 0).await.unwrap().unwrap();
+    write_manifest(store, &m2).await.unwrap();
+    let before = read_chain(store, &table, 0).await.unwrap();
+    let plan = plan_gc(store, &table, Duration::ZERO).await.unwrap();
+    let planned: Vec<&str> = plan.remove.iter().map(|i| i.path.as_str()).collect();
+    let mut expected = vec![
+        chain[2].path(),
+        chain[7].path(),
+        chain[8].path(),
+        chain[9].path(),
+        m.path(),
+    ];
+    expected.sort();
+    assert_eq!(planned, expected);
+    run_gc(store, &plan, "test-2").await.unwrap();
+    assert_eq!(read_chain(store, &table, 0).await.unwrap(), before);
+    assert_eq!(head(store, &table, 0).await.unwrap(), Some((100, true)));
+}
+
 fn manifest_path_of(table: &str, partition: i32, last: i64, tail_first: i64) -> String {
     layout::manifest_path(table, partition, last, tail_first)
 }
@@ -498,6 +719,8 @@ async fn local_file_system() {
     purge_records(&store).await;
     conditional_create_is_honoured(&store).await;
     manifests(&store).await;
+    manifest_formats(&store).await;
+    gc_after_compaction(&store).await;
 }
 
 #[tokio::test]
@@ -511,4 +734,6 @@ async fn s3_compatible_server() {
     purge_records(&store).await;
     conditional_create_is_honoured(&store).await;
     manifests(&store).await;
+    manifest_formats(&store).await;
+    gc_after_compaction(&store).await;
 }

@@ -22,15 +22,13 @@ use crate::{
 };
 
 /// Per partition, the first offset of its last checkpoint: where the
-/// chains ended before this run. Object names only (a listing, no reads).
+/// chains ended before this run. Object names only (the newest manifest's
+/// name and a listing after it, no reads).
 async fn chain_heads(store: &ArchiveStore, table: &str) -> Option<BTreeMap<i32, i64>> {
     let read = async {
         let mut heads = BTreeMap::new();
         for p in cdc_checkpoint::partitions(store, table).await? {
-            if let Some(&last) = cdc_checkpoint::list_checkpoints(store, table, p)
-                .await?
-                .last()
-            {
+            if let Some((last, _)) = cdc_checkpoint::head(store, table, p).await? {
                 heads.insert(p, last);
             }
         }

@@ -427,6 +427,7 @@ impl Sink {
             key_filter,
             open_tail_xid,
             last_message,
+            merged: None,
         };
         (|| cdc_checkpoint::create(&self.store, &checkpoint))
             .retry(self.config.retry.backoff())

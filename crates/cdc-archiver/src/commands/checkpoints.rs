@@ -10,6 +10,11 @@
 //! - `compact [--table T] [--yes]`: a manifest per partition of its whole
 //!   chain, so readers fetch one object and then only the checkpoints after
 //!   it. Prints the plan; writes only with `--yes`.
+//! - `gc [--table T] [--older-than AGE] [--yes] [--json]`: what the
+//!   newest manifests superseded (checkpoint objects they hold, older
+//!   manifests) and orphans the chain covers, older than the safety age.
+//!   Prints the plan; with `--yes` records it under `<table>/gc/` and then
+//!   removes it.
 //! - `verify [--table T] [--since T|AGE] [--json]`: re-reads every segment
 //!   and delete file (of checkpoints written since `--since`) against its
 //!   checkpoint, and every chain's continuity. Exit 7 on any finding.
@@ -73,6 +78,27 @@ pub enum CheckpointsAction {
         /// Write the manifests (without it: only say what would be written).
         #[arg(long)]
         yes: bool,
+    },
+    /// Removes what the newest manifests superseded (the checkpoint objects
+    /// they hold, except each one's last; older manifests) and orphan
+    /// segments the chain covers, all older than --older-than. Prints the
+    /// plan; with --yes first records it as <table>/gc/<id>.json, then
+    /// removes it. Run `compact --yes` first; readers of versions before
+    /// manifests existed cannot read a chain after gc.
+    Gc {
+        /// The table's name in the archive (default: every table in it).
+        #[arg(long)]
+        table: Option<String>,
+        /// Safety age: nothing younger is removed, and nothing a manifest
+        /// younger than this supersedes.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Remove (without it: only say what would be removed).
+        #[arg(long)]
+        yes: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-reads every segment and delete file against its checkpoint (size,
     /// SHA-256, table, partition, offsets, record count, columns) and every
@@ -161,8 +187,12 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
                         continue;
                     };
                     let what = format!(
-                        "{} ({} checkpoint(s), offsets {}..={})",
+                        "{} ({} checkpoint(s) in {} entries, offsets {}..={})",
                         m.path(),
+                        m.checkpoints
+                            .iter()
+                            .map(|c| c.checkpoint_count())
+                            .sum::<u64>(),
                         m.checkpoints.len(),
                         m.first_offset,
                         m.last_offset
@@ -175,6 +205,38 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
                     } else {
                         println!("{t} p{p}: would write {what} (--yes writes it)");
                     }
+                }
+            }
+            Ok(Exit::Success.into())
+        }
+        CheckpointsAction::Gc {
+            table,
+            older_than,
+            yes,
+            json,
+        } => {
+            for t in tables(&store, table).await? {
+                let plan = cdc_checkpoint::plan_gc(&store, &t, older_than)
+                    .await
+                    .with_context(|| format!("planning the gc of table {t}"))?;
+                let record = if yes && !plan.remove.is_empty() {
+                    let id = format!(
+                        "{}-{}",
+                        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+                        &uuid::Uuid::new_v4().simple().to_string()[..8]
+                    );
+                    cdc_checkpoint::run_gc(&store, &plan, &id)
+                        .await
+                        .with_context(|| format!("gc of table {t}"))?;
+                    Some(cdc_checkpoint::layout::gc_path(&t, &id))
+                } else {
+                    None
+                };
+                if json {
+                    let out = serde_json::json!({"plan": plan, "record": record});
+                    println!("{}", serde_json::to_string(&out)?);
+                } else {
+                    print_gc(&plan, record.as_deref(), yes);
                 }
             }
             Ok(Exit::Success.into())
@@ -290,4 +352,33 @@ fn print_verify(r: &VerifyReport) {
         r.table, r.checkpoints, r.segments, r.rows, r.delete_files, r.deletes, r.bytes
     );
     print_findings(&r.findings);
+}
+
+fn print_gc(plan: &cdc_checkpoint::GcPlan, record: Option<&str>, yes: bool) {
+    let bytes: u64 = plan.remove.iter().map(|i| i.size).sum();
+    let verb = match (record, yes) {
+        (Some(_), _) => "removed",
+        (None, true) => "nothing to remove:",
+        (None, false) => "would remove",
+    };
+    println!(
+        "table {}: {verb} {} object(s), {bytes} bytes (older than {})",
+        plan.table,
+        plan.remove.len(),
+        humantime::format_duration(Duration::from_secs(plan.safety_age_secs))
+    );
+    for i in &plan.remove {
+        println!(
+            "  {} ({} bytes, {}): {}",
+            i.path, i.size, i.last_modified, i.reason
+        );
+    }
+    for k in &plan.kept {
+        println!("  kept {}: {}", k.path, k.reason);
+    }
+    match record {
+        Some(r) => println!("record: {r}"),
+        None if !yes && !plan.remove.is_empty() => println!("(--yes records and removes them)"),
+        None => {}
+    }
 }

@@ -39,8 +39,9 @@ pub struct IdleView {
 pub struct PartitionReport {
     /// Partition.
     pub partition: i32,
-    /// Checkpoints read.
-    pub checkpoints: usize,
+    /// Checkpoints in the chain (a manifest's merged run counts as the
+    /// checkpoints it stands for).
+    pub checkpoints: u64,
     /// First offset of the chain.
     pub first_offset: Option<i64>,
     /// Last offset of the chain.
@@ -127,7 +128,7 @@ pub async fn list(
         }
         partitions.push(PartitionReport {
             partition: p,
-            checkpoints: checkpoints.len(),
+            checkpoints: checkpoints.iter().map(|c| c.checkpoint_count()).sum(),
             first_offset: checkpoints.first().map(|c| c.first_offset),
             last_offset: checkpoints.last().map(|c| c.last_offset),
             segments: checkpoints.iter().filter(|c| c.segment.is_some()).count(),
@@ -205,8 +206,11 @@ pub struct FileState {
 /// One checkpoint, everything it records, and the state of its files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShowReport {
-    /// The checkpoint as stored.
+    /// The checkpoint as stored (or the newest manifest's entry that holds
+    /// its offsets, when gc removed the object).
     pub checkpoint: Checkpoint,
+    /// The manifest it was read from, when its object is gone.
+    pub from_manifest: Option<String>,
     /// Its segment, as it is now.
     pub segment: Option<FileState>,
     /// Its delete file, as it is now.
@@ -236,8 +240,23 @@ pub async fn show(store: &ArchiveStore, path: &str) -> Result<Option<ShowReport>
             reason: "not a checkpoint path: expected <table>/checkpoints/p<N>/<first offset, 20 digits>.json".into(),
         });
     };
-    let Some(checkpoint) = cdc_checkpoint::read(store, table, partition, first).await? else {
-        return Ok(None);
+    let (checkpoint, from_manifest) = match cdc_checkpoint::read(store, table, partition, first)
+        .await?
+    {
+        Some(c) => (c, None),
+        None => {
+            let Some(m) = cdc_checkpoint::newest_manifest(store, table, partition).await? else {
+                return Ok(None);
+            };
+            let entry = m.checkpoints.iter().find(|c| {
+                c.first_offset == first
+                    || (c.merged.is_some() && (c.first_offset..=c.last_offset).contains(&first))
+            });
+            match entry {
+                Some(c) => (c.clone(), Some(m.path())),
+                None => return Ok(None),
+            }
+        }
     };
     let state = |path: String, size: u64, sha: String| async move {
         let bytes = match store.store.get(&store.path(&path)).await {
@@ -275,6 +294,7 @@ pub async fn show(store: &ArchiveStore, path: &str) -> Result<Option<ShowReport>
     let purge_record = cdc_checkpoint::read_purge_record(store, table, partition, first).await?;
     Ok(Some(ShowReport {
         checkpoint,
+        from_manifest,
         segment,
         deletes,
         purge_record,

@@ -40,10 +40,57 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// Every checkpoint of a partition, each read on its own, in offset
-/// order, and the findings of reading them: unreadable ones, and each gap
-/// or overlap between neighbours (all of them, not only the first).
+/// A partition's chain as readers see it (the newest manifest's entries,
+/// then the checkpoint objects after it; every object when there is no
+/// usable manifest), in offset order, and the findings of reading it:
+/// every checkpoint object read on its own (unreadable ones), each object
+/// the manifest holds checked against its entry, an unusable manifest, and
+/// each gap or overlap between neighbours (all of them, not only the
+/// first).
 pub(crate) async fn checkpoints_of(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+) -> Result<(Vec<Checkpoint>, Vec<Finding>), CheckpointError> {
+    let (objects, mut findings) = checkpoint_objects(store, table, partition).await?;
+    let manifest = match cdc_checkpoint::newest_manifest(store, table, partition).await {
+        Ok(m) => m,
+        Err(e @ (CheckpointError::Broken { .. } | CheckpointError::Malformed { .. })) => {
+            findings.push(Finding {
+                partition: Some(partition),
+                kind: "unusable_manifest",
+                detail: format!(
+                    "{e} (readers refuse this partition's chain until the manifest is removed; the chain is then read from its checkpoints)"
+                ),
+            });
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let chain = match manifest {
+        None => objects,
+        Some(m) => {
+            findings.extend(objects.iter().filter_map(|c| {
+                (m.represents(c) == Some(false)).then(|| Finding {
+                    partition: Some(partition),
+                    kind: "manifest_mismatch",
+                    detail: format!("{} differs from its entry in {}", c.path(), m.path()),
+                })
+            }));
+            let end = m.last_offset;
+            m.checkpoints
+                .into_iter()
+                .chain(objects.into_iter().filter(|c| c.first_offset > end))
+                .collect()
+        }
+    };
+    findings.extend(continuity(partition, &chain));
+    Ok((chain, findings))
+}
+
+/// Every checkpoint object of a partition, each read on its own, in
+/// offset order, and the unreadable ones as findings.
+async fn checkpoint_objects(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
@@ -85,7 +132,6 @@ pub(crate) async fn checkpoints_of(
             Err(e) => return Err(e),
         }
     }
-    findings.extend(continuity(partition, &checkpoints));
     Ok((checkpoints, findings))
 }
 
@@ -192,6 +238,7 @@ mod tests {
             key_filter: None,
             open_tail_xid: None,
             last_message: None,
+            merged: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! columns, every record's offset in the range). One file at a time, so
 //! memory is bounded by the largest file.
 
-use cdc_checkpoint::{Checkpoint, CheckpointError, Manifest};
+use cdc_checkpoint::{Checkpoint, CheckpointError};
 use cdc_common::storage::ArchiveStore;
 use cdc_segment::reader::Expected;
 use serde::Serialize;
@@ -48,22 +48,10 @@ pub async fn verify(
         ..VerifyReport::default()
     };
     for p in cdc_checkpoint::partitions(store, table).await? {
-        let (mut checkpoints, found) = checkpoints_of(store, table, p).await?;
+        let (checkpoints, found) = checkpoints_of(store, table, p).await?;
         report.findings.extend(found);
-        let (found, manifest) = manifest_findings(store, table, p, &checkpoints).await?;
-        report.findings.extend(found);
-        // Checkpoints whose only copy is in the manifest: their files are
-        // verified too.
-        let objects: std::collections::BTreeSet<i64> =
-            checkpoints.iter().map(|c| c.first_offset).collect();
-        checkpoints.extend(
-            manifest
-                .into_iter()
-                .flat_map(|m| m.checkpoints)
-                .filter(|c| !objects.contains(&c.first_offset)),
-        );
         for c in &checkpoints {
-            report.checkpoints += 1;
+            report.checkpoints += c.checkpoint_count();
             let written = chrono::DateTime::parse_from_rfc3339(&c.created_at).ok();
             // A checkpoint whose time does not parse is verified.
             if since.is_some_and(|s| written.is_some_and(|w| w < s)) {
@@ -73,51 +61,6 @@ pub async fn verify(
         }
     }
     Ok(report)
-}
-
-/// The newest manifest against the checkpoint objects it copies: every
-/// copy must be the stored checkpoint (a removed object is not a finding:
-/// the manifest is then its only copy). An unusable manifest is a finding.
-async fn manifest_findings(
-    store: &ArchiveStore,
-    table: &str,
-    partition: i32,
-    objects: &[Checkpoint],
-) -> Result<(Vec<Finding>, Option<Manifest>), CheckpointError> {
-    let manifest = match cdc_checkpoint::newest_manifest(store, table, partition).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Ok((Vec::new(), None)),
-        Err(e @ (CheckpointError::Broken { .. } | CheckpointError::Malformed { .. })) => {
-            let finding = Finding {
-                partition: Some(partition),
-                kind: "unusable_manifest",
-                detail: format!(
-                    "{e} (readers refuse this partition's chain until the manifest is removed; the chain is then read from its checkpoints)"
-                ),
-            };
-            return Ok((vec![finding], None));
-        }
-        Err(e) => return Err(e),
-    };
-    let findings = manifest
-        .checkpoints
-        .iter()
-        .filter_map(|copy| {
-            let stored = objects
-                .iter()
-                .find(|c| c.first_offset == copy.first_offset)?;
-            (stored != copy).then(|| Finding {
-                partition: Some(partition),
-                kind: "manifest_mismatch",
-                detail: format!(
-                    "{} differs from its copy in {}",
-                    stored.path(),
-                    manifest.path()
-                ),
-            })
-        })
-        .collect();
-    Ok((findings, Some(manifest)))
 }
 
 /// A fetch failure that says the file is damaged or gone (a finding), or
