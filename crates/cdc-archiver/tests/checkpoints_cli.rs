@@ -229,7 +229,6 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
 
     // Damage, one kind each.
     let chain0 = cdc_checkpoint::read_chain(&store, t, 0).await.unwrap();
-    let chain1 = cdc_checkpoint::read_chain(&store, t, 1).await.unwrap();
     let with_rows: Vec<_> = chain0
         .checkpoints
         .iter()
@@ -257,8 +256,21 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
         format!("{dir}/{range}.0rphan000000.avro")
     };
     put(&store, &orphan, get(&store, &copy.path).await).await;
-    // p1: a middle checkpoint removed (a gap); the last one with rows
-    // tampered with (its row count no longer the segment's).
+    // p0: a checkpoint object the manifest holds altered (readers take the
+    // manifest's copy; verify reports the difference).
+    let altered = chain0.checkpoints[0].path();
+    let mut doc: serde_json::Value = serde_json::from_slice(&get(&store, &altered).await).unwrap();
+    doc["created_at"] = "2000-01-01T00:00:00Z".into();
+    put(&store, &altered, serde_json::to_vec_pretty(&doc).unwrap()).await;
+    // p1: its manifest removed (the chain is read from its checkpoint
+    // objects again), then a middle checkpoint removed (a gap); the last
+    // one with rows tampered with (its row count no longer the segment's).
+    let m1 = cdc_checkpoint::newest_manifest(&store, t, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    store.store.delete(&store.path(&m1.path())).await.unwrap();
+    let chain1 = cdc_checkpoint::read_chain(&store, t, 1).await.unwrap();
     let middle = &chain1.checkpoints[1];
     store
         .store
@@ -285,7 +297,6 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     let (code, out) = cli(&config, &["verify", "--table", t, "--json"]);
     let v = json(&out);
     assert_eq!(code, 7, "{out}");
-    // (The tampered checkpoint also differs from its copy in the manifest.)
     assert_eq!(
         kinds(&v),
         [
@@ -327,6 +338,83 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     );
     let (code, _) = cli(&config, &["show", &middle.path()]);
     assert_eq!(code, 7, "a removed checkpoint is not found");
+
+    // gc: nothing younger than the default safety age (7 days).
+    let (code, out) = cli(&config, &["gc", "--table", t]);
+    assert_eq!(code, 0);
+    assert!(out.contains("would remove 0 object(s)"), "{out}");
+    // With a zero safety age: p0's checkpoint objects that its manifest
+    // holds, except its last and the altered one, and the covered orphan;
+    // nothing of p1 (no manifest). The plan first, then --yes.
+    let (_, plan) = cli(
+        &config,
+        &["gc", "--table", t, "--older-than", "0s", "--json"],
+    );
+    let plan = json(&plan);
+    let planned: Vec<String> = plan["plan"]["remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap().to_owned())
+        .collect();
+    let last0 = chain0.checkpoints.last().unwrap().path();
+    let mut expected: Vec<String> = chain0
+        .checkpoints
+        .iter()
+        .map(|c| c.path())
+        .filter(|p| *p != last0 && *p != altered)
+        .chain([orphan.clone()])
+        .collect();
+    expected.sort();
+    assert_eq!(planned, expected);
+    assert!(
+        plan["plan"]["kept"].to_string().contains(&altered),
+        "{plan}"
+    );
+    assert!(plan["record"].is_null());
+    let (code, out) = cli(
+        &config,
+        &["gc", "--table", t, "--older-than", "0s", "--yes"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let record = out
+        .lines()
+        .find_map(|l| l.strip_prefix("record: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let stored: cdc_checkpoint::GcRecord =
+        serde_json::from_slice(&get(&store, record).await).unwrap();
+    let removed: Vec<&str> = stored.removed.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(removed, expected);
+    for path in &expected {
+        assert!(store.store.head(&store.path(path)).await.is_err(), "{path}");
+    }
+    // The same findings as before gc, but not the removed orphan; p0's chain still reads
+    // whole, and a removed checkpoint is shown from the manifest.
+    let (_, out) = cli(&config, &["verify", "--table", t, "--json"]);
+    assert_eq!(
+        kinds(&json(&out)),
+        [
+            "gap",
+            "manifest_mismatch",
+            "segment_corrupt",
+            "segment_mismatch",
+            "segment_missing"
+        ],
+        "{out}"
+    );
+    // (p1's segment of the removed checkpoint stays: p1's chain does not
+    // verify, so nothing of it counts as covered.)
+    let (_, out) = cli(&config, &["list", "--table", t, "--json"]);
+    assert!(!out.contains("0rphan000000"), "{out}");
+    assert_eq!(
+        cdc_checkpoint::read_chain(&store, t, 0).await.unwrap(),
+        chain0
+    );
+    let (code, out) = cli(&config, &["show", &with_rows[1].path()]);
+    assert_eq!(code, 0, "{out}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["from_manifest"], m.path(), "{out}");
+    assert_eq!(shown["segment"]["matches"], false, "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1111,3 +1111,108 @@ async fn the_content_guard_is_exact_about_nulls_and_the_column_set() {
         .await
         .unwrap();
 }
+
+/// Compaction and gc change where the chain is read from, never what is
+/// purged: a chain with segments between idle runs (resolved-only
+/// checkpoints), compacted into a manifest (the idle runs merged) and then
+/// collected (the checkpoint objects the manifest holds removed), purges
+/// exactly the archived versions, and a row changed after archiving stays.
+#[tokio::test]
+async fn a_compacted_and_collected_chain_purges_exactly_the_archived_versions() {
+    let f = Fixture::new(70).await;
+    f.mark(1, 60).await;
+    use cdc_checkpoint::Checkpoint;
+    let idle = |like: &Checkpoint, first: i64| Checkpoint {
+        first_offset: first,
+        last_offset: first,
+        segment: None,
+        counts: cdc_checkpoint::Counts {
+            events: 1,
+            resolved: 1,
+            ..Default::default()
+        },
+        min_updated: None,
+        max_updated: None,
+        key_filter: None,
+        ..like.clone()
+    };
+    let cp1 = f.archive(0, 0, 1, 20, true).await;
+    for o in 20..30 {
+        cdc_checkpoint::create(&f.store, &idle(&cp1, o))
+            .await
+            .unwrap();
+    }
+    let cp2 = f.archive(0, 30, 21, 40, true).await;
+    for o in 50..55 {
+        cdc_checkpoint::create(&f.store, &idle(&cp1, o))
+            .await
+            .unwrap();
+    }
+    let cp3 = f.archive(0, 55, 41, 60, true).await;
+    f.sql("UPDATE {t} SET payload = 'changed' WHERE id = 25")
+        .await;
+    let before = f.snapshot().await;
+
+    let m = cdc_checkpoint::plan_manifest(&f.store, &f.table, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape: Vec<(i64, Option<u64>, bool)> = m
+        .checkpoints
+        .iter()
+        .map(|c| (c.first_offset, c.merged, c.segment.is_some()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (0, None, true),
+            (20, Some(10), false),
+            (30, None, true),
+            (50, Some(5), false),
+            (55, None, true)
+        ]
+    );
+    cdc_checkpoint::write_manifest(&f.store, &m).await.unwrap();
+    let plan = cdc_checkpoint::plan_gc(&f.store, &f.table, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(plan.remove.len(), 17, "{plan:?}");
+    cdc_checkpoint::run_gc(&f.store, &plan, "purge-test")
+        .await
+        .unwrap();
+    for cp in [&cp1, &cp2] {
+        assert!(
+            cdc_checkpoint::read(&f.store, &f.table, 0, cp.first_offset)
+                .await
+                .unwrap()
+                .is_none(),
+            "gc left {}",
+            cp.path()
+        );
+    }
+
+    let s = f.purge(&opts()).await.unwrap();
+    assert!(s.ok(), "{}", s.render());
+    let after = f.snapshot().await;
+    let deleted: BTreeSet<i64> = before
+        .keys()
+        .filter(|id| !after.contains_key(id))
+        .copied()
+        .collect();
+    let expected: BTreeSet<i64> = (1..=60).filter(|id| *id != 25).collect();
+    assert_eq!(deleted, expected);
+    let mut archived = std::collections::BTreeMap::new();
+    for cp in [&cp1, &cp2, &cp3] {
+        for r in f.archived_rows(cp).await {
+            let id: i64 = r.meta.key_json.trim_matches(['[', ']']).parse().unwrap();
+            archived.insert(id, as_snapshot_values(&r));
+        }
+    }
+    for id in &deleted {
+        let (payload, amount, marked, _) = before[id].clone();
+        assert!(marked);
+        assert_eq!(archived[id], (payload, amount), "row {id}");
+    }
+    assert_eq!(after[&25], before[&25]);
+    f.drop().await;
+}
