@@ -12,18 +12,39 @@
 //!
 //! "compacted": after `checkpoints compact --yes` (a manifest per
 //! partition, which readers fetch first, then only the checkpoints after
-//! it).
+//! it; runs of checkpoints that name no file merged into one entry).
+//! "+ gc": then `checkpoints gc --yes` (the checkpoint objects the
+//! manifests hold removed).
 //!
-//! Measured (median of 5): the watermark (`run`'s wait), reading every
-//! chain (a sink's start-up), `retrieve --key` of one key, and `checkpoints
-//! list` (which reads every checkpoint object on purpose). Reported as
-//! time and as a ratio to the archive with no history (target for issue
-//! 15: every ratio within 2x at 365 days). Not part of
-//! `cargo test`: `scripts/bench history`. Prints a table and writes
+//! Measured (median of 5; of 3 on S3): the watermark (what `run` waits
+//! on, and all it reads when it finds nothing new), reading every chain (a
+//! sink's start-up, the purger), `retrieve --key` of one key, `retrieve
+//! --from/--to` over the day of the busy period, `checkpoints verify
+//! --since 1d` (chains whole; no file is that new here) and `checkpoints
+//! list` (every checkpoint object, on purpose). Each as time, ratio to the
+//! archive with no history (target for issue 15: within 2x at 365 days,
+//! except a full verify), and object-store requests of one call (LIST
+//! pages of up to 1,000 names, GET, HEAD, PUT), counted by a wrapper
+//! around the store. On the local file system always; on the stack's S3
+//! server too when `CDC_S3_ENDPOINT` is set (there, only the archives
+//! without history and at 365 days, which are uploaded first). Not part of
+//! `cargo test`: `scripts/bench history`. Prints tables and writes
 //! `target/bench/history.json`.
 
+use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 
 use cdc_changefeed::{Hlc, Op, Value};
 use cdc_checkpoint::key_filter::KeyFilter;
@@ -201,88 +222,330 @@ fn objects(dir: &Path) -> usize {
     walk(dir)
 }
 
-async fn median<F, Fut>(mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        f().await;
-        times.push(t.elapsed());
-    }
-    times.sort();
-    times[2]
+/// Requests one command sent to the store.
+#[derive(Debug, Default)]
+struct Requests {
+    list: AtomicU64,
+    get: AtomicU64,
+    head: AtomicU64,
+    put: AtomicU64,
 }
+
+impl Requests {
+    fn take(&self) -> [u64; 4] {
+        [&self.list, &self.get, &self.head, &self.put].map(|c| c.swap(0, Ordering::SeqCst))
+    }
+}
+
+/// Counts the requests sent through it (a LIST page per 1,000 names, as S3
+/// bills them).
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn ObjectStore>,
+    requests: Arc<Requests>,
+}
+
+impl std::fmt::Display for Counting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Counting({})", self.inner)
+    }
+}
+
+impl Counting {
+    fn pages(
+        &self,
+        stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let requests = self.requests.clone();
+        requests.list.fetch_add(1, Ordering::SeqCst);
+        let mut n = 0u64;
+        stream
+            .inspect(move |_| {
+                n += 1;
+                if n > 1 && n % 1000 == 1 {
+                    requests.list.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .boxed()
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Counting {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.requests.put.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.requests.put.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let counter = if options.head {
+            &self.requests.head
+        } else {
+            &self.requests.get
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &ObjectPath,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.requests
+            .get
+            .fetch_add(ranges.len() as u64, Ordering::SeqCst);
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.pages(self.inner.list(prefix))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&ObjectPath>,
+        offset: &ObjectPath,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.pages(self.inner.list_with_offset(prefix, offset))
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
+        self.requests.list.fetch_add(1, Ordering::SeqCst);
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.requests.put.fetch_add(1, Ordering::SeqCst);
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+const NAMES: [&str; 6] = [
+    "watermark",
+    "read chains",
+    "retrieve --key",
+    "retrieve --from/--to",
+    "verify --since 1d",
+    "checkpoints list",
+];
 
 struct Row {
+    backend: &'static str,
     label: String,
     objects: usize,
-    times: [Duration; 4],
+    times: [Duration; 6],
+    requests: [[u64; 4]; 6],
 }
 
-async fn measure(label: &str, days: i64, format: Format, compact: bool) -> Row {
-    let dir = tempfile::tempdir().unwrap();
-    let next = busy(dir.path());
-    idle(dir.path(), next, days, format);
-    let store = ArchiveStore::open(&StorageConfig {
-        url: format!("file://{}", dir.path().display()),
-        ..StorageConfig::default()
-    })
-    .unwrap();
-    let store = &store;
-    if compact {
-        // `checkpoints compact --yes`: a manifest per partition.
-        for p in 0..PARTITIONS {
-            let m = cdc_checkpoint::plan_manifest(store, TABLE, p)
-                .await
-                .unwrap()
-                .unwrap();
-            cdc_checkpoint::write_manifest(store, &m).await.unwrap();
-        }
-    }
-    let watermark = median(|| async {
-        cdc_checkpoint::watermark(store, TABLE)
-            .await
-            .unwrap()
-            .unwrap();
-    })
-    .await;
-    let chains = median(|| async {
-        for p in 0..PARTITIONS {
-            cdc_checkpoint::read_chain(store, TABLE, p).await.unwrap();
-        }
-    })
-    .await;
-    let query = Query {
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    AsWritten,
+    Compacted,
+    Collected,
+}
+
+/// The six commands against `store`, each timed (median of `rounds`) and
+/// then counted once.
+async fn commands(
+    store: &ArchiveStore,
+    requests: &Requests,
+    rounds: usize,
+) -> ([Duration; 6], [[u64; 4]; 6]) {
+    let key = Query {
         table: TABLE.into(),
         selector: Selector::Key(vec![Value::Number("1".into()), Value::Number("777".into())]),
         all_versions: false,
         limit: None,
     };
-    let retrieve = median(|| async {
-        let (found, _) = cdc_retrieve::retrieve(store, &query).await.unwrap();
-        assert_eq!(found.len(), 1);
-    })
-    .await;
-    let list = median(|| async {
-        cdc_retrieve::inspect::list(
-            store,
-            TABLE,
-            ListOptions {
-                unpurged_older_than: Duration::from_secs(3600 * 24 * 365 * 100),
-            },
-        )
-        .await
-        .unwrap();
-    })
-    .await;
-    Row {
-        label: label.to_owned(),
-        objects: objects(dir.path()),
-        times: [watermark, chains, retrieve, list],
+    let day = Query {
+        table: TABLE.into(),
+        selector: Selector::Updated {
+            from: Some(Hlc::new(T0, 0)),
+            to: Some(Hlc::new(T0 + 8_640 * TEN_SECONDS, 0)),
+        },
+        all_versions: false,
+        limit: None,
+    };
+    let since = chrono::Utc::now() - chrono::Duration::days(1);
+    let mut times = [Duration::ZERO; 6];
+    let mut counts = [[0; 4]; 6];
+    for (i, slot) in times.iter_mut().enumerate() {
+        let once = || async {
+            match i {
+                0 => {
+                    cdc_checkpoint::watermark(store, TABLE)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+                1 => {
+                    for p in 0..PARTITIONS {
+                        cdc_checkpoint::read_chain(store, TABLE, p).await.unwrap();
+                    }
+                }
+                2 => {
+                    let (found, _) = cdc_retrieve::retrieve(store, &key).await.unwrap();
+                    assert_eq!(found.len(), 1);
+                }
+                3 => {
+                    let (found, _) = cdc_retrieve::retrieve(store, &day).await.unwrap();
+                    assert_eq!(
+                        found.len() as i64,
+                        PARTITIONS as i64 * BUSY_CHECKPOINTS * ROWS_PER_SEGMENT
+                    );
+                }
+                4 => {
+                    let r = cdc_retrieve::inspect::verify(store, TABLE, Some(since))
+                        .await
+                        .unwrap();
+                    assert!(r.findings.is_empty(), "{:?}", r.findings);
+                }
+                _ => {
+                    cdc_retrieve::inspect::list(
+                        store,
+                        TABLE,
+                        ListOptions {
+                            unpurged_older_than: Duration::from_secs(3600 * 24 * 365 * 100),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        };
+        let mut samples = Vec::new();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            once().await;
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        *slot = samples[rounds / 2];
+        requests.take();
+        once().await;
+        counts[i] = requests.take();
     }
+    (times, counts)
+}
+
+/// Builds the archive in a local folder (`days` of idle history after the
+/// busy period), compacts and collects it as `mode` says, and measures it
+/// there and, with `s3`, uploaded to the S3 server.
+async fn measure(label: &str, days: i64, format: Format, mode: Mode, s3: bool) -> Vec<Row> {
+    let dir = tempfile::tempdir().unwrap();
+    let next = busy(dir.path());
+    idle(dir.path(), next, days, format);
+    let local = ArchiveStore::open(&StorageConfig {
+        url: format!("file://{}", dir.path().display()),
+        ..StorageConfig::default()
+    })
+    .unwrap();
+    if mode != Mode::AsWritten {
+        // `checkpoints compact --yes`: a manifest per partition.
+        for p in 0..PARTITIONS {
+            let m = cdc_checkpoint::plan_manifest(&local, TABLE, p)
+                .await
+                .unwrap()
+                .unwrap();
+            cdc_checkpoint::write_manifest(&local, &m).await.unwrap();
+        }
+    }
+    if mode == Mode::Collected {
+        // `checkpoints gc --older-than 0s --yes`.
+        let plan = cdc_checkpoint::plan_gc(&local, TABLE, Duration::ZERO)
+            .await
+            .unwrap();
+        cdc_checkpoint::run_gc(&local, &plan, "bench")
+            .await
+            .unwrap();
+    }
+    let objects = objects(dir.path());
+    let mut backends = vec![("local FS", local.store.clone(), 5)];
+    if s3 {
+        let remote = cdc_tests::s3_archive(&cdc_tests::unique("history"));
+        upload(&local, &remote).await;
+        backends.push(("S3 server", remote.store.clone(), 3));
+    }
+    let mut rows = Vec::new();
+    for (backend, inner, rounds) in backends {
+        let requests = Arc::new(Requests::default());
+        let store = ArchiveStore {
+            store: Arc::new(Counting {
+                inner,
+                requests: requests.clone(),
+            }),
+            url: backend.into(),
+        };
+        let (times, requests) = commands(&store, &requests, rounds).await;
+        rows.push(Row {
+            backend,
+            label: label.to_owned(),
+            objects,
+            times,
+            requests,
+        });
+    }
+    rows
+}
+
+/// Copies every object of `from` to `to`, 64 at a time.
+async fn upload(from: &ArchiveStore, to: &ArchiveStore) {
+    let metas: Vec<ObjectMeta> = from.store.list(None).try_collect().await.unwrap();
+    futures::stream::iter(metas)
+        .map(|m| async move {
+            let bytes = from
+                .store
+                .get_opts(&m.location, GetOptions::default())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            to.store
+                .put_opts(&m.location, PutPayload::from(bytes), PutOptions::default())
+                .await
+                .unwrap();
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 fn main() {
@@ -290,64 +553,102 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let cases: [(&str, i64, Format, bool); 7] = [
-        ("none", 0, Format::Idle, false),
+    let s3 = std::env::var_os("CDC_S3_ENDPOINT").is_some();
+    let cases: [(&str, i64, Format, Mode, bool); 8] = [
+        ("none", 0, Format::Idle, Mode::AsWritten, s3),
         (
             "1 day, before (a checkpoint per 10 s)",
             1,
             Format::Chain,
+            Mode::AsWritten,
             false,
         ),
-        ("1 day, before, compacted", 1, Format::Chain, true),
-        ("1 day, now (idle progress)", 1, Format::Idle, false),
-        ("30 days, now", 30, Format::Idle, false),
-        ("365 days, now", 365, Format::Idle, false),
-        ("365 days, now, compacted", 365, Format::Idle, true),
+        (
+            "1 day, before, compacted",
+            1,
+            Format::Chain,
+            Mode::Compacted,
+            false,
+        ),
+        (
+            "1 day, now (idle progress)",
+            1,
+            Format::Idle,
+            Mode::AsWritten,
+            false,
+        ),
+        ("30 days, now", 30, Format::Idle, Mode::AsWritten, false),
+        ("365 days, now", 365, Format::Idle, Mode::AsWritten, false),
+        (
+            "365 days, now, compacted",
+            365,
+            Format::Idle,
+            Mode::Compacted,
+            s3,
+        ),
+        (
+            "365 days, now, compacted + gc",
+            365,
+            Format::Idle,
+            Mode::Collected,
+            s3,
+        ),
     ];
     let rows: Vec<Row> = cases
         .iter()
-        .map(|(label, days, f, c)| rt.block_on(measure(label, *days, *f, *c)))
+        .flat_map(|(label, days, f, m, s3)| rt.block_on(measure(label, *days, *f, *m, *s3)))
         .collect();
-    let base = rows[0].times;
-    let names = [
-        "watermark",
-        "read chains",
-        "retrieve --key",
-        "checkpoints list",
-    ];
-    println!(
-        "archive history (3 partitions, busy period 60,000 rows), local file system, median of 5"
-    );
-    println!(
-        "{:<40} {:>9}  {}",
-        "idle history",
-        "objects",
-        names.map(|n| format!("{n:>26}")).join("")
-    );
     let mut json = Vec::new();
-    for r in &rows {
-        let cells: Vec<String> = r
-            .times
-            .iter()
-            .zip(base)
-            .map(|(t, b)| {
-                format!(
-                    "{:>26}",
+    for backend in ["local FS", "S3 server"] {
+        let Some(base) = rows.iter().find(|r| r.backend == backend) else {
+            println!("(S3 server: set CDC_S3_ENDPOINT, e.g. `eval \"$(scripts/stack env)\"`, to measure it too)");
+            continue;
+        };
+        let base = base.times;
+        println!("\narchive history, {backend} (3 partitions, busy period 60,000 rows), time (ratio to none)");
+        println!(
+            "{:<32} {:>8} {}",
+            "idle history",
+            "objects",
+            NAMES.map(|n| format!("{n:>22}")).join("")
+        );
+        for r in rows.iter().filter(|r| r.backend == backend) {
+            let cells: Vec<String> = r
+                .times
+                .iter()
+                .zip(base)
+                .map(|(t, b)| {
                     format!(
-                        "{:.1} ms ({:.1}x)",
-                        t.as_secs_f64() * 1e3,
-                        t.as_secs_f64() / b.as_secs_f64()
+                        "{:>22}",
+                        format!(
+                            "{:.1} ms ({:.1}x)",
+                            t.as_secs_f64() * 1e3,
+                            t.as_secs_f64() / b.as_secs_f64()
+                        )
                     )
-                )
-            })
-            .collect();
-        println!("{:<40} {:>9}  {}", r.label, r.objects, cells.join(""));
-        json.push(serde_json::json!({
-            "history": r.label,
-            "objects": r.objects,
-            "ms": names.iter().zip(r.times).map(|(n, t)| (n.to_string(), serde_json::json!(t.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
-            "ratio_to_none": names.iter().zip(r.times.iter().zip(base)).map(|(n, (t, b))| (n.to_string(), serde_json::json!(t.as_secs_f64() / b.as_secs_f64()))).collect::<serde_json::Map<_, _>>(),
-        }));
+                })
+                .collect();
+            println!("{:<32} {:>8} {}", r.label, r.objects, cells.join(""));
+        }
+        println!("requests of one call, LIST pages/GET/HEAD/PUT");
+        for r in rows.iter().filter(|r| r.backend == backend) {
+            let cells: Vec<String> = r
+                .requests
+                .iter()
+                .map(|[l, g, h, p]| format!("{:>22}", format!("{l}/{g}/{h}/{p}")))
+                .collect();
+            println!("{:<32} {:>8} {}", r.label, r.objects, cells.join(""));
+        }
+        for r in rows.iter().filter(|r| r.backend == backend) {
+            json.push(serde_json::json!({
+                "backend": backend,
+                "history": r.label,
+                "objects": r.objects,
+                "ms": NAMES.iter().zip(r.times).map(|(n, t)| (n.to_string(), serde_json::json!(t.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
+                "ratio_to_none": NAMES.iter().zip(r.times.iter().zip(base)).map(|(n, (t, b))| (n.to_string(), serde_json::json!(t.as_secs_f64() / b.as_secs_f64()))).collect::<serde_json::Map<_, _>>(),
+                "requests_list_get_head_put": NAMES.iter().zip(r.requests).map(|(n, q)| (n.to_string(), serde_json::json!(q))).collect::<serde_json::Map<_, _>>(),
+            }));
+        }
     }
     let out = std::path::PathBuf::from(
         std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
