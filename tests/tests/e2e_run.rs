@@ -16,6 +16,7 @@ use cdc_changefeed::Value;
 use cdc_common::ident::quote_ident;
 use cdc_retrieve::{Query, Selector};
 use common::Pipeline;
+use object_store::ObjectStoreExt;
 use tokio_util::sync::CancellationToken;
 
 /// Each row as PostgreSQL prints it, keyed by `(region, id)`.
@@ -235,6 +236,90 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         .unwrap()
         .get(0);
     assert_eq!(marked, 0, "restored rows are not re-marked for archiving");
+
+    // The run's deletes reconcile with the archive (`checkpoints audit`):
+    // every checkpoint it purged has its purger's record over a verified
+    // segment, and the records add up to what it reported. The stored
+    // report's hash is the one recorded beside it.
+    let audit = cdc_retrieve::inspect::audit(archive, table, &report.run_id)
+        .await
+        .unwrap();
+    assert!(audit.findings.is_empty(), "{:?}", audit.findings);
+    let purged: Vec<_> = purge
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == cdc_purger::CheckpointStatus::Purged)
+        .collect();
+    assert_eq!(audit.checkpoints.len(), purged.len());
+    assert_eq!(audit.segments_verified, purged.len() as u64);
+    assert_eq!((audit.reported_deleted, audit.recorded_deleted), (n, n));
+    let (stored, sha) = cdc_retrieve::inspect::record_audit(archive, &audit)
+        .await
+        .unwrap();
+    let get = |path: String| async move {
+        archive
+            .store
+            .get(&archive.path(&path))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    };
+    let body = get(stored.clone()).await;
+    assert_eq!(cdc_checkpoint::sha256_hex(&body), sha);
+    assert_eq!(get(format!("{stored}.sha256")).await, format!("{sha}\n"));
+    // A purge record altered after the run (one more row deleted than the
+    // run reported) and a segment byte flipped are both found.
+    let first = audit
+        .checkpoints
+        .iter()
+        .find(|c| c.deleted > 0)
+        .expect("a checkpoint with deletes");
+    let mut record =
+        cdc_checkpoint::read_purge_record(archive, table, first.partition, first.first_offset)
+            .await
+            .unwrap()
+            .unwrap();
+    record.deleted += 1;
+    archive
+        .store
+        .put(
+            &archive.path(&record.path()),
+            serde_json::to_vec_pretty(&record).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let other = audit
+        .checkpoints
+        .iter()
+        .find(|c| (c.partition, c.first_offset) != (first.partition, first.first_offset))
+        .and_then(|c| c.segment.clone())
+        .expect("a second segment");
+    let mut bytes = get(other.clone()).await.to_vec();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    archive
+        .store
+        .put(&archive.path(&other), bytes.into())
+        .await
+        .unwrap();
+    let damaged = cdc_retrieve::inspect::audit(archive, table, &report.run_id)
+        .await
+        .unwrap();
+    let mut kinds: Vec<&str> = damaged.findings.iter().map(|f| f.kind).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "counts_mismatch",
+            "record_mismatch",
+            "segment_corrupt",
+            "totals_mismatch"
+        ],
+        "{:?}",
+        damaged.findings
+    );
 
     // The changefeed and the sink stop cleanly on their shutdown signal.
     p.stop().await;

@@ -201,6 +201,15 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
         (v["rows"].as_u64(), v["deletes"].as_u64()),
         (Some(60), Some(2))
     );
+    // The sink links each checkpoint to its predecessor's digest.
+    for part in 0..2 {
+        let chain = cdc_checkpoint::read_chain(&store, t, part).await.unwrap();
+        assert!(chain.checkpoints.len() >= 3, "{:?}", chain.checkpoints);
+        assert_eq!(chain.checkpoints[0].previous_sha256, None);
+        for w in chain.checkpoints.windows(2) {
+            assert_eq!(w[1].previous_sha256, Some(w[0].digest()), "{}", w[1].path());
+        }
+    }
     // compact: a plan without --yes (nothing written), manifests with it,
     // then nothing left to do; the archive still verifies clean.
     let (_, plan) = cli(&config, &["compact", "--table", t]);
@@ -294,6 +303,8 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     )
     .await;
 
+    // (The tampered checkpoint also breaks its successor's link:
+    // `hash_mismatch`.)
     let (code, out) = cli(&config, &["verify", "--table", t, "--json"]);
     let v = json(&out);
     assert_eq!(code, 7, "{out}");
@@ -301,6 +312,7 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
         kinds(&v),
         [
             "gap",
+            "hash_mismatch",
             "manifest_mismatch",
             "segment_corrupt",
             "segment_mismatch",
@@ -395,6 +407,7 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
         kinds(&json(&out)),
         [
             "gap",
+            "hash_mismatch",
             "manifest_mismatch",
             "segment_corrupt",
             "segment_mismatch",

@@ -82,6 +82,12 @@ pub fn parse_manifest_name(path: &str) -> Option<(i64, i64)> {
     Some((offset(last)?, offset(first)?))
 }
 
+/// `<table>/audits/<run-id>/<stamp>.json`: one audit of a run (its
+/// SHA-256 beside it, `….json.sha256`).
+pub fn audit_path(table: &str, run_id: &str, stamp: &str) -> String {
+    format!("{table}/audits/{run_id}/{stamp}.json")
+}
+
 /// `<table>/gc/<gc-id>.json`: the record of one gc (what it removed).
 pub fn gc_path(table: &str, gc_id: &str) -> String {
     format!("{table}/gc/{gc_id}.json")

@@ -76,6 +76,9 @@ fn merge(prev: Checkpoint, next: Checkpoint) -> Checkpoint {
         },
         resolved: next.resolved.or(prev.resolved),
         merged: Some(prev.checkpoint_count() + next.checkpoint_count()),
+        // The run's link to what precedes it (the digests inside the run
+        // are not kept: the link after a merged run is not checked).
+        previous_sha256: prev.previous_sha256,
         ..next
     }
 }

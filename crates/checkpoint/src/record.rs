@@ -150,6 +150,13 @@ pub struct Checkpoint {
     /// Absent from checkpoints written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message: Option<String>,
+    /// The SHA-256 (hex) of the chain's previous checkpoint in its
+    /// canonical form ([`Checkpoint::digest`]), so that altering a
+    /// checkpoint after its successor was written is detected
+    /// (`checkpoints verify`: `hash_mismatch`). `None` for a chain's first
+    /// checkpoint and in checkpoints written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_sha256: Option<String>,
     /// Manifests only: this entry stands for that many consecutive
     /// checkpoints that named no file (see [`Checkpoint::names_no_file`]),
     /// merged by compaction (offsets, counts summed; resolved, writer, time
@@ -176,6 +183,15 @@ impl Checkpoint {
             && self.counts.rows_archived == 0
             && self.min_updated.is_none()
             && self.max_updated.is_none()
+    }
+
+    /// SHA-256 (hex) of its canonical form: the compact JSON of every field
+    /// as this version serialises it (fields added later are left out
+    /// while unset, so the digest of a checkpoint does not change with the
+    /// reader's version). What its successor records as
+    /// [`Checkpoint::previous_sha256`].
+    pub fn digest(&self) -> String {
+        sha256_hex(&serde_json::to_vec(self).expect("a checkpoint always serialises"))
     }
 
     /// How many checkpoints it stands for (1 unless [`Checkpoint::merged`]).
@@ -239,6 +255,7 @@ pub(crate) fn test_checkpoint(first: i64, last: i64) -> Checkpoint {
         key_filter: None,
         open_tail_xid: None,
         last_message: None,
+        previous_sha256: None,
         merged: None,
     }
 }

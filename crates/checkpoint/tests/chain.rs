@@ -39,6 +39,7 @@ fn checkpoint(
         key_filter: None,
         open_tail_xid: None,
         last_message: None,
+        previous_sha256: None,
         merged: None,
     }
 }

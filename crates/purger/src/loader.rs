@@ -129,6 +129,13 @@ async fn load_ahead(
             }
         };
         for cp in chain.checkpoints {
+            // A checkpoint without a segment (resolved timestamps, deletes
+            // only: most of an idle partition's chain) has nothing to
+            // purge: no record is read or written for it, so a purge run's
+            // requests follow the archive's segments, not its age.
+            if cp.segment.is_none() {
+                continue;
+            }
             let item = async {
                 let record = if purged.contains(&cp.first_offset) {
                     cdc_checkpoint::read_purge_record(

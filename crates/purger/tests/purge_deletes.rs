@@ -78,6 +78,7 @@ async fn write(
         key_filter: None,
         open_tail_xid: None,
         last_message: None,
+        previous_sha256: None,
         merged: None,
     };
     cdc_checkpoint::create(&f.store, &cp).await.unwrap();

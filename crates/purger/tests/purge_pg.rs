@@ -1214,5 +1214,15 @@ async fn a_compacted_and_collected_chain_purges_exactly_the_archived_versions() 
         assert_eq!(archived[id], (payload, amount), "row {id}");
     }
     assert_eq!(after[&25], before[&25]);
+    // Records for the checkpoints with a segment only: the idle ones have
+    // nothing to purge, and a purge run reads no record for them.
+    let mut records = Vec::new();
+    for first in 0..75 {
+        if f.purge_record(0, first).await.is_some() {
+            records.push(first);
+        }
+    }
+    assert_eq!(records, [0, 30, 55]);
+    assert_eq!(s.checkpoints.len(), 3);
     f.drop().await;
 }

@@ -91,6 +91,7 @@ fn checkpoint(p: i32, first: i64, last: i64, resolved: i64) -> Checkpoint {
         key_filter: None,
         open_tail_xid: None,
         last_message: None,
+        previous_sha256: None,
         merged: None,
     }
 }

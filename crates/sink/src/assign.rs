@@ -182,6 +182,7 @@ impl Sink {
         );
         buffer.events_counter = metrics::counter!(metric::EVENTS, "table" => buffer.table.clone());
         buffer.chain_last = chain.end();
+        buffer.chain_digest = chain.last().map(cdc_checkpoint::Checkpoint::digest);
         // What the partition's idle progress already holds (a previous
         // owner's): this sink writes it again only past that, so the
         // watermark does not step back after a rebalance or a restart.

@@ -186,6 +186,7 @@ impl Sink {
             buffer.partitions,
             buffer.checkpointed_resolved,
         );
+        let mut previous = buffer.chain_digest.clone();
         // The topic's partition count as the broker states it now, after
         // this range's resolved timestamps were read: a changefeed sends a
         // resolved timestamp only after it knows every partition it wrote
@@ -215,12 +216,19 @@ impl Sink {
             let last = run.last.expect("taken runs are sealed");
             let run_resolved = run.resolved;
             match self
-                .write_run(&table, &topic, (partition, partitions), run, last_message)
+                .write_run(
+                    &table,
+                    &topic,
+                    (partition, partitions),
+                    run,
+                    (last_message, previous.take()),
+                )
                 .await
             {
-                Ok(()) => {
+                Ok(digest) => {
                     committed_to = Some(last + 1);
                     resolved = run_resolved;
+                    previous = Some(digest);
                 }
                 Err(SinkError::Checkpoint(CheckpointError::Conflict {
                     path,
@@ -245,6 +253,7 @@ impl Sink {
                 b.last_checkpoint = Some(std::time::Instant::now());
                 b.checkpointed_resolved = resolved;
                 b.chain_last = Some(next - 1);
+                b.chain_digest = previous;
             }
             if let Some(w) = self.watch.get_mut(key) {
                 w.next = next;
@@ -358,8 +367,8 @@ impl Sink {
         topic: &str,
         (partition, partitions): (i32, i32),
         run: Run,
-        last_message: Option<String>,
-    ) -> Result<(), SinkError> {
+        (last_message, previous_sha256): (Option<String>, Option<String>),
+    ) -> Result<String, SinkError> {
         let last = run.last.expect("sealed");
         let rows = run.rows.len() as u64;
         let deletes_n = run.deletes.len() as u64;
@@ -427,6 +436,7 @@ impl Sink {
             key_filter,
             open_tail_xid,
             last_message,
+            previous_sha256,
             merged: None,
         };
         (|| cdc_checkpoint::create(&self.store, &checkpoint))
@@ -452,7 +462,7 @@ impl Sink {
         self.summary.rows += rows;
         self.summary.deletes += deletes_n;
         self.summary.segments += u64::from(checkpoint.segment.is_some());
-        Ok(())
+        Ok(checkpoint.digest())
     }
 }
 

@@ -132,6 +132,10 @@ pub struct PartitionBuffer {
     pub last_checkpoint: Option<Instant>,
     /// The last offset of the partition's chain (`None`: no chain yet).
     pub chain_last: Option<i64>,
+    /// The digest of the chain's last checkpoint
+    /// (`Checkpoint::digest`): what the next one records as its
+    /// `previous_sha256`.
+    pub chain_digest: Option<String>,
     /// When this sink last tried to write the partition's idle progress,
     /// and the resolved timestamp the object holds (read at assignment,
     /// then what this sink wrote; `cdc_checkpoint::IdleProgress`).
@@ -194,6 +198,7 @@ impl PartitionBuffer {
             checkpointed_resolved: resolved,
             last_checkpoint: None,
             chain_last: None,
+            chain_digest: None,
             last_progress: None,
             events_counter: metrics::Counter::noop(),
             fingerprints: std::collections::VecDeque::new(),

@@ -98,6 +98,7 @@ async fn lag_and_watermark_age_move_on_the_tick_and_events_count_on_arrival() {
             deletes: None,
             open_tail_xid: None,
             last_message: None,
+            previous_sha256: None,
             merged: None,
         },
     )

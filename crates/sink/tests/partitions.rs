@@ -130,6 +130,7 @@ fn fake_checkpoint(table: &str, partition: i32, first: i64, last: i64) -> Checkp
         deletes: None,
         open_tail_xid: None,
         last_message: None,
+        previous_sha256: None,
         merged: None,
     }
 }

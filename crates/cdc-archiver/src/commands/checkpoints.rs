@@ -15,6 +15,10 @@
 //!   manifests) and orphans the chain covers, older than the safety age.
 //!   Prints the plan; with `--yes` records it under `<table>/gc/` and then
 //!   removes it.
+//! - `audit --run ID [--table T] [--json]`: one run's deletes reconciled
+//!   with the archive (purge records, segments, counts); the report is
+//!   stored under `<table>/audits/<run-id>/` with its SHA-256. Exit 7 on
+//!   any finding.
 //! - `verify [--table T] [--since T|AGE] [--json]`: re-reads every segment
 //!   and delete file (of checkpoints written since `--since`) against its
 //!   checkpoint, and every chain's continuity. Exit 7 on any finding.
@@ -26,6 +30,7 @@ use anyhow::Context;
 use cdc_common::storage::{ArchiveStore, StorageConfig};
 use cdc_retrieve::inspect::{self, Finding, ListOptions, TableReport, VerifyReport};
 use clap::{Args, Subcommand};
+use object_store::ObjectStoreExt;
 
 use crate::exit::Exit;
 use crate::global::GlobalArgs;
@@ -96,6 +101,23 @@ pub enum CheckpointsAction {
         /// Remove (without it: only say what would be removed).
         #[arg(long)]
         yes: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete reconciliation for one run: every checkpoint its report says
+    /// it purged has a purge record of its purger, over a verified segment,
+    /// accounting for every row, and the records add up to the rows the
+    /// run reported deleted. Stores the report (and its SHA-256) under
+    /// <table>/audits/<run-id>/. Exit 7 on any finding.
+    Audit {
+        /// The run's id (`run_id` in its report, `<table>/runs/<id>.json`).
+        #[arg(long = "run")]
+        run_id: String,
+        /// The table's name in the archive (default: every table the run
+        /// reported on).
+        #[arg(long)]
+        table: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -241,6 +263,41 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
             }
             Ok(Exit::Success.into())
         }
+        CheckpointsAction::Audit {
+            run_id,
+            table,
+            json,
+        } => {
+            let mut findings = 0;
+            let mut audited = 0;
+            for t in tables(&store, table).await? {
+                let report = store.path(&cdc_checkpoint::layout::run_path(&t, &run_id));
+                if store.store.head(&report).await.is_err() {
+                    continue;
+                }
+                audited += 1;
+                let report = inspect::audit(&store, &t, &run_id)
+                    .await
+                    .with_context(|| format!("auditing run {run_id} of table {t}"))?;
+                let (path, sha) = inspect::record_audit(&store, &report)
+                    .await
+                    .with_context(|| format!("storing the audit of run {run_id} of table {t}"))?;
+                findings += report.findings.len();
+                if json {
+                    let out = serde_json::json!({"audit": report, "stored": path, "sha256": sha});
+                    println!("{}", serde_json::to_string(&out)?);
+                } else {
+                    print_audit(&report, &path, &sha);
+                }
+            }
+            if audited == 0 {
+                anyhow::bail!(
+                    "no report of run {run_id} in {} (a run prints its id in its summary and stores its report as <table>/runs/<run-id>.json)",
+                    store.url
+                );
+            }
+            Ok(exit(findings > 0))
+        }
         CheckpointsAction::Verify { table, since, json } => {
             let since = since.as_deref().map(parse_since).transpose()?;
             let mut findings = 0;
@@ -381,4 +438,20 @@ fn print_gc(plan: &cdc_checkpoint::GcPlan, record: Option<&str>, yes: bool) {
         None if !yes && !plan.remove.is_empty() => println!("(--yes records and removes them)"),
         None => {}
     }
+}
+
+fn print_audit(r: &inspect::AuditReport, stored: &str, sha: &str) {
+    println!(
+        "table {}: run {} ({}), purger {}: {} checkpoint(s), {} segment(s) verified; rows deleted: {} reported, {} in purge records",
+        r.table,
+        r.run_id,
+        text(&r.run_outcome),
+        text(&r.purger_id),
+        r.checkpoints.len(),
+        r.segments_verified,
+        r.reported_deleted,
+        r.recorded_deleted
+    );
+    print_findings(&r.findings);
+    println!("stored: {stored} (sha256 {sha})");
 }

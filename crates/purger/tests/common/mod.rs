@@ -369,6 +369,7 @@ pub async fn write_checkpoint_to(
         deletes: None,
         open_tail_xid,
         last_message: None,
+        previous_sha256: None,
         merged: None,
     };
     cdc_checkpoint::create(store, &cp).await.unwrap();

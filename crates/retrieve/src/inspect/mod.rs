@@ -1,8 +1,9 @@
 //! The on-call engineer's view of an archive (`cdc-archiver checkpoints`):
 //! what each partition's chain holds ([`list`]), one checkpoint with the
 //! actual state of the files it names ([`show`]), and a full re-read of a
-//! table's archive ([`verify`]). Read-only: nothing here writes to the
-//! archive.
+//! table's archive ([`verify`]), and one run's deletes reconciled with the
+//! archive ([`audit`]). Read-only, except that an audit stores its own
+//! report ([`record_audit`]).
 //!
 //! Guarantee: a damaged archive is reported, never papered over. Every
 //! checkpoint is read on its own (a gap or an overlap does not hide the
@@ -12,6 +13,7 @@
 //! [`Finding`]. `verify` reads one segment at a time, so its memory is
 //! bounded by the largest segment, not by the archive.
 
+mod audit;
 mod list;
 mod verify;
 
@@ -23,6 +25,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use serde::Serialize;
 
+pub use audit::{audit, record_audit, AuditReport, AuditedCheckpoint, AUDIT_FORMAT_VERSION};
 pub use list::{list, show, ListOptions, PartitionReport, ShowReport, TableReport};
 pub use verify::{verify, VerifyReport};
 
@@ -85,6 +88,7 @@ pub(crate) async fn checkpoints_of(
         }
     };
     findings.extend(continuity(partition, &chain));
+    findings.extend(links(partition, &chain));
     Ok((chain, findings))
 }
 
@@ -157,6 +161,34 @@ pub fn continuity(partition: i32, checkpoints: &[Checkpoint]) -> Vec<Finding> {
                     prev.last_offset,
                     next.path(),
                     next.first_offset
+                ),
+            })
+        })
+        .collect()
+}
+
+/// Each checkpoint whose recorded predecessor digest
+/// (`previous_sha256`) is not its predecessor's digest: one of the two was
+/// altered after the later one was written. Links from checkpoints written
+/// before digests existed, and the link after a manifest's merged run, are
+/// not checked. Pure.
+pub fn links(partition: i32, checkpoints: &[Checkpoint]) -> Vec<Finding> {
+    checkpoints
+        .windows(2)
+        .filter_map(|w| {
+            let (prev, next) = (&w[0], &w[1]);
+            let recorded = next.previous_sha256.as_deref()?;
+            if prev.merged.is_some() || next.first_offset != prev.last_offset + 1 {
+                return None;
+            }
+            let actual = prev.digest();
+            (recorded != actual).then(|| Finding {
+                partition: Some(partition),
+                kind: "hash_mismatch",
+                detail: format!(
+                    "{} records {recorded} as its predecessor's SHA-256, {} hashes to {actual}: one of them was altered after it was written",
+                    next.path(),
+                    prev.path()
                 ),
             })
         })
@@ -238,8 +270,25 @@ mod tests {
             key_filter: None,
             open_tail_xid: None,
             last_message: None,
+            previous_sha256: None,
             merged: None,
         }
+    }
+
+    #[test]
+    fn an_altered_predecessor_breaks_its_link() {
+        let mut chain = vec![cp(0, 9), cp(10, 19), cp(20, 29)];
+        chain[1].previous_sha256 = Some(chain[0].digest());
+        chain[2].previous_sha256 = Some(chain[1].digest());
+        assert!(links(0, &chain).is_empty());
+        chain[1].counts.rows_archived = 1;
+        let f = links(0, &chain);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].kind, "hash_mismatch");
+        assert!(f[0].detail.contains(&chain[1].path()));
+        // The first link still holds: the change is after it.
+        chain[0].writer_id = "other".into();
+        assert_eq!(links(0, &chain).len(), 2);
     }
 
     #[test]

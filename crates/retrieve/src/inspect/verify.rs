@@ -93,7 +93,7 @@ fn mismatch(partition: i32, e: impl std::fmt::Display) -> Finding {
     }
 }
 
-async fn verify_files(
+pub(super) async fn verify_files(
     store: &ArchiveStore,
     c: &Checkpoint,
     report: &mut VerifyReport,

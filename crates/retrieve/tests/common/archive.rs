@@ -247,6 +247,7 @@ impl Archive {
             deletes,
             open_tail_xid: None,
             last_message: None,
+            previous_sha256: None,
             merged: None,
         };
         cdc_checkpoint::create(&self.store, &cp)

@@ -1,0 +1,357 @@
+//! `checkpoints audit --run ID`: delete reconciliation for one scheduled
+//! run, from the archive alone. For every checkpoint the run's report says
+//! it purged (or left interrupted), the purge record must exist, be that
+//! run's purger's (or, for an interrupted one, a later purger's), agree
+//! with the report's counts, and account for every row of its segment; the
+//! segment must be the one the chain's checkpoint names and pass its size,
+//! SHA-256 and structure checks. The rows deleted by the run's records must
+//! add up to what the run reported.
+//!
+//! Guarantee: the report is stored before it is printed, as
+//! `<table>/audits/<run-id>/<audited-at>.json`, with its SHA-256 in a
+//! second object beside it (`….json.sha256`), both with a conditional
+//! create: an audit is never overwritten, and a later change to either
+//! object is detected by recomputing the hash (and prevented outright
+//! under S3 Object Lock).
+//!
+//! What it does not do: query the database. That the rows deleted were
+//! exactly the archived versions is the purger's guarantee (its content
+//! guard); this audit proves the archive side: every deletion the run
+//! reported is accounted for by a record over a verified segment.
+
+use std::collections::BTreeMap;
+
+use cdc_checkpoint::{layout, Checkpoint, CheckpointError, PurgeRecord};
+use cdc_common::storage::ArchiveStore;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+
+use super::verify::{verify_files, VerifyReport};
+use super::Finding;
+
+/// The audit report format this crate writes.
+pub const AUDIT_FORMAT_VERSION: u32 = 1;
+
+/// One checkpoint the run touched, as audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditedCheckpoint {
+    /// Partition.
+    pub partition: i32,
+    /// First offset (names the checkpoint and its purge record).
+    pub first_offset: i64,
+    /// What the run's report says happened to it (`purged`, `interrupted`).
+    pub status: String,
+    /// The segment the chain's checkpoint names.
+    pub segment: Option<String>,
+    /// Rows in that segment, as read and verified (`None`: not verified).
+    pub segment_rows: Option<u64>,
+    /// The purge record's purger.
+    pub record_purger: Option<String>,
+    /// Rows the record says were deleted.
+    pub deleted: u64,
+    /// Rows the record accounts for (deleted, already gone, kept for a
+    /// reason, superseded).
+    pub accounted: u64,
+}
+
+/// The result of one audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditReport {
+    /// Always [`AUDIT_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The run audited.
+    pub run_id: String,
+    /// Archive table.
+    pub table: String,
+    /// The run's purger (from its report).
+    pub purger_id: Option<String>,
+    /// The run's outcome, as it reported it.
+    pub run_outcome: Option<String>,
+    /// Rows the run reported deleted.
+    pub reported_deleted: u64,
+    /// Rows deleted according to the purge records of the checkpoints the
+    /// run purged.
+    pub recorded_deleted: u64,
+    /// Segments fetched and verified.
+    pub segments_verified: u64,
+    /// Every checkpoint the run purged or left interrupted.
+    pub checkpoints: Vec<AuditedCheckpoint>,
+    /// Everything that does not reconcile.
+    pub findings: Vec<Finding>,
+    /// RFC 3339.
+    pub audited_at: String,
+}
+
+fn finding(partition: Option<i32>, kind: &'static str, detail: String) -> Finding {
+    Finding {
+        partition,
+        kind,
+        detail,
+    }
+}
+
+/// Audits run `run_id` of `table` (see the module notes). Errors are
+/// storage failures and a missing or unreadable run report; everything
+/// else is a finding.
+pub async fn audit(
+    store: &ArchiveStore,
+    table: &str,
+    run_id: &str,
+) -> Result<AuditReport, CheckpointError> {
+    let path = store.path(&layout::run_path(table, run_id));
+    let bytes = store
+        .store
+        .get(&path)
+        .await
+        .map_err(|source| CheckpointError::Storage {
+            op: "get",
+            path: path.to_string(),
+            source,
+        })?
+        .bytes()
+        .await
+        .map_err(|source| CheckpointError::Storage {
+            op: "get",
+            path: path.to_string(),
+            source,
+        })?;
+    let run: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Malformed {
+            path: path.to_string(),
+            source: e,
+        })?;
+    let entry = run["tables"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["archive_table"] == table))
+        .cloned()
+        .unwrap_or_default();
+    let purge = &entry["purge"];
+    let mut report = AuditReport {
+        format_version: AUDIT_FORMAT_VERSION,
+        run_id: run_id.to_owned(),
+        table: table.to_owned(),
+        purger_id: purge["purger_id"].as_str().map(str::to_owned),
+        run_outcome: entry["outcome"].as_str().map(str::to_owned),
+        reported_deleted: purge["totals"]["deleted"].as_u64().unwrap_or(0),
+        recorded_deleted: 0,
+        segments_verified: 0,
+        checkpoints: Vec::new(),
+        findings: Vec::new(),
+        audited_at: cdc_checkpoint::now_rfc3339(),
+    };
+    if purge.is_null() {
+        report.findings.push(finding(
+            None,
+            "no_purge",
+            format!(
+                "run {run_id} has no purge for table {table} in its report (nothing to reconcile)"
+            ),
+        ));
+    }
+    let mut chains: BTreeMap<i32, Result<Vec<Checkpoint>, String>> = BTreeMap::new();
+    for c in purge["checkpoints"].as_array().into_iter().flatten() {
+        let status = c["status"].as_str().unwrap_or_default();
+        if status != "purged" && status != "interrupted" {
+            continue;
+        }
+        let (Some(partition), Some(first)) = (
+            c["partition"].as_i64().and_then(|p| i32::try_from(p).ok()),
+            c["first_offset"].as_i64(),
+        ) else {
+            report.findings.push(finding(
+                None,
+                "report_unreadable",
+                format!("a checkpoint line of the run report without partition/first_offset: {c}"),
+            ));
+            continue;
+        };
+        if let std::collections::btree_map::Entry::Vacant(v) = chains.entry(partition) {
+            v.insert(
+                cdc_checkpoint::read_chain(store, table, partition)
+                    .await
+                    .map(|chain| chain.checkpoints)
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        let audited = audit_checkpoint(
+            store,
+            &mut report,
+            (partition, first, status),
+            c,
+            &chains[&partition],
+        )
+        .await?;
+        report.checkpoints.push(audited);
+    }
+    if report.recorded_deleted != report.reported_deleted {
+        report.findings.push(finding(
+            None,
+            "totals_mismatch",
+            format!(
+                "the run reported {} rows deleted, its purge records {}",
+                report.reported_deleted, report.recorded_deleted
+            ),
+        ));
+    }
+    Ok(report)
+}
+
+async fn audit_checkpoint(
+    store: &ArchiveStore,
+    report: &mut AuditReport,
+    (partition, first, status): (i32, i64, &str),
+    line: &serde_json::Value,
+    chain: &Result<Vec<Checkpoint>, String>,
+) -> Result<AuditedCheckpoint, CheckpointError> {
+    let table = report.table.clone();
+    let name = layout::checkpoint_path(&table, partition, first);
+    let mut audited = AuditedCheckpoint {
+        partition,
+        first_offset: first,
+        status: status.to_owned(),
+        segment: None,
+        segment_rows: None,
+        record_purger: None,
+        deleted: 0,
+        accounted: 0,
+    };
+    let p = Some(partition);
+    let record: Option<PurgeRecord> =
+        match cdc_checkpoint::read_purge_record(store, &table, partition, first).await {
+            Ok(r) => r,
+            Err(e @ CheckpointError::Malformed { .. }) => {
+                report
+                    .findings
+                    .push(finding(p, "record_unreadable", e.to_string()));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+    match (&record, status) {
+        (None, "interrupted") => report.findings.push(finding(
+            p,
+            "interrupted",
+            format!("{name}: interrupted by the run and not completed since (the next purge completes it)"),
+        )),
+        (None, _) => report.findings.push(finding(
+            p,
+            "record_missing",
+            format!("{name}: the run reports it purged, it has no purge record"),
+        )),
+        (Some(r), "purged") if Some(&r.purger_id) != report.purger_id.as_ref() => {
+            report.findings.push(finding(
+                p,
+                "record_mismatch",
+                format!(
+                    "{name}: purge record written by {}, the run's purger is {:?}",
+                    r.purger_id, report.purger_id
+                ),
+            ))
+        }
+        (Some(r), "purged") => {
+            report.recorded_deleted += r.deleted;
+            let reported = line["counts"]["deleted"].as_u64().unwrap_or(0);
+            if reported != r.deleted {
+                report.findings.push(finding(
+                    p,
+                    "record_mismatch",
+                    format!(
+                        "{name}: the run reported {reported} rows deleted, its record {}",
+                        r.deleted
+                    ),
+                ));
+            }
+        }
+        (Some(_), _) => {}
+    }
+    let cp = match chain {
+        Ok(chain) => chain.iter().find(|c| c.first_offset == first),
+        Err(e) => {
+            report.findings.push(finding(
+                p,
+                "chain_broken",
+                format!("partition {partition}: {e}"),
+            ));
+            return Ok(audited);
+        }
+    };
+    let Some(cp) = cp.filter(|c| c.merged.is_none()) else {
+        report.findings.push(finding(
+            p,
+            "not_in_chain",
+            format!("{name}: the run purged it, the chain has no such checkpoint"),
+        ));
+        return Ok(audited);
+    };
+    audited.segment = cp.segment.as_ref().map(|s| s.path.clone());
+    if let Some(r) = &record {
+        audited.record_purger = Some(r.purger_id.clone());
+        audited.deleted = r.deleted;
+        audited.accounted = r.accounted_rows();
+        if r.segment != audited.segment {
+            report.findings.push(finding(
+                p,
+                "record_mismatch",
+                format!(
+                    "{name}: the purge record names segment {:?}, the checkpoint {:?}",
+                    r.segment, audited.segment
+                ),
+            ));
+        }
+    }
+    let mut files = VerifyReport::default();
+    verify_files(store, cp, &mut files).await?;
+    if files.segments == 1 && files.findings.is_empty() {
+        report.segments_verified += 1;
+        audited.segment_rows = Some(files.rows);
+        if record.is_some() && audited.accounted != files.rows {
+            report.findings.push(finding(
+                p,
+                "counts_mismatch",
+                format!(
+                    "{name}: its purge record accounts for {} rows, its segment holds {}",
+                    audited.accounted, files.rows
+                ),
+            ));
+        }
+    }
+    report.findings.extend(files.findings);
+    Ok(audited)
+}
+
+/// Stores `report` as `<table>/audits/<run-id>/<audited-at>.json` and its
+/// SHA-256 beside it (`….json.sha256`), never overwriting. Returns the
+/// report's path and hash.
+pub async fn record_audit(
+    store: &ArchiveStore,
+    report: &AuditReport,
+) -> Result<(String, String), CheckpointError> {
+    let body = serde_json::to_vec_pretty(report).expect("an audit report always serialises");
+    let sha = cdc_checkpoint::sha256_hex(&body);
+    let stamp: String = report
+        .audited_at
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let path = layout::audit_path(&report.table, &report.run_id, &stamp);
+    for (relative, bytes) in [
+        (path.clone(), body),
+        (format!("{path}.sha256"), format!("{sha}\n").into_bytes()),
+    ] {
+        let target = store.path(&relative);
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        store
+            .store
+            .put_opts(&target, bytes.into(), opts)
+            .await
+            .map_err(|source| CheckpointError::Storage {
+                op: "put",
+                path: relative.clone(),
+                source,
+            })?;
+    }
+    Ok((path, sha))
+}
