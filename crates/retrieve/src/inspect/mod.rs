@@ -73,13 +73,16 @@ pub(crate) async fn checkpoints_of(
     let chain = match manifest {
         None => objects,
         Some(m) => {
-            findings.extend(objects.iter().filter_map(|c| {
-                (m.represents(c) == Some(false)).then(|| Finding {
-                    partition: Some(partition),
-                    kind: "manifest_mismatch",
-                    detail: format!("{} differs from its entry in {}", c.path(), m.path()),
-                })
-            }));
+            findings.extend(
+                objects
+                    .iter()
+                    .filter(|c| m.represents(c) == Some(false))
+                    .map(|c| Finding {
+                        partition: Some(partition),
+                        kind: "manifest_mismatch",
+                        detail: format!("{} differs from its entry in {}", c.path(), m.path()),
+                    }),
+            );
             let end = m.last_offset;
             m.checkpoints
                 .into_iter()
