@@ -159,6 +159,16 @@ async fn put(store: &ArchiveStore, path: &str, body: Vec<u8>) {
         .unwrap();
 }
 
+/// What `verify` finds in the damaged archive, before and after gc.
+const DAMAGE_FOUND: [&str; 6] = [
+    "gap",
+    "hash_mismatch",
+    "manifest_mismatch",
+    "segment_corrupt",
+    "segment_mismatch",
+    "segment_missing",
+];
+
 async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     let topic = cdc_tests::unique("ckpts");
     cdc_tests::create_topic(&topic, 2).await;
@@ -308,18 +318,7 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     let (code, out) = cli(&config, &["verify", "--table", t, "--json"]);
     let v = json(&out);
     assert_eq!(code, 7, "{out}");
-    assert_eq!(
-        kinds(&v),
-        [
-            "gap",
-            "hash_mismatch",
-            "manifest_mismatch",
-            "segment_corrupt",
-            "segment_mismatch",
-            "segment_missing"
-        ],
-        "{out}"
-    );
+    assert_eq!(kinds(&v), DAMAGE_FOUND, "{out}");
     let text = out.to_string();
     assert!(
         text.contains(&removed.path) && text.contains(&flipped.path),
@@ -403,18 +402,7 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     // The same findings as before gc, but not the removed orphan; p0's chain still reads
     // whole, and a removed checkpoint is shown from the manifest.
     let (_, out) = cli(&config, &["verify", "--table", t, "--json"]);
-    assert_eq!(
-        kinds(&json(&out)),
-        [
-            "gap",
-            "hash_mismatch",
-            "manifest_mismatch",
-            "segment_corrupt",
-            "segment_mismatch",
-            "segment_missing"
-        ],
-        "{out}"
-    );
+    assert_eq!(kinds(&json(&out)), DAMAGE_FOUND, "{out}");
     // (p1's segment of the removed checkpoint stays: p1's chain does not
     // verify, so nothing of it counts as covered.)
     let (_, out) = cli(&config, &["list", "--table", t, "--json"]);

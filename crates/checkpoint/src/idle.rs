@@ -125,7 +125,7 @@ mod tests {
     fn checkpoint(last: i64, resolved: Option<Hlc>) -> Checkpoint {
         Checkpoint {
             resolved,
-            ..crate::record::test_checkpoint(0, last)
+            ..crate::fixtures::checkpoint("t", 1, 0, last)
         }
     }
 

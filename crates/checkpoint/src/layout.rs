@@ -57,6 +57,14 @@ pub fn purged_path(table: &str, partition: i32, first: i64) -> String {
     format!("{table}/purged/p{partition}/{first:020}.json")
 }
 
+/// `<table>/replays/<replay-id>/p<partition>/<first:020>.json`: what a
+/// replay of the purger did for the checkpoint that starts at `first` (a
+/// new object per replay; the checkpoint's purge record is never
+/// rewritten).
+pub fn replay_record_path(table: &str, replay_id: &str, partition: i32, first: i64) -> String {
+    format!("{table}/replays/{replay_id}/p{partition}/{first:020}.json")
+}
+
 /// `<table>/purged/p<partition>/`
 pub fn purged_dir(table: &str, partition: i32) -> String {
     format!("{table}/purged/p{partition}/")

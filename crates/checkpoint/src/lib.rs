@@ -26,10 +26,13 @@
 //! - `purge_record`: the purger's per-checkpoint [`PurgeRecord`].
 //! - `idle`: a partition's [`IdleProgress`] through resolved-only offsets.
 //! - `manifest`: a chain prefix in one object ([`Manifest`]), read first.
+//! - `fixtures` (feature `test-fixtures`): checkpoints for tests.
 //! - `gc`: removing what a manifest superseded, with a record ([`plan_gc`]).
 
 mod chain;
 mod error;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 mod gc;
 mod idle;
 pub mod key_filter;
@@ -52,7 +55,9 @@ pub use manifest::{
     newest_manifest, newest_manifest_end, plan_manifest, write_manifest, Manifest,
     MANIFEST_FORMAT_VERSION,
 };
-pub use purge_record::{read_purge_record, write_purge_record, PurgeRecord, PurgeWrite};
+pub use purge_record::{
+    read_purge_record, write_purge_record, write_replay_record, PurgeRecord, PurgeWrite,
+};
 pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,
 };

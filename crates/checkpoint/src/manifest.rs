@@ -288,7 +288,6 @@ pub async fn plan_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::test_checkpoint;
     use crate::SegmentRef;
     use cdc_types::Hlc;
 
@@ -302,7 +301,7 @@ mod tests {
             resolved: Some(Hlc::new(resolved, 0)),
             created_at: format!("2026-01-01T00:00:{:02}Z", first / 10),
             last_message: Some(format!("m{first}")),
-            ..test_checkpoint(first, first + 9)
+            ..crate::fixtures::checkpoint("t", 1, first, first + 9)
         }
     }
 
@@ -314,7 +313,7 @@ mod tests {
                 rows_archived: 1,
                 ..Counts::default()
             },
-            ..test_checkpoint(first, first + 9)
+            ..crate::fixtures::checkpoint("t", 1, first, first + 9)
         }
     }
 

@@ -117,6 +117,32 @@ pub async fn write_purge_record(
     }
 }
 
+/// Stores what replay `replay_id` did for a checkpoint as
+/// `<table>/replays/<replay-id>/p<partition>/<first>.json`, with a
+/// conditional create (an identical existing object is success; another
+/// one a [`CheckpointError::Conflict`]). The checkpoint's own purge record
+/// is left as it is.
+pub async fn write_replay_record(
+    store: &ArchiveStore,
+    replay_id: &str,
+    record: &PurgeRecord,
+) -> Result<String, CheckpointError> {
+    let relative = layout::replay_record_path(
+        &record.table,
+        replay_id,
+        record.partition,
+        record.first_offset,
+    );
+    let body = serde_json::to_vec_pretty(record).expect("a purge record always serialises");
+    match create_object(store, &relative, body).await? {
+        Ok(_) => Ok(relative),
+        Err(_) => Err(CheckpointError::Conflict {
+            path: relative,
+            existing_writer: None,
+        }),
+    }
+}
+
 /// Reads the purge record of the checkpoint starting at `first_offset`.
 pub async fn read_purge_record(
     store: &ArchiveStore,

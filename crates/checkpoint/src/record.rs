@@ -231,31 +231,3 @@ pub fn message_fingerprint(key: Option<&[u8]>, value: Option<&[u8]>) -> String {
     }
     format!("{h:016x}")
 }
-
-/// A checkpoint of table `t`, partition 1 of 2, offsets `first..=last`,
-/// naming no file (unit tests).
-#[cfg(test)]
-pub(crate) fn test_checkpoint(first: i64, last: i64) -> Checkpoint {
-    Checkpoint {
-        format_version: crate::FORMAT_VERSION,
-        table: "t".into(),
-        topic: "t".into(),
-        partition: 1,
-        partitions: 2,
-        first_offset: first,
-        last_offset: last,
-        segment: None,
-        deletes: None,
-        counts: Counts::default(),
-        min_updated: None,
-        max_updated: None,
-        resolved: None,
-        writer_id: "w".into(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        key_filter: None,
-        open_tail_xid: None,
-        last_message: None,
-        previous_sha256: None,
-        merged: None,
-    }
-}

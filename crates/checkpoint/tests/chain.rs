@@ -17,30 +17,16 @@ fn checkpoint(
     writer: &str,
 ) -> Checkpoint {
     Checkpoint {
-        format_version: FORMAT_VERSION,
-        table: table.into(),
         topic: format!("topic_{table}"),
-        partition,
-        partitions: 2,
-        first_offset: first,
-        last_offset: last,
-        segment: None,
-        deletes: None,
         counts: Counts {
             events: (last - first + 1) as u64,
             resolved: 1,
             ..Counts::default()
         },
-        min_updated: None,
-        max_updated: None,
         resolved,
         writer_id: writer.into(),
         created_at: now_rfc3339(),
-        key_filter: None,
-        open_tail_xid: None,
-        last_message: None,
-        previous_sha256: None,
-        merged: None,
+        ..fixtures::checkpoint(table, partition, first, last)
     }
 }
 

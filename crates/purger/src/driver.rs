@@ -44,6 +44,34 @@ pub struct PurgeOptions {
     pub crash_after_batches: Option<u64>,
     /// Show a progress bar (on a terminal only, see `cdc_common::progress`).
     pub progress: bool,
+    /// Replay: purge again the checkpoints this names, whether or not they
+    /// have a purge record, and only them (see [`Replay`]).
+    pub replay: Option<Replay>,
+}
+
+/// A replay of the purger over a range of checkpoints (`cdc-archiver purge
+/// --replay-from A --replay-to B`), e.g. after rows were restored with
+/// their archived flag, or to cross-check purge records against the
+/// database (a dry run: rows still in the table in their archived version
+/// are counted as `would_delete`). The same guarded deletes as a purge, so
+/// the invariant is the purge's; what a replay did is recorded as a new
+/// object per checkpoint (`cdc_checkpoint::write_replay_record`), never in
+/// place of the checkpoint's purge record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// Only this partition (`None`: every partition).
+    pub partition: Option<i32>,
+    /// Checkpoints whose first offset lies in this range.
+    pub first_offsets: std::ops::RangeInclusive<i64>,
+    /// Names its records (`<table>/replays/<id>/…`).
+    pub id: String,
+}
+
+impl Replay {
+    /// Whether the checkpoint of `partition` starting at `first` is replayed.
+    pub fn covers(&self, partition: i32, first: i64) -> bool {
+        self.partition.is_none_or(|p| p == partition) && self.first_offsets.contains(&first)
+    }
 }
 
 /// Purges every checkpoint of `cfg`'s table that has no purge record yet,
@@ -90,6 +118,7 @@ pub async fn purge(
         store.clone(),
         archive_table.clone(),
         dialect,
+        opts.replay.clone(),
         chains_tx,
         tx,
     ))));
@@ -140,6 +169,7 @@ pub async fn purge(
         archive_table: archive_table.clone(),
         dialect,
         dry_run: opts.dry_run,
+        replay: opts.replay.as_ref().map(|r| r.id.clone()),
         purger_id,
         started_at,
         finished_at: String::new(),

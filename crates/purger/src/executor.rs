@@ -157,11 +157,16 @@ impl Run<'_> {
             started_at,
             finished_at: cdc_checkpoint::now_rfc3339(),
         };
-        match cdc_checkpoint::write_purge_record(self.store, &record).await? {
-            cdc_checkpoint::PurgeWrite::Written => {}
-            cdc_checkpoint::PurgeWrite::AlreadyPurged(other) => {
-                tracing::info!(checkpoint = %cp.path(), other = %other.purger_id,
-                    "another purger recorded this checkpoint first; our deletes found its rows already gone");
+        if let Some(replay) = &self.opts.replay {
+            let path = cdc_checkpoint::write_replay_record(self.store, &replay.id, &record).await?;
+            tracing::info!(checkpoint = %cp.path(), record = %path, "replay recorded");
+        } else {
+            match cdc_checkpoint::write_purge_record(self.store, &record).await? {
+                cdc_checkpoint::PurgeWrite::Written => {}
+                cdc_checkpoint::PurgeWrite::AlreadyPurged(other) => {
+                    tracing::info!(checkpoint = %cp.path(), other = %other.purger_id,
+                        "another purger recorded this checkpoint first; our deletes found its rows already gone");
+                }
             }
         }
         tracing::info!(checkpoint = %cp.path(), deleted = counts.deleted, already_gone = counts.already_gone,

@@ -52,7 +52,7 @@ pub mod summary;
 pub mod versions;
 
 pub use config::PurgerConfig;
-pub use driver::{purge, PurgeOptions};
+pub use driver::{purge, PurgeOptions, Replay};
 pub use error::PurgeError;
 pub use kept_rows::{hold, retouch, retouch_marked};
 pub use origin::OriginSetup;

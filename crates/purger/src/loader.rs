@@ -64,6 +64,7 @@ pub(crate) async fn read_and_load(
     store: ArchiveStore,
     archive_table: String,
     dialect: Dialect,
+    replay: Option<crate::Replay>,
     chains_tx: tokio::sync::oneshot::Sender<Result<Chains, PurgeError>>,
     tx: tokio::sync::mpsc::Sender<Result<Prefetched, PurgeError>>,
 ) {
@@ -104,7 +105,7 @@ pub(crate) async fn read_and_load(
     if chains_tx.send(Ok(Chains { rows, broken })).is_err() {
         return;
     }
-    load_ahead(store, chains, dialect, tx).await;
+    load_ahead(store, chains, dialect, replay, tx).await;
 }
 
 /// Sends every checkpoint of every chain, in order, with its purge record
@@ -117,6 +118,7 @@ async fn load_ahead(
     store: ArchiveStore,
     chains: Vec<cdc_checkpoint::Chain>,
     dialect: Dialect,
+    replay: Option<crate::Replay>,
     tx: tokio::sync::mpsc::Sender<Result<Prefetched, PurgeError>>,
 ) {
     for chain in chains {
@@ -136,8 +138,14 @@ async fn load_ahead(
             if cp.segment.is_none() {
                 continue;
             }
+            // A replay takes only the checkpoints it names, records or not.
+            let replayed = match &replay {
+                Some(r) if !r.covers(cp.partition, cp.first_offset) => continue,
+                Some(_) => true,
+                None => false,
+            };
             let item = async {
-                let record = if purged.contains(&cp.first_offset) {
+                let record = if !replayed && purged.contains(&cp.first_offset) {
                     cdc_checkpoint::read_purge_record(
                         &store,
                         &cp.table,

@@ -138,6 +138,8 @@ pub struct PurgeSummary {
     pub dialect: cdc_common::db::Dialect,
     /// Whether nothing was deleted on purpose.
     pub dry_run: bool,
+    /// The replay this was (`None`: a purge).
+    pub replay: Option<String>,
     /// This purger instance (also in every purge record it wrote).
     pub purger_id: String,
     /// RFC 3339.
@@ -202,7 +204,10 @@ impl PurgeSummary {
         };
         let _ = writeln!(
             s,
-            "purge of {} (archive {}){}",
+            "{} of {} (archive {}){}",
+            self.replay
+                .as_ref()
+                .map_or_else(|| "purge".to_owned(), |id| format!("replay {id}")),
             self.table,
             self.archive_table,
             if self.dry_run { " — DRY RUN" } else { "" }

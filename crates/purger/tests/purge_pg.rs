@@ -64,11 +64,7 @@ async fn deletes_exactly_the_archived_versions_and_nothing_else() {
     );
 
     let after = f.snapshot().await;
-    let deleted: BTreeSet<i64> = before
-        .keys()
-        .filter(|id| !after.contains_key(id))
-        .copied()
-        .collect();
+    let deleted = common::deleted_ids(&before, &after);
     let expected: BTreeSet<i64> = (1..=60).filter(|id| ![5, 6, 7].contains(id)).collect();
     assert_eq!(deleted, expected);
     // Every deleted row is in the archive with identical values.
@@ -1194,11 +1190,7 @@ async fn a_compacted_and_collected_chain_purges_exactly_the_archived_versions() 
     let s = f.purge(&opts()).await.unwrap();
     assert!(s.ok(), "{}", s.render());
     let after = f.snapshot().await;
-    let deleted: BTreeSet<i64> = before
-        .keys()
-        .filter(|id| !after.contains_key(id))
-        .copied()
-        .collect();
+    let deleted = common::deleted_ids(&before, &after);
     let expected: BTreeSet<i64> = (1..=60).filter(|id| *id != 25).collect();
     assert_eq!(deleted, expected);
     let mut archived = std::collections::BTreeMap::new();
@@ -1224,5 +1216,91 @@ async fn a_compacted_and_collected_chain_purges_exactly_the_archived_versions() 
     }
     assert_eq!(records, [0, 30, 55]);
     assert_eq!(s.checkpoints.len(), 3);
+    f.drop().await;
+}
+
+/// A replay purges again only the checkpoints it names, whatever their
+/// purge records say, through the same guard: a row put back in its
+/// archived version (a restore that kept the archived flag) is counted by
+/// a dry run and deleted by the replay, a row put back changed is kept,
+/// what the replay did is a new object under `replays/`, and the
+/// checkpoint's purge record stays as it was.
+#[tokio::test]
+async fn a_replay_purges_again_only_what_it_names_and_records_it_apart() {
+    let f = Fixture::new(40).await;
+    f.mark(1, 40).await;
+    f.archive(0, 0, 1, 20, true).await;
+    f.archive(0, 20, 21, 40, true).await;
+    let s = f.purge(&opts()).await.unwrap();
+    assert_eq!(s.totals.deleted, 40, "{}", s.render());
+    let record = f.purge_record(0, 0).await.unwrap();
+    // Rows 3 and 23 back as archived, row 4 back changed.
+    f.sql(
+        "INSERT INTO {t} (id, payload, amount, archived) \
+         SELECT g, 'row ' || g, g * 1.25, true FROM unnest(ARRAY[3, 23]) g; \
+         INSERT INTO {t} (id, payload, amount, archived) VALUES (4, 'changed', 5.00, true)",
+    )
+    .await;
+    let replay = |id: &str| cdc_purger::Replay {
+        partition: Some(0),
+        first_offsets: 0..=0,
+        id: id.to_owned(),
+    };
+    let dry = f
+        .dry_run(&PurgeOptions {
+            replay: Some(replay("dry")),
+            ..opts()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dry.replay.as_deref(), Some("dry"));
+    assert_eq!(dry.checkpoints.len(), 1, "{}", dry.render());
+    assert_eq!(
+        (
+            dry.totals.would_delete,
+            dry.totals.skipped_changed,
+            dry.totals.already_gone
+        ),
+        (1, 1, 18)
+    );
+    assert_eq!(f.snapshot().await.len(), 3, "a dry run deletes nothing");
+
+    let done = f
+        .purge(&PurgeOptions {
+            replay: Some(replay("r1")),
+            ..opts()
+        })
+        .await
+        .unwrap();
+    assert!(done.ok(), "{}", done.render());
+    assert_eq!(done.totals.deleted, 1);
+    let left: Vec<i64> = f.snapshot().await.keys().copied().collect();
+    assert_eq!(left, [4, 23], "row 3 deleted; 23 is outside the replay");
+    let stored = f
+        .store
+        .store
+        .get(&f.store.path(&cdc_checkpoint::layout::replay_record_path(
+            &f.table, "r1", 0, 0,
+        )))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let replayed: cdc_checkpoint::PurgeRecord = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(
+        (
+            replayed.deleted,
+            replayed.skipped_changed,
+            replayed.already_gone
+        ),
+        (1, 1, 18)
+    );
+    assert_eq!(replayed.purger_id, done.purger_id);
+    assert_eq!(f.purge_record(0, 0).await.unwrap(), record);
+    // A plain purge leaves row 23 alone: its checkpoint is recorded.
+    let again = f.purge(&opts()).await.unwrap();
+    assert_eq!(again.totals.deleted, 0);
+    assert_eq!(f.snapshot().await.len(), 2);
     f.drop().await;
 }

@@ -69,30 +69,15 @@ enum Format {
 
 fn checkpoint(p: i32, first: i64, last: i64, resolved: i64) -> Checkpoint {
     Checkpoint {
-        format_version: cdc_checkpoint::FORMAT_VERSION,
-        table: TABLE.into(),
-        topic: TABLE.into(),
-        partition: p,
         partitions: PARTITIONS,
-        first_offset: first,
-        last_offset: last,
-        segment: None,
-        deletes: None,
         counts: Counts {
             events: (last - first + 1) as u64,
             resolved: (last - first + 1) as u64,
             ..Counts::default()
         },
-        min_updated: None,
-        max_updated: None,
         resolved: Some(Hlc::new(resolved, 0)),
         writer_id: "bench".into(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        key_filter: None,
-        open_tail_xid: None,
-        last_message: None,
-        previous_sha256: None,
-        merged: None,
+        ..cdc_checkpoint::fixtures::checkpoint(TABLE, p, first, last)
     }
 }
 
@@ -580,18 +565,21 @@ fn main() {
         ),
         ("30 days, now", 30, Format::Idle, Mode::AsWritten, false),
         ("365 days, now", 365, Format::Idle, Mode::AsWritten, false),
-        (
-            "365 days, now, compacted",
-            365,
-            Format::Idle,
-            Mode::Compacted,
-            s3,
-        ),
+        // Collected before compacted: the S3 stand-in (moto) lists by
+        // filtering every key of the bucket, so the 26,000 objects the
+        // compacted case uploads would slow every later listing.
         (
             "365 days, now, compacted + gc",
             365,
             Format::Idle,
             Mode::Collected,
+            s3,
+        ),
+        (
+            "365 days, now, compacted",
+            365,
+            Format::Idle,
+            Mode::Compacted,
             s3,
         ),
     ];

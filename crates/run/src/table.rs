@@ -206,6 +206,7 @@ pub(crate) async fn run_table(
         allow_unindexed_foreign_keys: cfg.allow_unindexed_foreign_keys,
         crash_after_batches: None,
         progress: false,
+        replay: None,
     };
     let purge = cdc_purger::purge(&plan.purger, store, shutdown.child_token(), &opts).await;
     report.stage_secs.purge = t.elapsed().as_secs_f64();

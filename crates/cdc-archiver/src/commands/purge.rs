@@ -50,6 +50,28 @@ pub struct PurgeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_cascading_foreign_keys: bool,
+    /// Replay: purge again the checkpoints whose first offset is at least
+    /// this (with --replay-to), whether or not they have a purge record,
+    /// e.g. after rows were restored with their archived flag. A dry run
+    /// unless --yes: rows still in the table in their archived version
+    /// show as "would delete" (a cross-check of the purge records against
+    /// the database). What a replay does is recorded under
+    /// <table>/replays/<id>/; purge records are never rewritten.
+    #[arg(long, requires = "replay_to")]
+    #[serde(skip)]
+    pub replay_from: Option<i64>,
+    /// Replay: the largest first offset of the checkpoints replayed.
+    #[arg(long, requires = "replay_from")]
+    #[serde(skip)]
+    pub replay_to: Option<i64>,
+    /// Replay: only this partition (default: every partition).
+    #[arg(long, requires = "replay_from")]
+    #[serde(skip)]
+    pub partition: Option<i32>,
+    /// Replay: delete (without it a replay is a dry run).
+    #[arg(long, requires = "replay_from")]
+    #[serde(skip)]
+    pub yes: bool,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     #[serde(skip)]
@@ -72,8 +94,21 @@ pub async fn run(global: &GlobalArgs, args: PurgeArgs) -> anyhow::Result<ExitCod
         ),
         _ => None,
     };
+    let replay = match (args.replay_from, args.replay_to) {
+        (Some(from), Some(to)) => Some(cdc_purger::Replay {
+            partition: args.partition,
+            first_offsets: from..=to,
+            id: format!(
+                "{}-{}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+        }),
+        _ => None,
+    };
     let opts = PurgeOptions {
-        dry_run: args.dry_run,
+        dry_run: args.dry_run || (replay.is_some() && !args.yes),
+        replay,
         allow_unindexed_foreign_keys: args.allow_unindexed_foreign_keys,
         crash_after_batches,
         progress: true,

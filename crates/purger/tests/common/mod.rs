@@ -16,6 +16,15 @@ use object_store::{ObjectStoreExt, PutPayload};
 /// One row as read from the table: every column as text (NULL as None).
 pub type Snapshot = BTreeMap<i64, (Option<String>, Option<String>, bool, String)>;
 
+/// The ids in `before` that are not in `after`.
+pub fn deleted_ids(before: &Snapshot, after: &Snapshot) -> std::collections::BTreeSet<i64> {
+    before
+        .keys()
+        .filter(|id| !after.contains_key(id))
+        .copied()
+        .collect()
+}
+
 pub struct Fixture {
     pub client: tokio_postgres::Client,
     pub table: String,

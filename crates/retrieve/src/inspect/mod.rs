@@ -251,31 +251,9 @@ pub async fn tables(store: &ArchiveStore) -> Result<Vec<String>, CheckpointError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cdc_checkpoint::Counts;
 
     fn cp(first: i64, last: i64) -> Checkpoint {
-        Checkpoint {
-            format_version: cdc_checkpoint::FORMAT_VERSION,
-            table: "t".into(),
-            topic: "t".into(),
-            partition: 0,
-            partitions: 1,
-            first_offset: first,
-            last_offset: last,
-            segment: None,
-            deletes: None,
-            counts: Counts::default(),
-            min_updated: None,
-            max_updated: None,
-            resolved: None,
-            writer_id: "w".into(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            key_filter: None,
-            open_tail_xid: None,
-            last_message: None,
-            previous_sha256: None,
-            merged: None,
-        }
+        cdc_checkpoint::fixtures::checkpoint("t", 0, first, last)
     }
 
     #[test]

@@ -1,0 +1,33 @@
+//! Checkpoints for tests and benchmarks (feature `test-fixtures`), so
+//! that no test spells out every field of the format: take one and
+//! override what the test is about with struct update syntax.
+
+use crate::{Checkpoint, Counts, FORMAT_VERSION};
+
+/// A checkpoint of `table` (its topic has the same name, 2 partitions),
+/// partition `partition`, offsets `first..=last`, naming no file, with no
+/// resolved timestamp, written by `test` at a fixed time.
+pub fn checkpoint(table: &str, partition: i32, first: i64, last: i64) -> Checkpoint {
+    Checkpoint {
+        format_version: FORMAT_VERSION,
+        table: table.into(),
+        topic: table.into(),
+        partition,
+        partitions: 2,
+        first_offset: first,
+        last_offset: last,
+        segment: None,
+        deletes: None,
+        counts: Counts::default(),
+        min_updated: None,
+        max_updated: None,
+        resolved: None,
+        writer_id: "test".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        key_filter: None,
+        open_tail_xid: None,
+        last_message: None,
+        previous_sha256: None,
+        merged: None,
+    }
+}
