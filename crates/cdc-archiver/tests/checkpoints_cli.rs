@@ -277,7 +277,7 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     put(&store, &orphan, get(&store, &copy.path).await).await;
     // p0: a checkpoint object the manifest holds altered (readers take the
     // manifest's copy; verify reports the difference).
-    let altered = chain0.checkpoints[0].path();
+    let altered = chain0.checkpoints[1].path();
     let mut doc: serde_json::Value = serde_json::from_slice(&get(&store, &altered).await).unwrap();
     doc["created_at"] = "2000-01-01T00:00:00Z".into();
     put(&store, &altered, serde_json::to_vec_pretty(&doc).unwrap()).await;
@@ -355,7 +355,7 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     assert_eq!(code, 0);
     assert!(out.contains("would remove 0 object(s)"), "{out}");
     // With a zero safety age: p0's checkpoint objects that its manifest
-    // holds, except its last and the altered one, and the covered orphan;
+    // holds, except its first, its last and the altered one, and the covered orphan;
     // nothing of p1 (no manifest). The plan first, then --yes.
     let (_, plan) = cli(
         &config,
@@ -368,12 +368,16 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
         .iter()
         .map(|i| i["path"].as_str().unwrap().to_owned())
         .collect();
-    let last0 = chain0.checkpoints.last().unwrap().path();
+    // Kept: the chain's first (an anchor), its last, and the altered one.
+    let (first0, last0) = (
+        chain0.checkpoints[0].path(),
+        chain0.checkpoints.last().unwrap().path(),
+    );
     let mut expected: Vec<String> = chain0
         .checkpoints
         .iter()
         .map(|c| c.path())
-        .filter(|p| *p != last0 && *p != altered)
+        .filter(|p| *p != first0 && *p != last0 && *p != altered)
         .chain([orphan.clone()])
         .collect();
     expected.sort();
@@ -411,11 +415,12 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
         cdc_checkpoint::read_chain(&store, t, 0).await.unwrap(),
         chain0
     );
-    let (code, out) = cli(&config, &["show", &with_rows[1].path()]);
+    let (code, out) = cli(&config, &["show", &with_rows[2].path()]);
     assert_eq!(code, 0, "{out}");
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["from_manifest"], m.path(), "{out}");
-    assert_eq!(shown["segment"]["matches"], false, "{out}");
+    assert_eq!(shown["checkpoint"], serde_json::to_value(with_rows[2]).unwrap());
+    assert_eq!(shown["segment"]["matches"], true, "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@
 //! modification time): checkpoint objects that the partition's newest
 //! manifest holds (verbatim, or inside a merged run of checkpoints that
 //! name no file), except the manifest's last checkpoint (kept: `latest`
-//! reads it and the partition stays listed); manifests superseded by a
+//! reads it and the partition stays listed) and the chain's first (kept: a
+//! reader without the manifest sees a gap, never a chain that starts
+//! late); manifests superseded by a
 //! newer one; and orphans whose offsets the chain already covers (see
 //! [`crate::orphans`]). Only when the newest manifest reads, verifies and
 //! is itself older than the safety age; a checkpoint object that differs
@@ -174,13 +176,17 @@ async fn plan_partition(
                 .push(item(m, store, format!("superseded by {newest}")));
         }
     }
-    let keep_first = manifest.tail_first();
+    // Kept: the manifest's last checkpoint (`latest` reads it) and the
+    // chain's first (an anchor: a reader that goes without the manifest,
+    // an older binary or one after the manifest was lost, then sees a gap
+    // and refuses the chain instead of reading one that starts late).
+    let keep = [manifest.first_offset, manifest.tail_first()];
     let objects = list(store, &layout::checkpoints_dir(table, partition)).await?;
     let candidates: Vec<(&ObjectMeta, i64)> = objects
         .iter()
         .filter_map(|m| Some((m, layout::parse_checkpoint_name(m.location.as_ref())?)))
         .filter(|(m, first)| {
-            *first <= manifest.last_offset && *first != keep_first && m.last_modified <= cutoff
+            *first <= manifest.last_offset && !keep.contains(first) && m.last_modified <= cutoff
         })
         .collect();
     let read: Vec<_> = futures::stream::iter(candidates)

@@ -208,6 +208,12 @@ impl Manifest {
                 object.merged.is_none()
                     && object.last_offset <= entry.last_offset
                     && mergeable(entry, object)
+                    // The run's last object: what the entry keeps of it.
+                    && (object.last_offset < entry.last_offset
+                        || (object.resolved == entry.resolved
+                            && object.last_message == entry.last_message
+                            && object.writer_id == entry.writer_id
+                            && object.created_at == entry.created_at))
             }
         })
     }
@@ -256,8 +262,18 @@ pub async fn newest_manifest(
         return Ok(None);
     };
     let path = store.path(&layout::manifest_path(table, partition, named.0, named.1));
+    // Listed but gone: removed while being read (a gc racing this read),
+    // or by hand. Never "no manifest": after a gc its checkpoints may exist
+    // nowhere else, and a chain read without it would start late.
     let Some(bytes) = get_bytes(store, &path).await? else {
-        return Ok(None);
+        return Err(CheckpointError::Storage {
+            op: "get",
+            path: path.to_string(),
+            source: object_store::Error::NotFound {
+                path: path.to_string(),
+                source: "the newest manifest was listed but is gone; retry".into(),
+            },
+        });
     };
     let manifest: Manifest = parse(&path, &bytes)?;
     manifest.check(table, partition, named)?;
@@ -386,6 +402,13 @@ mod tests {
         let mut merged_object = chain[1].clone();
         merged_object.merged = Some(2);
         assert_eq!(m.represents(&merged_object), Some(false));
+        // The run's last object is compared on what the entry keeps of it.
+        let mut moved = chain[1].clone();
+        moved.resolved = Some(Hlc::new(99, 0));
+        assert_eq!(m.represents(&moved), Some(false));
+        let mut rewritten = chain[1].clone();
+        rewritten.last_message = Some("other".into());
+        assert_eq!(m.represents(&rewritten), Some(false));
     }
 
     #[test]

@@ -89,12 +89,13 @@ fn segment_partition(relative: &str) -> Option<i32> {
 
 /// Per partition: the segments its checkpoints name (checkpoint objects,
 /// and the copies in its newest manifest, which may be the only ones left),
-/// and the chain's end (`None` when the partition has no checkpoint, or its
-/// chain does not verify: then nothing of it counts as covered).
+/// and the chain's first and last offsets (`None` when the partition has
+/// no checkpoint, or its chain does not verify: then nothing of it counts
+/// as covered).
 async fn named_segments(
     store: &ArchiveStore,
     table: &str,
-) -> Result<(HashSet<String>, BTreeMap<i32, Option<i64>>), CheckpointError> {
+) -> Result<(HashSet<String>, BTreeMap<i32, Option<(i64, i64)>>), CheckpointError> {
     let mut named = HashSet::new();
     let mut ends = BTreeMap::new();
     for p in partitions(store, table).await? {
@@ -128,7 +129,10 @@ async fn named_segments(
             .chain(objects.into_iter().filter(|c| c.first_offset > after))
             .collect();
         let end = match (&manifest, verify_chain(table, p, &chain)) {
-            (Ok(_), Ok(())) => chain.last().map(|c| c.last_offset),
+            (Ok(_), Ok(())) => chain
+                .first()
+                .zip(chain.last())
+                .map(|(a, b)| (a.first_offset, b.last_offset)),
             _ => None,
         };
         ends.insert(p, end);
@@ -148,13 +152,16 @@ pub async fn orphans(store: &ArchiveStore, table: &str) -> Result<Vec<Orphan>, C
         .into_iter()
         .filter_map(|m| {
             let path = store.relative(&m.location);
-            let (_, last) = layout::parse_segment_name(&path)?;
+            let (first, last) = layout::parse_segment_name(&path)?;
             if named.contains(&path) {
                 return None;
             }
-            let end = segment_partition(&path).and_then(|p| ends.get(&p).copied().flatten());
+            let span = segment_partition(&path).and_then(|p| ends.get(&p).copied().flatten());
             Some(Orphan {
-                covered: end.is_some_and(|end| last <= end),
+                // Inside the chain: a segment before its start is not
+                // covered by it (a chain that starts late may have lost its
+                // beginning), nor one past its end.
+                covered: span.is_some_and(|(start, end)| first >= start && last <= end),
                 path,
                 size: m.size,
                 last_modified: m.last_modified,

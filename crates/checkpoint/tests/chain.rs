@@ -611,7 +611,8 @@ async fn gc_after_compaction(store: &ArchiveStore) {
 
     let plan = plan_gc(store, &table, Duration::ZERO).await.unwrap();
     let planned: Vec<&str> = plan.remove.iter().map(|i| i.path.as_str()).collect();
-    let mut expected: Vec<String> = [0usize, 1, 3, 4, 5, 6]
+    // Kept: 0 (the chain's first, an anchor), 2 (altered), 7 (the last).
+    let mut expected: Vec<String> = [1usize, 3, 4, 5, 6]
         .iter()
         .map(|&i| chain[i].path())
         .collect();
@@ -689,6 +690,21 @@ async fn gc_after_compaction(store: &ArchiveStore) {
     run_gc(store, &plan, "test-2").await.unwrap();
     assert_eq!(read_chain(store, &table, 0).await.unwrap(), before);
     assert_eq!(head(store, &table, 0).await.unwrap(), Some((100, true)));
+
+    // The manifest lost after gc: the anchor and the last checkpoint are
+    // not contiguous, so the chain is refused (never read as one that
+    // starts late) and no segment it named counts as a covered orphan.
+    store.store.delete(&store.path(&m2.path())).await.unwrap();
+    assert!(matches!(
+        read_chain(store, &table, 0).await,
+        Err(CheckpointError::Broken { .. })
+    ));
+    let left = orphans(store, &table).await.unwrap();
+    assert!(left.iter().all(|o| !o.covered), "{left:?}");
+    assert!(clean_orphans(store, &table, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 fn manifest_path_of(table: &str, partition: i32, last: i64, tail_first: i64) -> String {

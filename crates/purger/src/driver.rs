@@ -49,8 +49,10 @@ pub struct PurgeOptions {
     pub replay: Option<Replay>,
 }
 
-/// A replay of the purger over a range of checkpoints (`cdc-archiver purge
-/// --replay-from A --replay-to B`), e.g. after rows were restored with
+/// A replay of the purger over a range of already purged checkpoints
+/// (`cdc-archiver purge --replay-from A --replay-to B`; checkpoints in the
+/// range without a purge record are left to the plain purge, which takes
+/// them in chain order), e.g. after rows were restored with
 /// their archived flag, or to cross-check purge records against the
 /// database (a dry run: rows still in the table in their archived version
 /// are counted as `would_delete`). The same guarded deletes as a purge, so
@@ -61,7 +63,7 @@ pub struct PurgeOptions {
 pub struct Replay {
     /// Only this partition (`None`: every partition).
     pub partition: Option<i32>,
-    /// Checkpoints whose first offset lies in this range.
+    /// Purged checkpoints whose first offset lies in this range.
     pub first_offsets: std::ops::RangeInclusive<i64>,
     /// Names its records (`<table>/replays/<id>/…`).
     pub id: String,

@@ -138,9 +138,16 @@ async fn load_ahead(
             if cp.segment.is_none() {
                 continue;
             }
-            // A replay takes only the checkpoints it names, records or not.
+            // A replay takes only the checkpoints it names that are already
+            // purged (a first purge is the plain purge's, in chain order,
+            // with its record and its refusals), and ignores their records.
             let replayed = match &replay {
-                Some(r) if !r.covers(cp.partition, cp.first_offset) => continue,
+                Some(r)
+                    if !r.covers(cp.partition, cp.first_offset)
+                        || !purged.contains(&cp.first_offset) =>
+                {
+                    continue
+                }
                 Some(_) => true,
                 None => false,
             };

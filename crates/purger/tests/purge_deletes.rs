@@ -55,13 +55,7 @@ async fn write(
         SegmentRef::describe(path, &bytes, rows.len() as u64, columns)
     };
     let cp = Checkpoint {
-        format_version: cdc_checkpoint::FORMAT_VERSION,
-        table: f.table.clone(),
-        topic: f.table.clone(),
-        partition: 0,
         partitions: 1,
-        first_offset: first,
-        last_offset: last,
         segment: Some(segment),
         deletes: Some(DeletesRef::describe(d_path, &d_bytes, deletes.len() as u64)),
         counts: Counts {
@@ -72,14 +66,9 @@ async fn write(
         },
         min_updated: rows.iter().filter_map(|r| r.meta.updated).min(),
         max_updated: rows.iter().filter_map(|r| r.meta.updated).max(),
-        resolved: None,
         writer_id: "purger-test".into(),
         created_at: cdc_checkpoint::now_rfc3339(),
-        key_filter: None,
-        open_tail_xid: None,
-        last_message: None,
-        previous_sha256: None,
-        merged: None,
+        ..cdc_checkpoint::fixtures::checkpoint(&f.table, 0, first, last)
     };
     cdc_checkpoint::create(&f.store, &cp).await.unwrap();
     cp

@@ -76,30 +76,16 @@ async fn lag_and_watermark_age_move_on_the_tick_and_events_count_on_arrival() {
     cdc_checkpoint::create(
         &store,
         &Checkpoint {
-            format_version: cdc_checkpoint::FORMAT_VERSION,
-            table: topic.clone(),
-            topic: topic.clone(),
-            partition: 0,
             partitions: 1,
-            first_offset: 0,
-            last_offset: 0,
-            segment: None,
             counts: Counts {
                 events: 1,
                 resolved: 1,
                 ..Counts::default()
             },
-            min_updated: None,
-            max_updated: None,
             resolved: Some(resolved),
             writer_id: "by-hand".into(),
             created_at: cdc_checkpoint::now_rfc3339(),
-            key_filter: None,
-            deletes: None,
-            open_tail_xid: None,
-            last_message: None,
-            previous_sha256: None,
-            merged: None,
+            ..cdc_checkpoint::fixtures::checkpoint(&topic, 0, 0, 0)
         },
     )
     .await

@@ -109,29 +109,13 @@ async fn malformed_message_is_quarantined_and_its_neighbours_archived() {
 
 fn fake_checkpoint(table: &str, partition: i32, first: i64, last: i64) -> Checkpoint {
     Checkpoint {
-        format_version: cdc_checkpoint::FORMAT_VERSION,
-        table: table.into(),
-        topic: table.into(),
-        partition,
-        partitions: 2,
-        first_offset: first,
-        last_offset: last,
-        segment: None,
         counts: Counts {
             events: (last - first + 1) as u64,
             ..Counts::default()
         },
-        min_updated: None,
-        max_updated: None,
-        resolved: None,
         writer_id: "by-hand".into(),
         created_at: cdc_checkpoint::now_rfc3339(),
-        key_filter: None,
-        deletes: None,
-        open_tail_xid: None,
-        last_message: None,
-        previous_sha256: None,
-        merged: None,
+        ..cdc_checkpoint::fixtures::checkpoint(table, partition, first, last)
     }
 }
 

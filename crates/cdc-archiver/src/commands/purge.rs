@@ -50,8 +50,8 @@ pub struct PurgeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_cascading_foreign_keys: bool,
-    /// Replay: purge again the checkpoints whose first offset is at least
-    /// this (with --replay-to), whether or not they have a purge record,
+    /// Replay: purge again the already purged checkpoints whose first
+    /// offset is at least this (with --replay-to), ignoring their records,
     /// e.g. after rows were restored with their archived flag. A dry run
     /// unless --yes: rows still in the table in their archived version
     /// show as "would delete" (a cross-check of the purge records against

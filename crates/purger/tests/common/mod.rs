@@ -351,13 +351,7 @@ pub async fn write_checkpoint_to(
         .unwrap();
     let columns = rows[0].columns.iter().map(|(c, _)| c.clone()).collect();
     let cp = Checkpoint {
-        format_version: cdc_checkpoint::FORMAT_VERSION,
-        table: table.to_owned(),
-        topic: table.to_owned(),
-        partition,
         partitions: 1,
-        first_offset,
-        last_offset,
         segment: Some(SegmentRef::describe(
             path,
             &bytes,
@@ -371,15 +365,10 @@ pub async fn write_checkpoint_to(
         },
         min_updated: rows.iter().filter_map(|r| r.meta.updated).min(),
         max_updated: rows.iter().filter_map(|r| r.meta.updated).max(),
-        resolved: None,
         writer_id: "purger-test".into(),
         created_at: cdc_checkpoint::now_rfc3339(),
-        key_filter: None,
-        deletes: None,
         open_tail_xid,
-        last_message: None,
-        previous_sha256: None,
-        merged: None,
+        ..cdc_checkpoint::fixtures::checkpoint(table, partition, first_offset, last_offset)
     };
     cdc_checkpoint::create(store, &cp).await.unwrap();
     cp

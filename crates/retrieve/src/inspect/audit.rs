@@ -67,8 +67,13 @@ pub struct AuditReport {
     pub purger_id: Option<String>,
     /// The run's outcome, as it reported it.
     pub run_outcome: Option<String>,
-    /// Rows the run reported deleted.
+    /// Rows the run reported deleted (those of checkpoints it left
+    /// interrupted included).
     pub reported_deleted: u64,
+    /// Of those, the rows deleted in checkpoints the run left interrupted:
+    /// no record of this run names them (the purge that completed such a
+    /// checkpoint counted them as already gone).
+    pub interrupted_deleted: u64,
     /// Rows deleted according to the purge records of the checkpoints the
     /// run purged.
     pub recorded_deleted: u64,
@@ -133,6 +138,7 @@ pub async fn audit(
         purger_id: purge["purger_id"].as_str().map(str::to_owned),
         run_outcome: entry["outcome"].as_str().map(str::to_owned),
         reported_deleted: purge["totals"]["deleted"].as_u64().unwrap_or(0),
+        interrupted_deleted: 0,
         recorded_deleted: 0,
         segments_verified: 0,
         checkpoints: Vec::new(),
@@ -140,12 +146,14 @@ pub async fn audit(
         audited_at: cdc_checkpoint::now_rfc3339(),
     };
     if purge.is_null() {
+        let why = entry["error"].as_str().map_or_else(
+            || "it did not purge".to_owned(),
+            |e| format!("its purge failed ({e}); batches it committed before the failure are not in its report: `checkpoints verify` and a replay dry run (`purge --replay-from 0 --replay-to …`) show what the table and the archive hold"),
+        );
         report.findings.push(finding(
             None,
             "no_purge",
-            format!(
-                "run {run_id} has no purge for table {table} in its report (nothing to reconcile)"
-            ),
+            format!("run {run_id} has no purge summary for table {table}: {why}"),
         ));
     }
     let mut chains: BTreeMap<i32, Result<Vec<Checkpoint>, String>> = BTreeMap::new();
@@ -153,6 +161,9 @@ pub async fn audit(
         let status = c["status"].as_str().unwrap_or_default();
         if status != "purged" && status != "interrupted" {
             continue;
+        }
+        if status == "interrupted" {
+            report.interrupted_deleted += c["counts"]["deleted"].as_u64().unwrap_or(0);
         }
         let (Some(partition), Some(first)) = (
             c["partition"].as_i64().and_then(|p| i32::try_from(p).ok()),
@@ -183,13 +194,13 @@ pub async fn audit(
         .await?;
         report.checkpoints.push(audited);
     }
-    if report.recorded_deleted != report.reported_deleted {
+    if report.recorded_deleted + report.interrupted_deleted != report.reported_deleted {
         report.findings.push(finding(
             None,
             "totals_mismatch",
             format!(
-                "the run reported {} rows deleted, its purge records {}",
-                report.reported_deleted, report.recorded_deleted
+                "the run reported {} rows deleted ({} of them in checkpoints it left interrupted), its purge records {}",
+                report.reported_deleted, report.interrupted_deleted, report.recorded_deleted
             ),
         ));
     }

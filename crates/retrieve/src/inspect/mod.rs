@@ -63,7 +63,7 @@ pub(crate) async fn checkpoints_of(
                 partition: Some(partition),
                 kind: "unusable_manifest",
                 detail: format!(
-                    "{e} (readers refuse this partition's chain until the manifest is removed; the chain is then read from its checkpoints)"
+                    "{e} (readers refuse this partition's chain: if `checkpoints gc` never ran on it, remove this manifest and the chain is read from its checkpoints again; after a gc the manifest holds checkpoints that exist nowhere else: restore its earlier version from the bucket's versioning, never just remove it)"
                 ),
             });
             None

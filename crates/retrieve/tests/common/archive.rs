@@ -229,13 +229,7 @@ impl Archive {
             KeyFilter::from_key_json(rows.iter().map(|r| r.meta.key_json.as_str())).encode()
         });
         let cp = Checkpoint {
-            format_version: cdc_checkpoint::FORMAT_VERSION,
-            table: self.table.clone(),
-            topic: self.table.clone(),
-            partition,
             partitions: self.partitions,
-            first_offset: first,
-            last_offset: last,
             segment,
             counts,
             min_updated: rows.iter().filter_map(|r| r.meta.updated).min(),
@@ -245,10 +239,7 @@ impl Archive {
             created_at: cdc_checkpoint::now_rfc3339(),
             key_filter,
             deletes,
-            open_tail_xid: None,
-            last_message: None,
-            previous_sha256: None,
-            merged: None,
+            ..cdc_checkpoint::fixtures::checkpoint(&self.table, partition, first, last)
         };
         cdc_checkpoint::create(&self.store, &cp)
             .await
