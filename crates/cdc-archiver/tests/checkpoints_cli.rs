@@ -419,7 +419,10 @@ async fn sound_then_damaged(storage: StorageConfig, store: ArchiveStore) {
     assert_eq!(code, 0, "{out}");
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["from_manifest"], m.path(), "{out}");
-    assert_eq!(shown["checkpoint"], serde_json::to_value(with_rows[2]).unwrap());
+    assert_eq!(
+        shown["checkpoint"],
+        serde_json::to_value(with_rows[2]).unwrap()
+    );
     assert_eq!(shown["segment"]["matches"], true, "{out}");
 }
 
