@@ -304,6 +304,12 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         .put(&archive.path(&other), bytes.into())
         .await
         .unwrap();
+    // A record of the run's purger that its report does not list.
+    let mut stray = record.clone();
+    (stray.partition, stray.first_offset) = (first.partition, 1_000_000_000);
+    cdc_checkpoint::write_purge_record(archive, &stray)
+        .await
+        .unwrap();
     let damaged = cdc_retrieve::inspect::audit(archive, table, &report.run_id)
         .await
         .unwrap();
@@ -314,6 +320,7 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         [
             "counts_mismatch",
             "record_mismatch",
+            "record_not_reported",
             "segment_corrupt",
             "totals_mismatch"
         ],

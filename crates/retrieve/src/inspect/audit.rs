@@ -5,7 +5,8 @@
 //! with the report's counts, and account for every row of its segment; the
 //! segment must be the one the chain's checkpoint names and pass its size,
 //! SHA-256 and structure checks. The rows deleted by the run's records must
-//! add up to what the run reported.
+//! add up to what the run reported, and no record of the run's purger may
+//! be missing from its report.
 //!
 //! Guarantee: the report is stored before it is printed, as
 //! `<table>/audits/<run-id>/<audited-at>.json`, with its SHA-256 in a
@@ -193,6 +194,46 @@ pub async fn audit(
         )
         .await?;
         report.checkpoints.push(audited);
+    }
+    // Records of this run's purger that its report does not list.
+    if let Some(purger) = report.purger_id.clone() {
+        for partition in cdc_checkpoint::partitions(store, table).await? {
+            for first in super::purged_firsts(store, table, partition).await? {
+                if report
+                    .checkpoints
+                    .iter()
+                    .any(|c| (c.partition, c.first_offset) == (partition, first))
+                {
+                    continue;
+                }
+                let record =
+                    match cdc_checkpoint::read_purge_record(store, table, partition, first).await {
+                        Ok(r) => r,
+                        Err(e @ CheckpointError::Malformed { .. }) => {
+                            report.findings.push(finding(
+                                Some(partition),
+                                "record_unreadable",
+                                e.to_string(),
+                            ));
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    };
+                if let Some(r) = record {
+                    if r.purger_id == purger {
+                        report.findings.push(finding(
+                            Some(partition),
+                            "record_not_reported",
+                            format!(
+                                "{}: a purge record of this run's purger ({} rows deleted) that the run's report does not list",
+                                r.path(),
+                                r.deleted
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
     }
     if report.recorded_deleted + report.interrupted_deleted != report.reported_deleted {
         report.findings.push(finding(
