@@ -45,7 +45,7 @@ pub async fn dry_run(url: &str, cfg: &MarkerConfig) -> Result<DryRun, MarkError>
         }
     };
     let candidate_plan = explain(candidate).await?;
-    let full_scan = sql::plan_has_full_scan(dialect, &candidate_plan);
+    let full_scan = sql::plan_has_full_scan(dialect, &candidate_plan, &table.archived);
     let mut plan = format!("-- candidate read:\n{candidate_plan}");
     if let Some(whole) = whole {
         plan.push_str(&format!(

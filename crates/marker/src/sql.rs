@@ -301,16 +301,33 @@ impl TableSql {
     }
 }
 
-/// Whether an EXPLAIN output shows a full scan of the marked table. A scan
-/// of its holds table does not count: the hold check reads it once per
-/// statement (`NOT EXISTS (SELECT 1 FROM holds)`, see
-/// [`cdc_common::holds::not_held_in`]), and it is small.
-pub fn plan_has_full_scan(dialect: Dialect, plan: &str) -> bool {
+/// Whether an EXPLAIN output shows a full scan of the marked table: on
+/// PostgreSQL a sequential scan, or an index walk that filters the
+/// archived flag row by row (`Filter: (NOT archived)`: no index serves
+/// the "not yet archived" predicate, so finding the few rows left reads
+/// the table; which of the two the planner picks depends on its
+/// statistics); on CockroachDB a `FULL SCAN`. A scan of the holds table
+/// does not count: the hold check reads it once per statement (`NOT
+/// EXISTS (SELECT 1 FROM holds)`, see [`cdc_common::holds::not_held_in`]),
+/// and it is small.
+pub fn plan_has_full_scan(dialect: Dialect, plan: &str, archived: &str) -> bool {
     let holds = |line: &str| line.contains("holds:");
     match dialect {
-        Dialect::Postgres => plan
-            .lines()
-            .any(|l| l.contains("Seq Scan on ") && !holds(l)),
+        Dialect::Postgres => {
+            let filters_flag = |l: &str| {
+                l.trim_start().starts_with("Filter:")
+                    && (l.contains(&format!("NOT {archived})"))
+                        || l.contains(&format!("NOT \"{archived}\")"))
+                        || l.contains(&format!("NOT {}", quote_ident(archived))))
+            };
+            let mut node = "";
+            plan.lines().any(|l| {
+                if l.contains("Scan") && !l.trim_start().starts_with("Filter:") {
+                    node = l;
+                }
+                (l.contains("Seq Scan on ") && !holds(l)) || (filters_flag(l) && !holds(node))
+            })
+        }
         Dialect::Cockroach => {
             // `table: <name>@<index>` comes before its `spans:` line.
             let mut table = "";
@@ -463,36 +480,57 @@ mod tests {
     fn full_scan_detection() {
         assert!(plan_has_full_scan(
             Dialect::Postgres,
-            "Limit\n  ->  Sort\n        ->  Seq Scan on orders"
+            "Limit\n  ->  Sort\n        ->  Seq Scan on orders",
+            "archived"
         ));
         assert!(!plan_has_full_scan(
             Dialect::Postgres,
-            "Index Scan using orders_pkey on orders"
+            "Index Scan using orders_pkey on orders",
+            "archived"
+        ));
+        // The primary key walked, the flag filtered row by row: the planner's
+        // other way of reading the whole table.
+        assert!(plan_has_full_scan(
+            Dialect::Postgres,
+            "Limit\n  ->  Index Scan using orders_pkey on orders\n        Filter: ((NOT archived) AND (created_at < now()))",
+            "archived"
+        ));
+        // The partial index serves the flag: only the cutoff is filtered.
+        assert!(!plan_has_full_scan(
+            Dialect::Postgres,
+            "Limit\n  ->  Index Scan using orders_cdc_mark_idx on orders\n        Filter: (created_at < now())",
+            "archived"
         ));
         assert!(plan_has_full_scan(
             Dialect::Cockroach,
-            "• scan\n  table: orders@orders_pkey\n  spans: FULL SCAN"
+            "• scan\n  table: orders@orders_pkey\n  spans: FULL SCAN",
+            "archived"
         ));
         assert!(!plan_has_full_scan(
             Dialect::Cockroach,
-            "spans: [/1 - /500]"
+            "spans: [/1 - /500]",
+            "archived"
         ));
         // The hold check's once-per-statement read of the holds table.
         assert!(!plan_has_full_scan(
             Dialect::Postgres,
-            "Limit\n  InitPlan 1\n    ->  Seq Scan on \"holds:public.orders\"\n  ->  Index Scan using orders_pkey on orders"
+            "Limit\n  InitPlan 1\n    ->  Seq Scan on \"holds:public.orders\"\n  ->  Index Scan using orders_pkey on orders",
+            "archived"
         ));
         assert!(plan_has_full_scan(
             Dialect::Postgres,
-            "InitPlan 1\n  ->  Seq Scan on \"holds:public.orders\"\n->  Seq Scan on orders"
+            "InitPlan 1\n  ->  Seq Scan on \"holds:public.orders\"\n->  Seq Scan on orders",
+            "archived"
         ));
         assert!(!plan_has_full_scan(
             Dialect::Cockroach,
-            "• scan\n  table: holds:public.orders@holds:public.orders_pkey\n  spans: FULL SCAN\n• scan\n  table: orders@orders_pkey\n  spans: [/1 - /500]"
+            "• scan\n  table: holds:public.orders@holds:public.orders_pkey\n  spans: FULL SCAN\n• scan\n  table: orders@orders_pkey\n  spans: [/1 - /500]",
+            "archived"
         ));
         assert!(plan_has_full_scan(
             Dialect::Cockroach,
-            "• scan\n  table: holds:public.orders@holds:public.orders_pkey\n  spans: FULL SCAN\n• scan\n  table: orders@orders_pkey\n  spans: FULL SCAN"
+            "• scan\n  table: holds:public.orders@holds:public.orders_pkey\n  spans: FULL SCAN\n• scan\n  table: orders@orders_pkey\n  spans: FULL SCAN",
+            "archived"
         ));
     }
 }
