@@ -27,7 +27,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::storage;
-use crate::store::{create_object, list};
+use crate::store::{create_new, list};
 use crate::{layout, partitions, read, CheckpointError, READ_CONCURRENCY};
 
 /// The gc record format this crate writes.
@@ -233,12 +233,7 @@ pub async fn run_gc(
     };
     let path = layout::gc_path(&plan.table, gc_id);
     let body = serde_json::to_vec_pretty(&record).expect("a gc record always serialises");
-    if create_object(store, &path, body).await?.is_err() {
-        return Err(CheckpointError::Conflict {
-            path,
-            existing_writer: None,
-        });
-    }
+    create_new(store, &path, body).await?;
     futures::stream::iter(&record.removed)
         .map(|i| async move {
             let path = store.path(&i.path);

@@ -90,6 +90,16 @@ pub fn parse_manifest_name(path: &str) -> Option<(i64, i64)> {
     Some((offset(last)?, offset(first)?))
 }
 
+/// A new id for a run, a gc or a replay, which names its objects:
+/// `<UTC time to the second>-<8 random hex digits>` (ids sort by time).
+pub fn new_id(at: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}-{}",
+        at.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
 /// `<table>/audits/<run-id>/<stamp>.json`: one audit of a run (its
 /// SHA-256 beside it, `….json.sha256`).
 pub fn audit_path(table: &str, run_id: &str, stamp: &str) -> String {

@@ -22,7 +22,7 @@
 use cdc_common::storage::ArchiveStore;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{create_object, get_bytes, list, parse};
+use crate::store::{create_new, get_bytes, list, parse};
 use crate::{layout, verify_chain, Checkpoint, CheckpointError, Counts, Created};
 
 /// The manifest format this crate writes: 2, with merged runs of
@@ -227,13 +227,7 @@ pub async fn write_manifest(
     manifest: &Manifest,
 ) -> Result<Created, CheckpointError> {
     let body = serde_json::to_vec(manifest).expect("a manifest always serialises");
-    match create_object(store, &manifest.path(), body).await? {
-        Ok(created) => Ok(created),
-        Err(_) => Err(CheckpointError::Conflict {
-            path: manifest.path(),
-            existing_writer: None,
-        }),
-    }
+    create_new(store, &manifest.path(), body).await
 }
 
 /// From the newest manifest's name alone: the last offset it covers and

@@ -6,7 +6,7 @@
 use cdc_common::storage::ArchiveStore;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{create_object, get_bytes, parse};
+use crate::store::{create_new, create_object, get_bytes, parse};
 use crate::{layout, CheckpointError};
 
 /// What the purger did for one checkpoint (`<table>/purged/p<partition>/<first:020>.json`).
@@ -134,13 +134,8 @@ pub async fn write_replay_record(
         record.first_offset,
     );
     let body = serde_json::to_vec_pretty(record).expect("a purge record always serialises");
-    match create_object(store, &relative, body).await? {
-        Ok(_) => Ok(relative),
-        Err(_) => Err(CheckpointError::Conflict {
-            path: relative,
-            existing_writer: None,
-        }),
-    }
+    create_new(store, &relative, body).await?;
+    Ok(relative)
 }
 
 /// Reads the purge record of the checkpoint starting at `first_offset`.

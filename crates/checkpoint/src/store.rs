@@ -99,6 +99,23 @@ pub async fn conditional_create_holds(store: &ArchiveStore) -> Result<bool, Chec
         && kept.as_deref() == Some(b"first".as_slice()))
 }
 
+/// Creates `relative` with `body`, never overwriting: an identical
+/// existing object is success ([`Created::AlreadyThere`]), a different one
+/// a [`CheckpointError::Conflict`]. For the archive's records that no
+/// second writer may replace (manifests, gc, replay and audit records).
+pub async fn create_new(
+    store: &ArchiveStore,
+    relative: &str,
+    body: Vec<u8>,
+) -> Result<Created, CheckpointError> {
+    create_object(store, relative, body)
+        .await?
+        .map_err(|_| CheckpointError::Conflict {
+            path: relative.to_owned(),
+            existing_writer: None,
+        })
+}
+
 /// Creates the checkpoint, never overwriting. An existing different
 /// checkpoint at the same first offset is a [`CheckpointError::Conflict`]:
 /// another writer extended the chain first. Safe to retry: an identical

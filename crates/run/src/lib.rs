@@ -96,11 +96,7 @@ pub async fn run_once(
 ) -> RunReport {
     let started_at = Utc::now();
     let run_started = Instant::now();
-    let run_id = format!(
-        "{}-{}",
-        started_at.format("%Y%m%dT%H%M%SZ"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let run_id = cdc_checkpoint::layout::new_id(started_at);
     tracing::info!(%run_id, tables = plans.len(), "archival run starting");
     let mut tables = Vec::new();
     for plan in plans {

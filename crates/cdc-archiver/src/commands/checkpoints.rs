@@ -242,11 +242,7 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
                     .await
                     .with_context(|| format!("planning the gc of table {t}"))?;
                 let record = if yes && !plan.remove.is_empty() {
-                    let id = format!(
-                        "{}-{}",
-                        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-                        &uuid::Uuid::new_v4().simple().to_string()[..8]
-                    );
+                    let id = cdc_checkpoint::layout::new_id(chrono::Utc::now());
                     cdc_checkpoint::run_gc(&store, &plan, &id)
                         .await
                         .with_context(|| format!("gc of table {t}"))?;

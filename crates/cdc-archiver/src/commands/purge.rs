@@ -98,11 +98,7 @@ pub async fn run(global: &GlobalArgs, args: PurgeArgs) -> anyhow::Result<ExitCod
         (Some(from), Some(to)) => Some(cdc_purger::Replay {
             partition: args.partition,
             first_offsets: from..=to,
-            id: format!(
-                "{}-{}",
-                chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
+            id: cdc_checkpoint::layout::new_id(chrono::Utc::now()),
         }),
         _ => None,
     };

@@ -386,24 +386,12 @@ pub async fn record_audit(
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
     let path = layout::audit_path(&report.table, &report.run_id, &stamp);
-    for (relative, bytes) in [
-        (path.clone(), body),
-        (format!("{path}.sha256"), format!("{sha}\n").into_bytes()),
-    ] {
-        let target = store.path(&relative);
-        let opts = object_store::PutOptions {
-            mode: object_store::PutMode::Create,
-            ..Default::default()
-        };
-        store
-            .store
-            .put_opts(&target, bytes.into(), opts)
-            .await
-            .map_err(|source| CheckpointError::Storage {
-                op: "put",
-                path: relative.clone(),
-                source,
-            })?;
-    }
+    cdc_checkpoint::create_new(store, &path, body).await?;
+    cdc_checkpoint::create_new(
+        store,
+        &format!("{path}.sha256"),
+        format!("{sha}\n").into_bytes(),
+    )
+    .await?;
     Ok((path, sha))
 }
