@@ -243,7 +243,8 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
     // report's hash is the one recorded beside it.
     let audit = cdc_retrieve::inspect::audit(archive, table, &report.run_id)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the run's report is in the archive");
     assert!(audit.findings.is_empty(), "{:?}", audit.findings);
     let purged: Vec<_> = purge
         .checkpoints
@@ -312,7 +313,8 @@ async fn run_archives_deletes_retrieves_and_restores_awkward_rows() {
         .unwrap();
     let damaged = cdc_retrieve::inspect::audit(archive, table, &report.run_id)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the run's report is in the archive");
     let mut kinds: Vec<&str> = damaged.findings.iter().map(|f| f.kind).collect();
     kinds.sort();
     assert_eq!(

@@ -62,7 +62,7 @@ pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,
 };
 pub use segments::{clean_orphans, orphans, verify_deletes, verify_segment, Orphan};
-pub use store::{conditional_create_holds, create, create_new, read, Created};
+pub use store::{conditional_create_holds, create, create_new, get_object, read, Created};
 pub use watermark::{progress, watermark, Progress};
 
 /// The only checkpoint format this crate writes and reads.

@@ -24,6 +24,15 @@ pub(crate) async fn get_bytes(
     }
 }
 
+/// The object at `relative` (a path under the archive root), `None` if
+/// there is none.
+pub async fn get_object(
+    store: &ArchiveStore,
+    relative: &str,
+) -> Result<Option<Bytes>, CheckpointError> {
+    get_bytes(store, &store.path(relative)).await
+}
+
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
     path: &Path,
     bytes: &[u8],

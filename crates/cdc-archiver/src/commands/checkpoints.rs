@@ -30,7 +30,6 @@ use anyhow::Context;
 use cdc_common::storage::{ArchiveStore, StorageConfig};
 use cdc_retrieve::inspect::{self, Finding, ListOptions, TableReport, VerifyReport};
 use clap::{Args, Subcommand};
-use object_store::ObjectStoreExt;
 
 use crate::exit::Exit;
 use crate::global::GlobalArgs;
@@ -267,14 +266,13 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
             let mut findings = 0;
             let mut audited = 0;
             for t in tables(&store, table).await? {
-                let report = store.path(&cdc_checkpoint::layout::run_path(&t, &run_id));
-                if store.store.head(&report).await.is_err() {
-                    continue;
-                }
-                audited += 1;
-                let report = inspect::audit(&store, &t, &run_id)
+                let Some(report) = inspect::audit(&store, &t, &run_id)
                     .await
-                    .with_context(|| format!("auditing run {run_id} of table {t}"))?;
+                    .with_context(|| format!("auditing run {run_id} of table {t}"))?
+                else {
+                    continue;
+                };
+                audited += 1;
                 let (path, sha) = inspect::record_audit(&store, &report)
                     .await
                     .with_context(|| format!("storing the audit of run {run_id} of table {t}"))?;

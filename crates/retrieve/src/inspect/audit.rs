@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 
 use cdc_checkpoint::{layout, Checkpoint, CheckpointError, PurgeRecord};
 use cdc_common::storage::ArchiveStore;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::verify::{verify_files, VerifyReport};
@@ -96,31 +95,19 @@ fn finding(partition: Option<i32>, kind: &'static str, detail: String) -> Findin
     }
 }
 
-/// Audits run `run_id` of `table` (see the module notes). Errors are
-/// storage failures and a missing or unreadable run report; everything
-/// else is a finding.
+/// Audits run `run_id` of `table` (see the module notes); `None` when the
+/// archive has no report of that run for that table. Errors are storage
+/// failures and an unreadable run report; everything else is a finding.
 pub async fn audit(
     store: &ArchiveStore,
     table: &str,
     run_id: &str,
-) -> Result<AuditReport, CheckpointError> {
-    let path = store.path(&layout::run_path(table, run_id));
-    let bytes = store
-        .store
-        .get(&path)
-        .await
-        .map_err(|source| CheckpointError::Storage {
-            op: "get",
-            path: path.to_string(),
-            source,
-        })?
-        .bytes()
-        .await
-        .map_err(|source| CheckpointError::Storage {
-            op: "get",
-            path: path.to_string(),
-            source,
-        })?;
+) -> Result<Option<AuditReport>, CheckpointError> {
+    let relative = layout::run_path(table, run_id);
+    let Some(bytes) = cdc_checkpoint::get_object(store, &relative).await? else {
+        return Ok(None);
+    };
+    let path = store.path(&relative);
     let run: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Malformed {
             path: path.to_string(),
@@ -245,7 +232,7 @@ pub async fn audit(
             ),
         ));
     }
-    Ok(report)
+    Ok(Some(report))
 }
 
 async fn audit_checkpoint(

@@ -8,7 +8,6 @@ use std::time::Duration;
 use cdc_changefeed::Hlc;
 use cdc_checkpoint::{layout, Checkpoint, CheckpointError, PurgeRecord};
 use cdc_common::storage::ArchiveStore;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::{checkpoints_of, purged_firsts, Finding};
@@ -259,21 +258,7 @@ pub async fn show(store: &ArchiveStore, path: &str) -> Result<Option<ShowReport>
         }
     };
     let state = |path: String, size: u64, sha: String| async move {
-        let bytes = match store.store.get(&store.path(&path)).await {
-            Ok(r) => Some(r.bytes().await.map_err(|source| CheckpointError::Storage {
-                op: "get",
-                path: path.clone(),
-                source,
-            })?),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(source) => {
-                return Err(CheckpointError::Storage {
-                    op: "get",
-                    path,
-                    source,
-                })
-            }
-        };
+        let bytes = cdc_checkpoint::get_object(store, &path).await?;
         let actual_sha = bytes.as_ref().map(|b| cdc_checkpoint::sha256_hex(b));
         Ok::<_, CheckpointError>(FileState {
             matches: bytes.as_ref().map(|b| b.len() as u64) == Some(size)
