@@ -47,6 +47,15 @@ pub enum CheckpointError {
         /// What does not match.
         reason: String,
     },
+    /// An operation on the archive (a rewind) cannot be done as asked; the
+    /// message says what to ask instead. Not retryable.
+    #[error("{what}: {reason}")]
+    Refused {
+        /// What was asked (`rewind of payments/p0`, a path).
+        what: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// An object is not the JSON we expect.
     #[error("{path} is not a valid checkpoint/purge record: {source}")]
     Malformed {

@@ -90,7 +90,7 @@ pub fn parse_manifest_name(path: &str) -> Option<(i64, i64)> {
     Some((offset(last)?, offset(first)?))
 }
 
-/// A new id for a run, a gc or a replay, which names its objects:
+/// A new id for a run, a gc, a replay or a rewind, which names its objects:
 /// `<UTC time to the second>-<8 random hex digits>` (ids sort by time).
 pub fn new_id(at: chrono::DateTime<chrono::Utc>) -> String {
     format!(
@@ -109,6 +109,17 @@ pub fn audit_path(table: &str, run_id: &str, stamp: &str) -> String {
 /// `<table>/gc/<gc-id>.json`: the record of one gc (what it removed).
 pub fn gc_path(table: &str, gc_id: &str) -> String {
     format!("{table}/gc/{gc_id}.json")
+}
+
+/// `<table>/rewinds/`: rewind records (`<id>.json`) and the objects each
+/// moved aside (`<id>/…`).
+pub fn rewinds_dir(table: &str) -> String {
+    format!("{table}/rewinds/")
+}
+
+/// `<table>/rewinds/<rewind-id>.json`: the record of one rewind.
+pub fn rewind_path(table: &str, rewind_id: &str) -> String {
+    format!("{table}/rewinds/{rewind_id}.json")
 }
 
 /// `<table>/progress/p<partition>.json`: the partition's idle progress
@@ -148,6 +159,18 @@ pub fn file_name(path: &str) -> &str {
 /// purge and quarantine records, which are named the same way.
 pub fn parse_checkpoint_name(path: &str) -> Option<i64> {
     offset(file_name(path).strip_suffix(".json")?)
+}
+
+/// `<table>/checkpoints/p<partition>/<first:020>.json` -> (table,
+/// partition, first); a leading `/` is ignored.
+pub fn parse_checkpoint_path(path: &str) -> Option<(&str, i32, i64)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [table, "checkpoints", p, name] => {
+            Some((table, parse_partition_dir(p)?, parse_checkpoint_name(name)?))
+        }
+        _ => None,
+    }
 }
 
 /// `<first:020>-<last:020>[.<nonce>].avro` -> (first, last).

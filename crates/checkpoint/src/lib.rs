@@ -28,6 +28,7 @@
 //! - `manifest`: a chain prefix in one object ([`Manifest`]), read first.
 //! - `fixtures` (feature `test-fixtures`): checkpoints for tests.
 //! - `gc`: removing what a manifest superseded, with a record ([`plan_gc`]).
+//! - `rewind`: ending a chain at an earlier checkpoint, with a record ([`plan_rewind`]).
 
 mod chain;
 mod error;
@@ -40,6 +41,7 @@ pub mod layout;
 mod manifest;
 mod purge_record;
 mod record;
+mod rewind;
 mod segments;
 mod store;
 mod watermark;
@@ -60,6 +62,10 @@ pub use purge_record::{
 };
 pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,
+};
+pub use rewind::{
+    plan_rewind, rewind_records, run_rewind, RewindMove, RewindPlan, RewindRecord,
+    REWIND_FORMAT_VERSION,
 };
 pub use segments::{clean_orphans, orphans, verify_deletes, verify_segment, Orphan};
 pub use store::{conditional_create_holds, create, create_new, get_object, read, Created};

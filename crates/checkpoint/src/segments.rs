@@ -2,7 +2,8 @@
 //! their size and sha256 match ([`verify_segment`], [`verify_deletes`]).
 //! Objects no checkpoint names are orphans, never trusted; only those whose
 //! offsets the verified chain already covers are ever cleaned, never one
-//! beyond the chain end, whatever its age.
+//! beyond the chain end, whatever its age, and never one that a checkpoint
+//! superseded by a rewind names (see [`crate::run_rewind`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -88,7 +89,9 @@ fn segment_partition(relative: &str) -> Option<i32> {
 }
 
 /// Per partition: the segments its checkpoints name (checkpoint objects,
-/// and the copies in its newest manifest, which may be the only ones left),
+/// and the copies in its newest manifest, which may be the only ones left;
+/// and, for the whole table, the files of checkpoints a rewind superseded,
+/// which a purge may have relied on),
 /// and the chain's first and last offsets (`None` when the partition has
 /// no checkpoint, or its chain does not verify: then nothing of it counts
 /// as covered).
@@ -96,7 +99,11 @@ async fn named_segments(
     store: &ArchiveStore,
     table: &str,
 ) -> Result<(HashSet<String>, BTreeMap<i32, Option<(i64, i64)>>), CheckpointError> {
-    let mut named = HashSet::new();
+    let mut named: HashSet<String> = crate::rewind_records(store, table)
+        .await?
+        .into_iter()
+        .flat_map(|r| r.files)
+        .collect();
     let mut ends = BTreeMap::new();
     for p in partitions(store, table).await? {
         let firsts = list_checkpoints(store, table, p).await?;

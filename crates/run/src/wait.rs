@@ -198,13 +198,10 @@ async fn behind(
 async fn describe(w: &SinkWatch) -> Result<cdc_sink::group::GroupView, String> {
     let w = w.clone();
     tokio::task::spawn_blocking(move || {
-        let mut cc = rdkafka::ClientConfig::new();
-        for (k, v) in &w.kafka {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &w.brokers);
         let consumer: rdkafka::consumer::BaseConsumer =
-            cc.create().map_err(|e| format!("kafka client: {e}"))?;
+            cdc_sink::group::client_config(&w.brokers, &w.kafka)
+                .create()
+                .map_err(|e| format!("kafka client: {e}"))?;
         cdc_sink::group::describe(
             rdkafka::consumer::Consumer::client(&consumer),
             &w.group_id,

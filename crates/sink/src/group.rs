@@ -103,6 +103,18 @@ pub fn list_partitions(parts: &[(String, i32)]) -> String {
         .join(", ")
 }
 
+/// A client configuration for one-off questions to the broker (metadata,
+/// groups, watermarks): the sink's extra `kafka` settings (TLS, SASL),
+/// then its bootstrap servers.
+pub fn client_config(brokers: &str, kafka: &BTreeMap<String, String>) -> rdkafka::ClientConfig {
+    let mut cc = rdkafka::ClientConfig::new();
+    for (k, v) in kafka {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", brokers);
+    cc
+}
+
 /// Asks the broker about `group` and the partition counts of `topics`
 /// (blocking: call it from `spawn_blocking`).
 pub fn describe<C: ClientContext>(

@@ -29,6 +29,8 @@
 //!   -> checkpoint -> offset commit.
 //! - `upload`: object store writes: segments (single or multipart),
 //!   quarantine records.
+//! - `rewind`: [`rewind`]: a partition's chain made to end earlier, after
+//!   checking that no sink runs and Kafka still holds what follows.
 //! - `report`: consumer lag and watermark age per tick, the consumer group
 //!   check.
 //! - [`group`]: the consumer group as the broker sees it.
@@ -47,6 +49,7 @@ pub mod metric;
 pub mod partition;
 mod report;
 mod resume;
+mod rewind;
 mod startup;
 mod upload;
 
@@ -57,6 +60,7 @@ use rdkafka::error::KafkaError;
 
 pub use config::{SinkConfig, StartPolicy, TopicConfig};
 pub use partition::StopReason;
+pub use rewind::{rewind, RewindOutcome};
 pub use startup::run;
 
 /// Errors that end the sink. Per-partition problems (gaps, conflicts,

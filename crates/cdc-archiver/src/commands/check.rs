@@ -128,12 +128,7 @@ enum Verdict {
 async fn check_group(sink: &cdc_sink::SinkConfig) -> anyhow::Result<(Verdict, String)> {
     let sink = sink.clone();
     tokio::task::spawn_blocking(move || {
-        let mut cc = ClientConfig::new();
-        for (k, v) in &sink.kafka {
-            cc.set(k, v);
-        }
-        let consumer: BaseConsumer = cc
-            .set("bootstrap.servers", &sink.brokers)
+        let consumer: BaseConsumer = cdc_sink::group::client_config(&sink.brokers, &sink.kafka)
             .create()
             .context("cannot create a Kafka client")?;
         let topics: Vec<String> = sink.topics.iter().map(|t| t.name.clone()).collect();

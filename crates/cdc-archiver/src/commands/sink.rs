@@ -2,7 +2,9 @@
 //! until SIGTERM/Ctrl-C, which flushes, checkpoints and commits what is
 //! buffered. `cdc-archiver sink orphans [--clean]` lists (or deletes, past
 //! `orphan_grace` and only below the chain end) segments that no
-//! checkpoint names.
+//! checkpoint names. `cdc-archiver sink rewind <checkpoint> [--yes]` makes
+//! a partition's chain end at that checkpoint (sinks stopped), so the next
+//! sink archives what follows it again from Kafka.
 //!
 //! Exit codes: 0 clean stop; 6 when a partition was stopped (offset gap,
 //! chain ahead of Kafka, broken chain: see the logs); 1 on failure.
@@ -37,6 +39,28 @@ pub enum SinkAction {
         #[arg(long)]
         clean: bool,
     },
+    /// Make a partition's chain end at an earlier checkpoint, so that the
+    /// sink resumes after it and archives the later offsets again from
+    /// Kafka (for example after segments were lost or restored). Every sink
+    /// of the group must be stopped, and Kafka must still hold those
+    /// offsets. The checkpoints, manifests and purge records after it are
+    /// moved to <table>/rewinds/<id>/ with a record <table>/rewinds/<id>.json,
+    /// never rewritten; the files they name are kept. Prints the plan;
+    /// moves only with --yes. Then start the sinks again.
+    Rewind {
+        /// The checkpoint the chain should end with, as `checkpoints list`
+        /// prints it: `<table>/checkpoints/p<N>/<first offset>.json`.
+        checkpoint: String,
+        /// Do it (without it: only say what would move).
+        #[arg(long)]
+        yes: bool,
+        /// Why, kept in the record (an incident id, a ticket).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(global: &GlobalArgs, args: SinkArgs) -> anyhow::Result<ExitCode> {
@@ -48,6 +72,28 @@ pub async fn run(global: &GlobalArgs, args: SinkArgs) -> anyhow::Result<ExitCode
     }
     if let Some(v) = args.group_id {
         config.group_id = v;
+    }
+    if let Some(SinkAction::Rewind {
+        checkpoint,
+        yes,
+        reason,
+        json,
+    }) = args.action
+    {
+        let out = cdc_sink::rewind(&config, &checkpoint, yes, reason)
+            .await
+            .with_context(|| format!("rewind to {checkpoint}"))?;
+        if json {
+            let v = serde_json::json!({
+                "plan": out.plan,
+                "kafka_offsets": {"low": out.kafka_offsets.0, "high": out.kafka_offsets.1},
+                "record": out.record.as_ref().map(|r| cdc_checkpoint::layout::rewind_path(&r.table, &r.rewind_id)),
+            });
+            println!("{}", serde_json::to_string(&v)?);
+        } else {
+            print_rewind(&out, yes);
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(SinkAction::Orphans { clean }) = args.action {
         let list = cdc_sink::orphans(&config, clean)
@@ -96,5 +142,56 @@ pub async fn run(global: &GlobalArgs, args: SinkArgs) -> anyhow::Result<ExitCode
             );
         }
         Ok(crate::exit::Exit::PartitionStopped.into())
+    }
+}
+
+fn print_rewind(out: &cdc_sink::RewindOutcome, yes: bool) {
+    let p = &out.plan;
+    let (low, high) = out.kafka_offsets;
+    println!(
+        "{}/p{} (topic {}): chain ends at offset {}; after the rewind it ends with {} (offset {}), and the sink resumes at offset {} (Kafka holds {low}..{high})",
+        p.table,
+        p.partition,
+        p.topic,
+        p.chain_end.map_or("?".into(), |e| e.to_string()),
+        p.target.path(),
+        p.target.last_offset,
+        p.resume_offset(),
+    );
+    if p.is_empty() {
+        println!("nothing to rewind: the chain already ends there");
+        return;
+    }
+    let verb = if out.record.is_some() {
+        "moved"
+    } else {
+        "would move"
+    };
+    if let Some(m) = &p.manifest {
+        let w = if out.record.is_some() {
+            "wrote"
+        } else {
+            "would write"
+        };
+        println!("{w} {} (the chain up to the target)", m.path());
+    }
+    for m in &p.moves {
+        println!("{verb} {} {} -> {}", m.kind, m.from, m.to);
+    }
+    println!(
+        "{} checkpoint(s) superseded; {} segment/delete file(s) they name stay, kept from gc",
+        p.superseded_checkpoints,
+        p.files.len()
+    );
+    match &out.record {
+        Some(r) => println!(
+            "recorded as {}; start the sinks again: they archive offsets {}.. again",
+            cdc_checkpoint::layout::rewind_path(&r.table, &r.rewind_id),
+            p.resume_offset()
+        ),
+        None if !yes => {
+            println!("(--yes does it, with every sink of the group stopped until it is done)")
+        }
+        None => {}
     }
 }

@@ -221,21 +221,9 @@ pub struct ShowReport {
 /// `path`: a checkpoint's path relative to the archive root
 /// (`<table>/checkpoints/p<N>/<first:020>.json`).
 pub async fn show(store: &ArchiveStore, path: &str) -> Result<Option<ShowReport>, CheckpointError> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (table, partition, first) = match parts.as_slice() {
-        [table, "checkpoints", p, _] => (
-            *table,
-            layout::parse_partition_dir(p),
-            layout::parse_checkpoint_name(path),
-        ),
-        _ => (path, None, None),
-    };
-    let (Some(partition), Some(first)) = (partition, first) else {
-        return Err(CheckpointError::Broken {
-            table: table.to_owned(),
-            partition: -1,
-            previous: path.to_owned(),
-            next: path.to_owned(),
+    let Some((table, partition, first)) = layout::parse_checkpoint_path(path) else {
+        return Err(CheckpointError::Refused {
+            what: path.to_owned(),
             reason: "not a checkpoint path: expected <table>/checkpoints/p<N>/<first offset, 20 digits>.json".into(),
         });
     };
