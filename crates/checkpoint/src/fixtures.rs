@@ -31,3 +31,29 @@ pub fn checkpoint(table: &str, partition: i32, first: i64, last: i64) -> Checkpo
         merged: None,
     }
 }
+
+/// A purge record of the checkpoint `first..=last` of `table`/`partition`
+/// (nothing deleted), by purger `test` at a fixed time.
+pub fn purge_record(table: &str, partition: i32, first: i64, last: i64) -> crate::PurgeRecord {
+    crate::PurgeRecord {
+        format_version: FORMAT_VERSION,
+        table: table.into(),
+        partition,
+        first_offset: first,
+        last_offset: last,
+        segment: None,
+        deleted: 0,
+        already_gone: 0,
+        skipped_changed: 0,
+        skipped_unmarked: 0,
+        skipped_referenced: 0,
+        skipped_no_version: 0,
+        skipped_open_transaction: 0,
+        skipped_xid_too_old: 0,
+        superseded: 0,
+        dry_run: false,
+        purger_id: "test".into(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        finished_at: "2026-01-01T00:00:00Z".into(),
+    }
+}

@@ -183,7 +183,10 @@ async fn prefix(
                 .checked_sub(1)
                 .ok_or_else(|| no_checkpoint(table, partition, target_first))?;
             let entry = &m.checkpoints[i];
-            if entry.first_offset != target_first || entry.merged.is_some() {
+            if entry.merged.is_none() && entry.first_offset != target_first {
+                return Err(no_checkpoint(table, partition, target_first));
+            }
+            if entry.merged.is_some() {
                 let before = i
                     .checked_sub(1)
                     .map(|b| &m.checkpoints[b])
@@ -198,9 +201,8 @@ async fn prefix(
                     table,
                     partition,
                     format!(
-                        "offset {target_first} is not the start of a checkpoint that {} holds as written (it lies inside {}, whose objects gc may have removed); rewind to one of: {}",
+                        "offset {target_first} lies inside a run of idle checkpoints that {} holds merged (their objects may be gone after a gc); rewind to one of: {}",
                         m.path(),
-                        if entry.merged.is_some() { "a merged run of idle checkpoints" } else { "a checkpoint" },
                         paths.join(", ")
                     ),
                 ));
