@@ -13,7 +13,12 @@ use object_store::{ObjectStoreExt, PutPayload};
 
 /// A checkpoint of `table`/p0 at `first..=first+9`, naming a segment
 /// (stored) when `file` is given, resolved at `first`.
-async fn checkpoint(store: &ArchiveStore, table: &str, first: i64, file: Option<&str>) -> Checkpoint {
+async fn checkpoint(
+    store: &ArchiveStore,
+    table: &str,
+    first: i64,
+    file: Option<&str>,
+) -> Checkpoint {
     let last = first + 9;
     let segment = match file {
         Some(nonce) => {
@@ -55,7 +60,14 @@ async fn exists(store: &ArchiveStore, relative: &str) -> bool {
 /// c0 (the anchor) and c50 (the manifest's last) remain as objects.
 async fn compacted_chain(store: &ArchiveStore, table: &str) -> Vec<Checkpoint> {
     let mut chain = Vec::new();
-    for (first, file) in [(0, Some("a")), (10, None), (20, None), (30, Some("a")), (40, Some("a")), (50, None)] {
+    for (first, file) in [
+        (0, Some("a")),
+        (10, None),
+        (20, None),
+        (30, Some("a")),
+        (40, Some("a")),
+        (50, None),
+    ] {
         let c = checkpoint(store, table, first, file).await;
         create(store, &c).await.unwrap();
         chain.push(c);
@@ -96,7 +108,10 @@ async fn rewind_after_gc(store: &ArchiveStore) {
     assert!(refused(plan_rewind(store, &table, 0, 35, "x").await).contains("no checkpoint"));
     assert!(refused(plan_rewind(store, &table, 0, 90, "x").await).contains("no checkpoint"));
     // The chain's own end: nothing to do.
-    assert!(plan_rewind(store, &table, 0, 50, "x").await.unwrap().is_empty());
+    assert!(plan_rewind(store, &table, 0, 50, "x")
+        .await
+        .unwrap()
+        .is_empty());
 
     // To c30, whose object gc removed: the manifest holds it verbatim.
     let plan = plan_rewind(store, &table, 0, 30, "r1").await.unwrap();
@@ -121,7 +136,10 @@ async fn rewind_after_gc(store: &ArchiveStore) {
             ("purge record", r40.as_str()),
         ]
     );
-    let written = plan.manifest.clone().expect("a manifest ending at the target");
+    let written = plan
+        .manifest
+        .clone()
+        .expect("a manifest ending at the target");
     assert_eq!(written.last_offset, 39);
 
     // Every state on the way (the manifest first, then one move at a
@@ -139,9 +157,17 @@ async fn rewind_after_gc(store: &ArchiveStore) {
     }
     // Planning again after the interruption: nothing left to move; run_rewind
     // of the first plan (a crash after its record) completes without error.
-    assert!(plan_rewind(store, &table, 0, 30, "r2").await.unwrap().is_empty());
-    let record = run_rewind(store, &plan, "r1", Some("INC-1".into())).await.unwrap();
-    assert_eq!(rewind_records(store, &table).await.unwrap(), [record.clone()]);
+    assert!(plan_rewind(store, &table, 0, 30, "r2")
+        .await
+        .unwrap()
+        .is_empty());
+    let record = run_rewind(store, &plan, "r1", Some("INC-1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        rewind_records(store, &table).await.unwrap(),
+        [record.clone()]
+    );
     assert_eq!(record.reason.as_deref(), Some("INC-1"));
     assert_eq!(record.target, chain[3].path());
 
@@ -149,15 +175,30 @@ async fn rewind_after_gc(store: &ArchiveStore) {
     let read = read_chain(store, &table, 0).await.unwrap();
     assert_eq!(read.end(), Some(39));
     assert_eq!(read.checkpoints.last(), Some(&chain[3]));
-    assert_eq!(latest(store, &table, 0).await.unwrap(), Some(chain[3].clone()));
-    assert!(read_purge_record(store, &table, 0, 40).await.unwrap().is_none());
-    assert!(read_purge_record(store, &table, 0, 30).await.unwrap().is_some());
-    // The copies are the objects as they were.
-    let copy = get_object(store, &format!("{table}/rewinds/r1/checkpoints/p0/{:020}.json", 50))
+    assert_eq!(
+        latest(store, &table, 0).await.unwrap(),
+        Some(chain[3].clone())
+    );
+    assert!(read_purge_record(store, &table, 0, 40)
         .await
         .unwrap()
-        .unwrap();
-    assert_eq!(serde_json::from_slice::<Checkpoint>(&copy).unwrap(), chain[5]);
+        .is_none());
+    assert!(read_purge_record(store, &table, 0, 30)
+        .await
+        .unwrap()
+        .is_some());
+    // The copies are the objects as they were.
+    let copy = get_object(
+        store,
+        &format!("{table}/rewinds/r1/checkpoints/p0/{:020}.json", 50),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Checkpoint>(&copy).unwrap(),
+        chain[5]
+    );
 
     // The sink archives 40.. again (another upload of the same rows, other
     // nonce): the superseded segment is now covered by the chain, and still
@@ -165,11 +206,17 @@ async fn rewind_after_gc(store: &ArchiveStore) {
     let mut again = checkpoint(store, &table, 40, Some("b")).await;
     again.previous_sha256 = Some(chain[3].digest());
     create(store, &again).await.unwrap();
-    create(store, &checkpoint(store, &table, 50, None).await).await.unwrap();
+    create(store, &checkpoint(store, &table, 50, None).await)
+        .await
+        .unwrap();
     assert_eq!(read_chain(store, &table, 0).await.unwrap().end(), Some(59));
     let old = &plan.files[0];
     assert!(exists(store, old).await);
-    assert!(orphans(store, &table).await.unwrap().iter().all(|o| &o.path != old));
+    assert!(orphans(store, &table)
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| &o.path != old));
     let gc = plan_gc(store, &table, Duration::ZERO).await.unwrap();
     assert!(gc.remove.iter().all(|i| &i.path != old), "{gc:?}");
     assert!(clean_orphans(store, &table, Duration::ZERO)
@@ -206,7 +253,10 @@ async fn rewind_plain_chain(store: &ArchiveStore) {
         ]
     );
     run_rewind(store, &plan, "r", None).await.unwrap();
-    assert_eq!(read_chain(store, &table, 0).await.unwrap().checkpoints, chain[..2]);
+    assert_eq!(
+        read_chain(store, &table, 0).await.unwrap().checkpoints,
+        chain[..2]
+    );
     for m in &plan.moves {
         assert!(!exists(store, &m.from).await && exists(store, &m.to).await);
     }
