@@ -20,23 +20,41 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-const TABLE: &str = "CREATE TABLE {t} (id bigint PRIMARY KEY, note text NOT NULL,
-       archived bool NOT NULL DEFAULT false);
+const TABLE: &str = "CREATE TABLE {t} (id bigint PRIMARY KEY, created date NOT NULL,
+       note text NOT NULL, archived bool NOT NULL DEFAULT false);
        ALTER TABLE {t} REPLICA IDENTITY FULL;";
-const COLUMNS: &[&str] = &["id", "note", "archived"];
+const COLUMNS: &[&str] = &["id", "created", "note", "archived"];
 
 fn write_config(p: &Pipeline) -> PathBuf {
     let path = p.dir.path().join("cdc-archiver.toml");
     std::fs::write(
         &path,
         format!(
-            r#"[sink]
+            r#"database_url = "{pg}"
+
+[sink]
 brokers = "{brokers}"
 group_id = "{group}"
 topics = [{{ name = "{topic}", table = "{t}" }}]
 [sink.storage]
 url = "{url}"
+
+[[marker]]
+table = "public.{t}"
+cutoff = {{ column = "created", older_than = "5 days" }}
+batch_size = 1000
+
+[purger]
+table = "public.{t}"
+batch_size = 200
+[purger.storage]
+url = "{url}"
+
+[run]
+wait_timeout = "120s"
+poll_interval = "200ms"
 "#,
+            pg = cdc_tests::pg_url(),
             brokers = cdc_tests::kafka_brokers(),
             group = p.sink_cfg.group_id,
             topic = p.sink_cfg.topics[0].name,
@@ -127,23 +145,30 @@ async fn a_rewound_partition_is_archived_again_and_purged() {
     let mut p = Pipeline::start("rewind", TABLE, 2, 150).await;
     p.client
         .batch_execute(&format!(
-            "INSERT INTO {t} (id, note) SELECT g, 'row ' || g FROM generate_series(1, 3000) g",
+            "INSERT INTO {t} (id, created, note)
+             SELECT g, CASE WHEN g <= 1000 THEN current_date - 30 ELSE current_date END, 'row ' || g
+             FROM generate_series(1, 3000) g",
             t = p.qt
         ))
         .await
         .unwrap();
     let witness = p.witness_deletes().await;
     let config = write_config(&p);
-    let archive = ["--archive-url", p.archive.url.as_str()];
+    let url = p.archive.url.clone();
+    let archive = ["--archive-url", url.as_str()];
 
-    // Archived and purged; more archived; compacted and gc'd (the manifest
-    // is then the only copy of most checkpoints); more archived after it.
-    // (One checkpoint per marking transaction and partition: the sink
-    // never cuts a source transaction.)
+    // Archived, then a scheduled `run` marks the other old rows and purges
+    // both (one checkpoint per marking transaction and partition: the sink
+    // never cuts a source transaction); more archived; compacted and gc'd
+    // (the manifest is then the only copy of most checkpoints); more
+    // archived after it.
     mark_and_wait(&p, "id <= 500").await;
-    mark_and_wait(&p, "id > 500 AND id <= 1000").await;
-    let first = p.purge(&p.purger(200)).await;
-    assert_eq!(first.totals.deleted, 1000);
+    let report = p.dir.path().join("run.json");
+    let (ok, _, err) = cli(&config, &["run", "--report-json", report.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let run_id = run["run_id"].as_str().expect("the run's id").to_owned();
+    assert_eq!(p.count("created < current_date - 5").await, 0, "{run:#}");
     mark_and_wait(&p, "id > 1000 AND id <= 2000").await;
     let (ok, _, err) = cli(
         &config,
@@ -244,6 +269,27 @@ async fn a_rewound_partition_is_archived_again_and_purged() {
         after.checkpoints[..]
     );
     let second = p.purge(&p.purger(200)).await;
+    // The run's deletes still reconcile with the archive: its checkpoints
+    // the rewind superseded are audited as the rewind kept them.
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            &["checkpoints", "audit", "--run", &run_id, "--json"][..],
+            &archive,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}{err}");
+    let audit: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(audit["audit"]["findings"], serde_json::json!([]), "{out}");
+    assert!(
+        audit["audit"]["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["superseded_by_rewind"] == records[0].rewind_id.as_str()),
+        "{out}"
+    );
     assert_eq!(second.totals.deleted, 2000);
     assert_eq!(p.count("true").await, 0);
     assert_eq!(deleted_rows_are_archived_exactly(&p, &witness).await, 3000);

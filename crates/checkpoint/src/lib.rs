@@ -64,8 +64,8 @@ pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,
 };
 pub use rewind::{
-    plan_rewind, rewind_records, run_rewind, RewindMove, RewindPlan, RewindRecord,
-    REWIND_FORMAT_VERSION,
+    plan_rewind, rewind_records, run_rewind, superseded, RewindMove, RewindPlan, RewindRecord,
+    Superseded, REWIND_FORMAT_VERSION,
 };
 pub use segments::{clean_orphans, orphans, verify_deletes, verify_segment, Orphan};
 pub use store::{conditional_create_holds, create, create_new, get_object, read, Created};

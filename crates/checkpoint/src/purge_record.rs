@@ -6,7 +6,7 @@
 use cdc_common::storage::ArchiveStore;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{create_new, create_object, get_bytes, parse};
+use crate::store::{create_new, create_object, parse, read_json};
 use crate::{layout, CheckpointError};
 
 /// What the purger did for one checkpoint (`<table>/purged/p<partition>/<first:020>.json`).
@@ -145,9 +145,5 @@ pub async fn read_purge_record(
     partition: i32,
     first_offset: i64,
 ) -> Result<Option<PurgeRecord>, CheckpointError> {
-    let path = store.path(&layout::purged_path(table, partition, first_offset));
-    match get_bytes(store, &path).await? {
-        Some(b) => Ok(Some(parse(&path, &b)?)),
-        None => Ok(None),
-    }
+    read_json(store, &layout::purged_path(table, partition, first_offset)).await
 }

@@ -36,7 +36,7 @@ use cdc_common::storage::ArchiveStore;
 use serde::{Deserialize, Serialize};
 
 use crate::error::storage;
-use crate::store::{create_new, get_bytes, list, parse};
+use crate::store::{create_new, get_bytes, list, parse, read_json};
 use crate::{
     layout, list_checkpoints_after, newest_manifest, read, verify_chain, write_manifest,
     Checkpoint, CheckpointError, Manifest,
@@ -456,4 +456,66 @@ pub async fn rewind_records(
         }
     }
     Ok(out)
+}
+
+/// A checkpoint a rewind superseded, as it was when the rewind moved it,
+/// and its purge record if it had one (what `checkpoints audit` checks a
+/// run against when a later rewind moved what the run purged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superseded {
+    /// The rewind that moved it.
+    pub rewind_id: String,
+    /// The checkpoint (from its moved object, or from a moved manifest
+    /// after a gc removed its object); `None` if neither holds it.
+    pub checkpoint: Option<Checkpoint>,
+    /// Its purge record, moved by the same rewind.
+    pub record: Option<crate::PurgeRecord>,
+}
+
+/// What `rewind` moved of the checkpoint of `partition` that starts at
+/// `first`, `None` if it moved neither that checkpoint nor its record.
+pub async fn superseded(
+    store: &ArchiveStore,
+    rewind: &RewindRecord,
+    partition: i32,
+    first: i64,
+) -> Result<Option<Superseded>, CheckpointError> {
+    if rewind.partition != partition {
+        return Ok(None);
+    }
+    let table = &rewind.table;
+    let copy_of = |from: String| {
+        rewind
+            .moved
+            .iter()
+            .find(move |m| m.from == from)
+            .map(|m| m.to.clone())
+    };
+    let record = match copy_of(layout::purged_path(table, partition, first)) {
+        Some(to) => read_json(store, &to).await?,
+        None => None,
+    };
+    let mut checkpoint: Option<Checkpoint> =
+        match copy_of(layout::checkpoint_path(table, partition, first)) {
+            Some(to) => read_json(store, &to).await?,
+            None => None,
+        };
+    for m in rewind.moved.iter().filter(|m| m.kind == "manifest") {
+        if checkpoint.is_some() {
+            break;
+        }
+        if let Some(manifest) = read_json::<Manifest>(store, &m.to).await? {
+            checkpoint = manifest
+                .checkpoints
+                .into_iter()
+                .find(|c| c.first_offset == first && c.merged.is_none());
+        }
+    }
+    Ok(
+        (record.is_some() || checkpoint.is_some()).then(|| Superseded {
+            rewind_id: rewind.rewind_id.clone(),
+            checkpoint,
+            record,
+        }),
+    )
 }

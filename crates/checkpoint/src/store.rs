@@ -33,6 +33,18 @@ pub async fn get_object(
     get_bytes(store, &store.path(relative)).await
 }
 
+/// The JSON object at `relative`, parsed; `None` if there is none.
+pub(crate) async fn read_json<T: for<'de> Deserialize<'de>>(
+    store: &ArchiveStore,
+    relative: &str,
+) -> Result<Option<T>, CheckpointError> {
+    let path = store.path(relative);
+    get_bytes(store, &path)
+        .await?
+        .map(|b| parse(&path, &b))
+        .transpose()
+}
+
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
     path: &Path,
     bytes: &[u8],
@@ -152,11 +164,11 @@ pub async fn read(
     partition: i32,
     first_offset: i64,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    let path = store.path(&layout::checkpoint_path(table, partition, first_offset));
-    match get_bytes(store, &path).await? {
-        Some(b) => Ok(Some(parse(&path, &b)?)),
-        None => Ok(None),
-    }
+    read_json(
+        store,
+        &layout::checkpoint_path(table, partition, first_offset),
+    )
+    .await
 }
 
 /// Lists the objects under a relative prefix (recursively).

@@ -166,7 +166,7 @@ async fn rewind_after_gc(store: &ArchiveStore) {
         .unwrap();
     assert_eq!(
         rewind_records(store, &table).await.unwrap(),
-        [record.clone()]
+        std::slice::from_ref(&record)
     );
     assert_eq!(record.reason.as_deref(), Some("INC-1"));
     assert_eq!(record.target, chain[3].path());

@@ -6,7 +6,9 @@
 //! segment must be the one the chain's checkpoint names and pass its size,
 //! SHA-256 and structure checks. The rows deleted by the run's records must
 //! add up to what the run reported, and no record of the run's purger may
-//! be missing from its report.
+//! be missing from its report. A checkpoint that a later `sink rewind`
+//! superseded is audited as the rewind kept it (its moved checkpoint and
+//! purge record; the segment stays in place, kept from gc).
 //!
 //! Guarantee: the report is stored before it is printed, as
 //! `<table>/audits/<run-id>/<audited-at>.json`, with its SHA-256 in a
@@ -22,7 +24,7 @@
 
 use std::collections::BTreeMap;
 
-use cdc_checkpoint::{layout, Checkpoint, CheckpointError, PurgeRecord};
+use cdc_checkpoint::{layout, Checkpoint, CheckpointError, PurgeRecord, RewindRecord};
 use cdc_common::storage::ArchiveStore;
 use serde::Serialize;
 
@@ -52,6 +54,9 @@ pub struct AuditedCheckpoint {
     /// Rows the record accounts for (deleted, already gone, kept for a
     /// reason, superseded).
     pub accounted: u64,
+    /// The rewind that later moved this checkpoint and its record out of
+    /// the chain (they were audited as that rewind kept them).
+    pub superseded_by_rewind: Option<String>,
 }
 
 /// The result of one audit.
@@ -144,6 +149,7 @@ pub async fn audit(
             format!("run {run_id} has no purge summary for table {table}: {why}"),
         ));
     }
+    let rewinds = cdc_checkpoint::rewind_records(store, table).await?;
     let mut chains: BTreeMap<i32, Result<Vec<Checkpoint>, String>> = BTreeMap::new();
     for c in purge["checkpoints"].as_array().into_iter().flatten() {
         let status = c["status"].as_str().unwrap_or_default();
@@ -178,6 +184,7 @@ pub async fn audit(
             (partition, first, status),
             c,
             &chains[&partition],
+            &rewinds,
         )
         .await?;
         report.checkpoints.push(audited);
@@ -241,6 +248,7 @@ async fn audit_checkpoint(
     (partition, first, status): (i32, i64, &str),
     line: &serde_json::Value,
     chain: &Result<Vec<Checkpoint>, String>,
+    rewinds: &[RewindRecord],
 ) -> Result<AuditedCheckpoint, CheckpointError> {
     let table = report.table.clone();
     let name = layout::checkpoint_path(&table, partition, first);
@@ -253,9 +261,10 @@ async fn audit_checkpoint(
         record_purger: None,
         deleted: 0,
         accounted: 0,
+        superseded_by_rewind: None,
     };
     let p = Some(partition);
-    let record: Option<PurgeRecord> =
+    let mut record: Option<PurgeRecord> =
         match cdc_checkpoint::read_purge_record(store, &table, partition, first).await {
             Ok(r) => r,
             Err(e @ CheckpointError::Malformed { .. }) => {
@@ -266,6 +275,28 @@ async fn audit_checkpoint(
             }
             Err(e) => return Err(e),
         };
+    // Not this run's record where the chain keeps it: a later rewind may
+    // have moved this run's checkpoint and record aside.
+    let mut moved_checkpoint = None;
+    if record
+        .as_ref()
+        .is_none_or(|r| Some(&r.purger_id) != report.purger_id.as_ref())
+    {
+        for rw in rewinds.iter().rev() {
+            let Some(s) = cdc_checkpoint::superseded(store, rw, partition, first).await? else {
+                continue;
+            };
+            let ours = s.record.as_ref().is_some_and(|r| {
+                status == "interrupted" || Some(&r.purger_id) == report.purger_id.as_ref()
+            });
+            if ours {
+                audited.superseded_by_rewind = Some(s.rewind_id);
+                record = s.record;
+                moved_checkpoint = Some(s.checkpoint);
+                break;
+            }
+        }
+    }
     match (&record, status) {
         (None, "interrupted") => report.findings.push(finding(
             p,
@@ -303,9 +334,10 @@ async fn audit_checkpoint(
         }
         (Some(_), _) => {}
     }
-    let cp = match chain {
-        Ok(chain) => chain.iter().find(|c| c.first_offset == first),
-        Err(e) => {
+    let cp = match (&moved_checkpoint, chain) {
+        (Some(moved), _) => moved.as_ref(),
+        (None, Ok(chain)) => chain.iter().find(|c| c.first_offset == first),
+        (None, Err(e)) => {
             report.findings.push(finding(
                 p,
                 "chain_broken",
