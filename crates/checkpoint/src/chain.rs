@@ -36,6 +36,10 @@ pub struct Chain {
     pub partition: i32,
     /// The checkpoints in offset order.
     pub checkpoints: Vec<Checkpoint>,
+    /// From the newest manifest: every checkpoint that names a segment and
+    /// ends at or before this offset was purged (its purge record exists;
+    /// see [`crate::Manifest::purged_through`]).
+    pub purged_through: Option<i64>,
 }
 
 impl Chain {
@@ -52,6 +56,12 @@ impl Chain {
     /// The last checkpoint.
     pub fn last(&self) -> Option<&Checkpoint> {
         self.checkpoints.last()
+    }
+
+    /// Whether the newest manifest records `c` (a checkpoint of this chain)
+    /// as purged, so that its purge record need not be read.
+    pub fn folded(&self, c: &Checkpoint) -> bool {
+        self.purged_through.is_some_and(|t| c.last_offset <= t)
     }
 
     /// The latest resolved timestamp recorded in the chain.
@@ -184,19 +194,24 @@ pub async fn list_checkpoints_after(
     Ok(firsts)
 }
 
-/// The partition's newest manifest's checkpoints, and the first offsets of
-/// the checkpoints named after them (all of them without a manifest).
+/// The partition's newest manifest's checkpoints and purge status, and the
+/// first offsets of the checkpoints named after them (all of them without
+/// a manifest).
 async fn manifest_and_tail(
     store: &ArchiveStore,
     table: &str,
     partition: i32,
-) -> Result<(Vec<Checkpoint>, Vec<i64>), CheckpointError> {
+) -> Result<(Vec<Checkpoint>, Option<i64>, Vec<i64>), CheckpointError> {
     match crate::newest_manifest(store, table, partition).await? {
         Some(m) => {
             let tail = list_checkpoints_after(store, table, partition, m.last_offset).await?;
-            Ok((m.checkpoints, tail))
+            Ok((m.checkpoints, m.purged_through, tail))
         }
-        None => Ok((Vec::new(), list_checkpoints(store, table, partition).await?)),
+        None => Ok((
+            Vec::new(),
+            None,
+            list_checkpoints(store, table, partition).await?,
+        )),
     }
 }
 
@@ -210,7 +225,8 @@ pub async fn read_chain(
     table: &str,
     partition: i32,
 ) -> Result<Chain, CheckpointError> {
-    let (mut checkpoints, tail) = manifest_and_tail(store, table, partition).await?;
+    let (mut checkpoints, purged_through, tail) =
+        manifest_and_tail(store, table, partition).await?;
     let tail: Vec<Checkpoint> = futures::stream::iter(tail)
         .map(|first| read_listed(store, table, partition, first))
         .buffered(READ_CONCURRENCY)
@@ -222,6 +238,7 @@ pub async fn read_chain(
         table: table.to_owned(),
         partition,
         checkpoints,
+        purged_through,
     })
 }
 

@@ -58,7 +58,8 @@ pub use manifest::{
     MANIFEST_FORMAT_VERSION,
 };
 pub use purge_record::{
-    read_purge_record, write_purge_record, write_replay_record, PurgeRecord, PurgeWrite,
+    purged_firsts, read_purge_record, write_purge_record, write_replay_record, PurgeRecord,
+    PurgeWrite,
 };
 pub use record::{
     message_fingerprint, now_rfc3339, sha256_hex, Checkpoint, Counts, DeletesRef, SegmentRef,

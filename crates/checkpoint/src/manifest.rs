@@ -25,10 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::store::{create_new, get_bytes, list, parse};
 use crate::{layout, verify_chain, Checkpoint, CheckpointError, Counts, Created};
 
-/// The manifest format this crate writes: 2, with merged runs of
-/// checkpoints that name no file. Format 1 (every checkpoint verbatim,
-/// written by the version before) is read too.
-pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+/// The manifest format this crate writes: 3, format 2 (merged runs of
+/// checkpoints that name no file) with the purge status of its prefix
+/// ([`Manifest::purged_through`]). Formats 1 (every checkpoint verbatim)
+/// and 2, written by earlier versions, are read too.
+pub const MANIFEST_FORMAT_VERSION: u32 = 3;
 
 /// A partition's chain up to `last_offset`, in one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +47,16 @@ pub struct Manifest {
     /// Last offset covered (names the object).
     pub last_offset: i64,
     /// The chain's checkpoints, in offset order: as stored, or merged runs
-    /// of checkpoints that name no file. (Nothing else: a manifest is a
-    /// function of the chain prefix it holds, so two compactions of one
-    /// prefix write the same bytes.)
+    /// of checkpoints that name no file.
     pub checkpoints: Vec<Checkpoint>,
+    /// Format 3: every checkpoint of this manifest that names a segment and
+    /// ends at or before this offset had a purge record when the manifest
+    /// was written (purge records are never removed, only moved aside by
+    /// a rewind, which moves this manifest too): the purger does not list
+    /// or read those records again. `None`: no such prefix (or format 1
+    /// and 2, which do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_through: Option<i64>,
 }
 
 /// Whether `next` may join the merged run that `prev` ends: both name no
@@ -110,7 +117,21 @@ impl Manifest {
             first_offset: checkpoints.first().map_or(0, |c| c.first_offset),
             last_offset: checkpoints.last().map_or(-1, |c| c.last_offset),
             checkpoints,
+            purged_through: None,
         }
+    }
+
+    /// Folds the purge status into the manifest: `purged_through` becomes
+    /// the end of the longest prefix whose checkpoints that name a segment
+    /// all have a purge record (`purged(first_offset)`).
+    pub fn with_purged(mut self, purged: impl Fn(i64) -> bool) -> Self {
+        self.purged_through = self
+            .checkpoints
+            .iter()
+            .take_while(|c| c.segment.is_none() || purged(c.first_offset))
+            .last()
+            .map(|c| c.last_offset);
+        self
     }
 
     /// Its path relative to the archive root.
@@ -164,6 +185,14 @@ impl Manifest {
                 c.path(),
                 c.merged
             )));
+        }
+        if let Some(t) = self.purged_through {
+            if self.format_version < 3 || t > self.last_offset || t < self.first_offset {
+                return Err(broken(format!(
+                    "purged_through {t} in a format {} manifest of offsets {}..={} (only format 3 says it, inside its offsets)",
+                    self.format_version, self.first_offset, self.last_offset
+                )));
+            }
         }
         let (Some(first), Some(last)) = (self.checkpoints.first(), self.checkpoints.last()) else {
             return Err(broken("an empty manifest".into()));
@@ -289,7 +318,14 @@ pub async fn plan_manifest(
     let chain = crate::read_chain(store, table, partition).await?;
     match chain.end() {
         Some(end) if covered.is_none_or(|c| end > c) => {
-            Ok(Some(Manifest::of(table, partition, chain.checkpoints)))
+            // Records of checkpoints the newest manifest already folds are
+            // not listed again.
+            let after = chain.purged_through;
+            let records = crate::purged_firsts(store, table, partition, after).await?;
+            let folded = |first: i64| after.is_some_and(|t| first <= t) || records.contains(&first);
+            Ok(Some(
+                Manifest::of(table, partition, chain.checkpoints).with_purged(folded),
+            ))
         }
         _ => Ok(None),
     }
@@ -403,6 +439,35 @@ mod tests {
         let mut rewritten = chain[1].clone();
         rewritten.last_message = Some("other".into());
         assert_eq!(m.represents(&rewritten), Some(false));
+    }
+
+    #[test]
+    fn purge_status_folds_the_purged_prefix_only() {
+        let chain = vec![
+            with_segment(0),
+            idle(10, 1),
+            with_segment(20),
+            with_segment(30),
+            idle(40, 4),
+        ];
+        let m = |purged: &[i64]| {
+            Manifest::of("t", 1, chain.clone()).with_purged(|f| purged.contains(&f))
+        };
+        assert_eq!(m(&[]).purged_through, None);
+        // Idle checkpoints need no record; the first unpurged segment ends it.
+        assert_eq!(m(&[0]).purged_through, Some(19));
+        assert_eq!(m(&[0, 30]).purged_through, Some(19));
+        assert_eq!(m(&[0, 20, 30]).purged_through, Some(49));
+        let folded = m(&[0, 20]);
+        assert_eq!(folded.purged_through, Some(29));
+        folded.check("t", 1, (49, 40)).unwrap();
+        // Only format 3 says it, and only inside its offsets.
+        let mut v2 = folded.clone();
+        v2.format_version = 2;
+        assert!(v2.check("t", 1, (49, 40)).is_err());
+        let mut beyond = folded;
+        beyond.purged_through = Some(50);
+        assert!(beyond.check("t", 1, (49, 40)).is_err());
     }
 
     #[test]

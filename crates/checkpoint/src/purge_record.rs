@@ -3,8 +3,14 @@
 //! conditional create: an existing record means the checkpoint was already
 //! purged, which is idempotent, not an error.
 
+use std::collections::BTreeSet;
+
 use cdc_common::storage::ArchiveStore;
+use futures::TryStreamExt;
+use object_store::{ObjectMeta, ObjectStore};
 use serde::{Deserialize, Serialize};
+
+use crate::error::storage;
 
 use crate::store::{create_new, create_object, parse, read_json};
 use crate::{layout, CheckpointError};
@@ -146,4 +152,37 @@ pub async fn read_purge_record(
     first_offset: i64,
 ) -> Result<Option<PurgeRecord>, CheckpointError> {
     read_json(store, &layout::purged_path(table, partition, first_offset)).await
+}
+
+/// First offsets of the checkpoints of `partition` that have a purge
+/// record; with `after`, only those named after it (one listing that starts
+/// after its name, S3 `start-after`, instead of all of them).
+pub async fn purged_firsts(
+    store: &ArchiveStore,
+    table: &str,
+    partition: i32,
+    after: Option<i64>,
+) -> Result<BTreeSet<i64>, CheckpointError> {
+    let prefix = store.path(&layout::purged_dir(table, partition));
+    let listed: Result<Vec<ObjectMeta>, _> = match after {
+        Some(a) => {
+            let offset = store.path(&layout::purged_path(table, partition, a));
+            store
+                .store
+                .list_with_offset(Some(&prefix), &offset)
+                .try_collect()
+                .await
+        }
+        None => store.store.list(Some(&prefix)).try_collect().await,
+    };
+    let listed = match listed {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(storage("list", &prefix)(e)),
+    };
+    Ok(listed
+        .iter()
+        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
+        .filter(|f| after.is_none_or(|a| *f > a))
+        .collect())
 }

@@ -329,26 +329,20 @@ pub async fn plan_rewind(
         .iter()
         .filter_map(|m| layout::parse_manifest_name(m.location.as_ref()))
         .any(|(last, _)| last == keep);
-    let manifest =
-        (!listed.is_empty() && !ends_at_target).then(|| Manifest::of(table, partition, chain));
+    // Its purge status: the old one's, up to the target (the records of
+    // checkpoints up to the target stay where they are).
+    let manifest = (!listed.is_empty() && !ends_at_target).then(|| Manifest {
+        purged_through: newest
+            .as_ref()
+            .and_then(|m| m.purged_through)
+            .map(|t| t.min(keep)),
+        ..Manifest::of(table, partition, chain)
+    });
 
     // Purge records of the superseded checkpoints (a re-archived
     // checkpoint may start at the same offset and must be purged anew).
-    let prefix_dir = store.path(&layout::purged_dir(table, partition));
-    let start_after = store.path(&layout::purged_path(table, partition, target_first));
-    let records: Vec<object_store::ObjectMeta> = futures::TryStreamExt::try_collect(
-        store
-            .store
-            .list_with_offset(Some(&prefix_dir), &start_after),
-    )
-    .await
-    .map_err(storage("list", &prefix_dir))?;
-    let mut firsts: Vec<i64> = records
-        .iter()
-        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
-        .filter(|f| *f > keep)
-        .collect();
-    firsts.sort_unstable();
+    let firsts = crate::purged_firsts(store, table, partition, Some(target_first)).await?;
+    let firsts = firsts.into_iter().filter(|f| *f > keep);
     for first in firsts {
         let from = layout::purged_path(table, partition, first);
         moves.push(RewindMove {

@@ -529,6 +529,7 @@ async fn manifest_formats(store: &ArchiveStore) {
         first_offset: 0,
         last_offset: 39,
         checkpoints: chain.clone(),
+        purged_through: None,
     };
     put(store, &v1.path(), serde_json::to_vec(&v1).unwrap()).await;
     assert_eq!(

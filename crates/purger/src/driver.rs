@@ -177,6 +177,7 @@ pub async fn purge(
         finished_at: String::new(),
         totals: RowCounts::default(),
         checkpoints: Vec::new(),
+        purged_before: 0,
         refused: Vec::new(),
         preflight,
         allowed_cascading_foreign_keys: cfg.allow_cascading_foreign_keys,
@@ -203,6 +204,7 @@ pub async fn purge(
         }
     };
     summary.refused.extend(chains.broken);
+    summary.purged_before = chains.folded;
     if opts.progress {
         run.bar = cdc_common::progress::rows_bar(
             Some(chains.rows),

@@ -54,6 +54,9 @@ impl Drop for Loader {
 pub(crate) struct Chains {
     /// Segment rows over every readable chain (the progress bar's total).
     pub(crate) rows: u64,
+    /// Checkpoints with a segment that the newest manifests record as
+    /// purged: not loaded, their records not read.
+    pub(crate) folded: u64,
     /// Partitions whose chain is broken: refused as a whole.
     pub(crate) broken: Vec<Refusal>,
 }
@@ -95,14 +98,28 @@ pub(crate) async fn read_and_load(
             return;
         }
     };
-    let rows = chains
-        .iter()
-        .flat_map(|c| &c.checkpoints)
-        .filter_map(|c| c.segment.as_ref())
-        .map(|s| s.rows)
-        .sum();
+    // Checkpoints the manifests record as purged are neither loaded nor
+    // counted in the progress bar's total (a replay loads them).
+    let (mut rows, mut folded) = (0, 0);
+    for chain in &chains {
+        for c in &chain.checkpoints {
+            let Some(seg) = &c.segment else { continue };
+            if replay.is_none() && chain.folded(c) {
+                folded += 1;
+            } else {
+                rows += seg.rows;
+            }
+        }
+    }
     tracing::debug!(partitions = chains.len(), "checkpoint chains read");
-    if chains_tx.send(Ok(Chains { rows, broken })).is_err() {
+    if chains_tx
+        .send(Ok(Chains {
+            rows,
+            folded,
+            broken,
+        }))
+        .is_err()
+    {
         return;
     }
     load_ahead(store, chains, dialect, replay, tx).await;
@@ -122,15 +139,23 @@ async fn load_ahead(
     tx: tokio::sync::mpsc::Sender<Result<Prefetched, PurgeError>>,
 ) {
     for chain in chains {
-        // One listing per partition instead of a GET per checkpoint.
-        let purged = match purged_offsets(&store, &chain.table, chain.partition).await {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
+        // One listing per partition instead of a GET per checkpoint, of the
+        // records after those the newest manifest folds.
+        let through = chain.purged_through;
+        let purged =
+            match cdc_checkpoint::purged_firsts(&store, &chain.table, chain.partition, through)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
         for cp in chain.checkpoints {
+            // Purged, as the newest manifest records: its record is not
+            // read (nor reported one by one: `Chains::folded` counts them).
+            let folded = through.is_some_and(|t| cp.last_offset <= t);
             // A checkpoint without a segment (resolved timestamps, deletes
             // only: most of an idle partition's chain) has nothing to
             // purge: no record is read or written for it, so a purge run's
@@ -144,11 +169,12 @@ async fn load_ahead(
             let replayed = match &replay {
                 Some(r)
                     if !r.covers(cp.partition, cp.first_offset)
-                        || !purged.contains(&cp.first_offset) =>
+                        || !(folded || purged.contains(&cp.first_offset)) =>
                 {
                     continue
                 }
                 Some(_) => true,
+                None if folded => continue,
                 None => false,
             };
             let item = async {
@@ -185,31 +211,6 @@ async fn load_ahead(
             }
         }
     }
-}
-
-/// First offsets of the checkpoints of `partition` that have a purge
-/// record, from one listing of `<table>/purged/p<partition>/`.
-async fn purged_offsets(
-    store: &ArchiveStore,
-    table: &str,
-    partition: i32,
-) -> Result<std::collections::HashSet<i64>, PurgeError> {
-    let dir = store.path(&cdc_checkpoint::layout::purged_dir(table, partition));
-    let listed = match store.store.list_with_delimiter(Some(&dir)).await {
-        Ok(l) => l.objects,
-        Err(object_store::Error::NotFound { .. }) => Vec::new(),
-        Err(source) => {
-            return Err(PurgeError::Archive(CheckpointError::Storage {
-                op: "list",
-                path: dir.to_string(),
-                source,
-            }))
-        }
-    };
-    Ok(listed
-        .iter()
-        .filter_map(|m| cdc_checkpoint::layout::parse_checkpoint_name(m.location.as_ref()))
-        .collect())
 }
 
 /// Fetches and verifies a checkpoint's segment (size and sha256), decodes

@@ -149,8 +149,14 @@ pub struct PurgeSummary {
     /// Totals over the checkpoints processed in this run (already purged
     /// ones are not added).
     pub totals: RowCounts,
-    /// Per checkpoint, in partition and chain order.
+    /// Per checkpoint, in partition and chain order (those in
+    /// `purged_before` excepted).
     pub checkpoints: Vec<CheckpointReport>,
+    /// Checkpoints with a segment that the newest manifests record as
+    /// purged by earlier runs (`checkpoints compact` folds purge records
+    /// into them): not read again nor listed one by one, so a run's cost
+    /// does not grow with every segment ever purged.
+    pub purged_before: u64,
     /// Checkpoints refused (segment missing/corrupt, chain broken).
     pub refused: Vec<Refusal>,
     /// Foreign keys referencing the table.
@@ -250,6 +256,13 @@ impl PurgeSummary {
                 // Old records' version-guard reasons are "no version" too.
                 n.skipped_no_version + n.skipped_open_transaction + n.skipped_xid_too_old,
                 n.superseded
+            );
+        }
+        if self.purged_before > 0 {
+            let _ = writeln!(
+                s,
+                "(and {} checkpoint(s) purged by earlier runs, as the manifests record: not read again)",
+                self.purged_before
             );
         }
         let t = &self.totals;

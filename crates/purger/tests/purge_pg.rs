@@ -1112,7 +1112,8 @@ async fn the_content_guard_is_exact_about_nulls_and_the_column_set() {
 /// purged: a chain with segments between idle runs (resolved-only
 /// checkpoints), compacted into a manifest (the idle runs merged) and then
 /// collected (the checkpoint objects the manifest holds removed), purges
-/// exactly the archived versions, and a row changed after archiving stays.
+/// exactly the archived versions, and a row changed after archiving stays;
+/// the next compaction folds the purge records into its manifest.
 #[tokio::test]
 async fn a_compacted_and_collected_chain_purges_exactly_the_archived_versions() {
     let f = Fixture::new(70).await;
@@ -1215,6 +1216,44 @@ async fn a_compacted_and_collected_chain_purges_exactly_the_archived_versions() 
     }
     assert_eq!(records, [0, 30, 55]);
     assert_eq!(s.checkpoints.len(), 3);
+
+    // The next compaction folds those records into its manifest: a later
+    // purge neither lists nor reads them, and purges what came after.
+    f.mark(61, 70).await;
+    let cp4 = f.archive(0, cp3.last_offset + 1, 61, 70, true).await;
+    let m2 = cdc_checkpoint::plan_manifest(&f.store, &f.table, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m2.purged_through,
+        Some(cp3.last_offset),
+        "cp4 has no record"
+    );
+    cdc_checkpoint::write_manifest(&f.store, &m2).await.unwrap();
+    let before = f.snapshot().await;
+    let s2 = f.purge(&opts()).await.unwrap();
+    assert!(s2.ok(), "{}", s2.render());
+    assert_eq!(s2.purged_before, 3, "{}", s2.render());
+    let firsts: Vec<i64> = s2.checkpoints.iter().map(|c| c.first_offset).collect();
+    assert_eq!(firsts, [cp4.first_offset]);
+    assert_eq!(
+        common::deleted_ids(&before, &f.snapshot().await),
+        (61..=70).collect::<BTreeSet<i64>>()
+    );
+    // A replay still takes the checkpoints a manifest records as purged.
+    let dry = f
+        .dry_run(&PurgeOptions {
+            replay: Some(cdc_purger::Replay {
+                partition: Some(0),
+                first_offsets: 0..=cp4.first_offset,
+                id: "all".into(),
+            }),
+            ..opts()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dry.checkpoints.len(), 4, "{}", dry.render());
     f.drop().await;
 }
 

@@ -192,7 +192,7 @@ pub async fn audit(
     // Records of this run's purger that its report does not list.
     if let Some(purger) = report.purger_id.clone() {
         for partition in cdc_checkpoint::partitions(store, table).await? {
-            for first in super::purged_firsts(store, table, partition).await? {
+            for first in cdc_checkpoint::purged_firsts(store, table, partition, None).await? {
                 if report
                     .checkpoints
                     .iter()

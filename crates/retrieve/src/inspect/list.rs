@@ -10,7 +10,7 @@ use cdc_checkpoint::{layout, Checkpoint, CheckpointError, PurgeRecord};
 use cdc_common::storage::ArchiveStore;
 use serde::Serialize;
 
-use super::{checkpoints_of, purged_firsts, Finding};
+use super::{checkpoints_of, Finding};
 
 /// What `list` reports as worth a look.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +96,7 @@ pub async fn list(
     for p in cdc_checkpoint::partitions(store, table).await? {
         let (checkpoints, found) = checkpoints_of(store, table, p).await?;
         findings.extend(found);
-        let purged = purged_firsts(store, table, p).await?;
+        let purged = cdc_checkpoint::purged_firsts(store, table, p, None).await?;
         let idle = cdc_checkpoint::read_idle_progress(store, table, p).await?;
         let unpurged: Vec<&Checkpoint> = checkpoints
             .iter()

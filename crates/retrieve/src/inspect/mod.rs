@@ -17,11 +17,9 @@ mod audit;
 mod list;
 mod verify;
 
-use std::collections::BTreeSet;
-
 use cdc_checkpoint::{layout, Checkpoint, CheckpointError};
 use cdc_common::storage::ArchiveStore;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::ObjectStore;
 use serde::Serialize;
 
@@ -196,29 +194,6 @@ pub fn links(partition: i32, checkpoints: &[Checkpoint]) -> Vec<Finding> {
             })
         })
         .collect()
-}
-
-/// First offsets of the checkpoints of a partition that have a purge record.
-pub(crate) async fn purged_firsts(
-    store: &ArchiveStore,
-    table: &str,
-    partition: i32,
-) -> Result<BTreeSet<i64>, CheckpointError> {
-    let prefix = store.path(&layout::purged_dir(table, partition));
-    let listed: Vec<object_store::ObjectMeta> = store
-        .store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|source| CheckpointError::Storage {
-            op: "list",
-            path: prefix.to_string(),
-            source,
-        })?;
-    Ok(listed
-        .iter()
-        .filter_map(|m| layout::parse_checkpoint_name(m.location.as_ref()))
-        .collect())
 }
 
 /// Tables in the archive: the top-level folders that hold checkpoints.
