@@ -21,7 +21,11 @@
 //! sink's start-up, the purger), `retrieve --key` of one key, `retrieve
 //! --from/--to` over the day of the busy period, `checkpoints verify
 //! --since 1d` (chains whole; no file is that new here) and `checkpoints
-//! list` (every checkpoint object, on purpose). Each as time, ratio to the
+//! list` (every checkpoint object, on purpose), and a purge that finds
+//! nothing new (a real `cdc_purger::purge` against an empty table in the
+//! stack's PostgreSQL; every busy checkpoint has the purge record a daily
+//! run wrote, so it reads chains and records and deletes nothing; after
+//! compaction the manifest folds the records). Each as time, ratio to the
 //! archive with no history (target for issue 15: within 2x at 365 days,
 //! except a full verify), and object-store requests of one call (LIST
 //! pages of up to 1,000 names, GET, HEAD, PUT), counted by a wrapper
@@ -143,6 +147,17 @@ fn busy(dir: &Path) -> i64 {
                 vec!["id".into(), "note".into()],
             ));
             write(dir, &cp.path(), &cp.to_json());
+            // The daily run that purged it.
+            let record = cdc_checkpoint::PurgeRecord {
+                segment: cp.segment.as_ref().map(|s| s.path.clone()),
+                deleted: rows.len() as u64,
+                ..cdc_checkpoint::fixtures::purge_record(TABLE, p, first, last)
+            };
+            write(
+                dir,
+                &record.path(),
+                &serde_json::to_vec_pretty(&record).unwrap(),
+            );
         }
     }
     BUSY_CHECKPOINTS * ROWS_PER_SEGMENT
@@ -343,21 +358,36 @@ impl ObjectStore for Counting {
     }
 }
 
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
     "watermark",
     "read chains",
     "retrieve --key",
     "retrieve --from/--to",
     "verify --since 1d",
     "checkpoints list",
+    "purge (nothing new)",
 ];
+
+/// The purger of the bench's table: an empty table in the stack's
+/// PostgreSQL whose archive table is the bench's.
+fn purger() -> cdc_purger::PurgerConfig {
+    toml::from_str(&format!(
+        r#"database_url = "{pg}"
+           table = "public.history_bench"
+           archive_table = "{TABLE}"
+           [storage]
+           url = "file:///unused""#,
+        pg = cdc_tests::pg_url(),
+    ))
+    .unwrap()
+}
 
 struct Row {
     backend: &'static str,
     label: String,
     objects: usize,
-    times: [Duration; 6],
-    requests: [[u64; 4]; 6],
+    times: [Duration; 7],
+    requests: [[u64; 4]; 7],
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -367,13 +397,13 @@ enum Mode {
     Collected,
 }
 
-/// The six commands against `store`, each timed (median of `rounds`) and
+/// The seven commands against `store`, each timed (median of `rounds`) and
 /// then counted once.
 async fn commands(
     store: &ArchiveStore,
     requests: &Requests,
     rounds: usize,
-) -> ([Duration; 6], [[u64; 4]; 6]) {
+) -> ([Duration; 7], [[u64; 4]; 7]) {
     let key = Query {
         table: TABLE.into(),
         selector: Selector::Key(vec![Value::Number("1".into()), Value::Number("777".into())]),
@@ -390,8 +420,8 @@ async fn commands(
         limit: None,
     };
     let since = chrono::Utc::now() - chrono::Duration::days(1);
-    let mut times = [Duration::ZERO; 6];
-    let mut counts = [[0; 4]; 6];
+    let mut times = [Duration::ZERO; 7];
+    let mut counts = [[0; 4]; 7];
     for (i, slot) in times.iter_mut().enumerate() {
         let once = || async {
             match i {
@@ -422,6 +452,22 @@ async fn commands(
                         .await
                         .unwrap();
                     assert!(r.findings.is_empty(), "{:?}", r.findings);
+                }
+                6 => {
+                    let s = cdc_purger::purge(
+                        &purger(),
+                        store,
+                        tokio_util::sync::CancellationToken::new(),
+                        &cdc_purger::PurgeOptions::default(),
+                    )
+                    .await
+                    .unwrap();
+                    let before = s.purged_before + s.checkpoints.len() as u64;
+                    assert!(
+                        s.ok() && s.totals.deleted == 0 && before == 30,
+                        "{}",
+                        s.render()
+                    );
                 }
                 _ => {
                     cdc_retrieve::inspect::list(
@@ -539,6 +585,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    rt.block_on(async {
+        cdc_tests::pg()
+            .await
+            .batch_execute(
+                "DROP TABLE IF EXISTS history_bench;
+                 CREATE TABLE history_bench (id bigint PRIMARY KEY, note text,
+                   archived bool NOT NULL DEFAULT false)",
+            )
+            .await
+            .unwrap();
+    });
     let s3 = std::env::var_os("CDC_S3_ENDPOINT").is_some();
     let cases: [(&str, i64, Format, Mode, bool); 8] = [
         ("none", 0, Format::Idle, Mode::AsWritten, s3),
