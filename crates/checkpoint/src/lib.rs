@@ -28,6 +28,7 @@
 //! - `manifest`: a chain prefix in one object ([`Manifest`]), read first.
 //! - `fixtures` (feature `test-fixtures`): checkpoints for tests.
 //! - `gc`: removing what a manifest superseded, with a record ([`plan_gc`]).
+//! - `lease`: one maintenance operation per table at a time ([`take_lease`]).
 //! - `rewind`: ending a chain at an earlier checkpoint, with a record ([`plan_rewind`]).
 
 mod chain;
@@ -38,6 +39,7 @@ mod gc;
 mod idle;
 pub mod key_filter;
 pub mod layout;
+mod lease;
 mod manifest;
 mod purge_record;
 mod record;
@@ -53,6 +55,7 @@ pub use chain::{
 pub use error::CheckpointError;
 pub use gc::{plan_gc, run_gc, GcItem, GcKept, GcPlan, GcRecord, GC_FORMAT_VERSION};
 pub use idle::{raise, read_idle_progress, write_idle_progress, IdleProgress};
+pub use lease::{take_lease, Lease, LeaseInfo, MAINTENANCE_LEASE_TTL};
 pub use manifest::{
     newest_manifest, newest_manifest_end, plan_manifest, write_manifest, Manifest,
     MANIFEST_FORMAT_VERSION,

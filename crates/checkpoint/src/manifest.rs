@@ -123,12 +123,12 @@ impl Manifest {
 
     /// Folds the purge status into the manifest: `purged_through` becomes
     /// the end of the longest prefix whose checkpoints that name a segment
-    /// all have a purge record (`purged(first_offset)`).
-    pub fn with_purged(mut self, purged: impl Fn(i64) -> bool) -> Self {
+    /// are all `purged` (have their own purge record).
+    pub fn with_purged(mut self, purged: impl Fn(&Checkpoint) -> bool) -> Self {
         self.purged_through = self
             .checkpoints
             .iter()
-            .take_while(|c| c.segment.is_none() || purged(c.first_offset))
+            .take_while(|c| c.segment.is_none() || purged(c))
             .last()
             .map(|c| c.last_offset);
         self
@@ -319,13 +319,30 @@ pub async fn plan_manifest(
     match chain.end() {
         Some(end) if covered.is_none_or(|c| end > c) => {
             // Records of checkpoints the newest manifest already folds are
-            // not listed again.
+            // not listed again; the others are read, in chain order until
+            // the first checkpoint without its own record.
             let after = chain.purged_through;
             let records = crate::purged_firsts(store, table, partition, after).await?;
-            let folded = |first: i64| after.is_some_and(|t| first <= t) || records.contains(&first);
-            Ok(Some(
-                Manifest::of(table, partition, chain.checkpoints).with_purged(folded),
-            ))
+            let mut own = std::collections::HashSet::new();
+            for c in chain.checkpoints.iter().filter(|c| !chain.folded(c)) {
+                if c.segment.is_none() {
+                    continue;
+                }
+                let record = match records.contains(&c.first_offset) {
+                    true => {
+                        crate::read_purge_record(store, table, partition, c.first_offset).await?
+                    }
+                    false => None,
+                };
+                if !record.is_some_and(|r| r.describes(c)) {
+                    break;
+                }
+                own.insert(c.first_offset);
+            }
+            let folded = |c: &Checkpoint| chain.folded(c) || own.contains(&c.first_offset);
+            let manifest =
+                Manifest::of(table, partition, chain.checkpoints.clone()).with_purged(folded);
+            Ok(Some(manifest))
         }
         _ => Ok(None),
     }
@@ -451,7 +468,7 @@ mod tests {
             idle(40, 4),
         ];
         let m = |purged: &[i64]| {
-            Manifest::of("t", 1, chain.clone()).with_purged(|f| purged.contains(&f))
+            Manifest::of("t", 1, chain.clone()).with_purged(|c| purged.contains(&c.first_offset))
         };
         assert_eq!(m(&[]).purged_through, None);
         // Idle checkpoints need no record; the first unpurged segment ends it.

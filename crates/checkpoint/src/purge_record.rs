@@ -80,6 +80,18 @@ impl PurgeRecord {
         layout::purged_path(&self.table, self.partition, self.first_offset)
     }
 
+    /// Whether this is the record of `cp`: same partition, offsets and
+    /// segment. A record at `cp`'s first offset that is not (a checkpoint
+    /// a rewind superseded, purged by a purge that ran during the rewind)
+    /// says nothing about `cp`.
+    pub fn describes(&self, cp: &crate::Checkpoint) -> bool {
+        self.table == cp.table
+            && self.partition == cp.partition
+            && self.first_offset == cp.first_offset
+            && self.last_offset == cp.last_offset
+            && self.segment.as_deref() == cp.segment.as_ref().map(|s| s.path.as_str())
+    }
+
     /// Every segment row this record accounts for: deleted, already gone,
     /// skipped (any reason) or superseded. Equals the segment's `rows` for a
     /// record that has the per-reason fields (older records did not count

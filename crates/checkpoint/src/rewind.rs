@@ -17,10 +17,14 @@
 //! have relied on).
 //!
 //! Guarantee: at every step a reader sees a contiguous chain that ends at
-//! or after the target: objects are moved newest first, manifests after the
-//! objects, and the new manifest is written before any manifest moves. So
-//! an interrupted rewind leaves a valid, partly rewound chain; planning
-//! again finishes it. The purger never deletes on the strength of a
+//! or after the target: the superseded checkpoints' purge records move
+//! first (a crash never leaves one for a re-archived checkpoint at the
+//! same offset to take for its own), the target's object is restored if
+//! gc removed it, objects are moved newest first, manifests after the
+//! objects, and a manifest ending at the target is written before any
+//! manifest moves. So an interrupted rewind leaves a valid, partly rewound
+//! chain; planning again finishes it. At the end the chain is read again
+//! and must end exactly with the target, or the rewind fails loudly. The purger never deletes on the strength of a
 //! superseded checkpoint once it is moved, and re-purges the re-archived
 //! checkpoints through the same guard (already deleted rows count as
 //! already gone). The target must be a checkpoint the chain verifies
@@ -242,6 +246,16 @@ async fn prefix(
     // The target as its object says, when there is one (it is what
     // `latest` reads); the manifest's verbatim copy otherwise.
     if let Some(object) = read(store, table, partition, target_first).await? {
+        if manifest.and_then(|m| m.represents(&object)) == Some(false) {
+            return Err(refuse(
+                table,
+                partition,
+                format!(
+                    "{} differs from its entry in the newest manifest (`checkpoints verify` reports it); the prefix that stays must be what readers read",
+                    object.path()
+                ),
+            ));
+        }
         if let Some(last) = chain.last_mut() {
             *last = object;
         }
@@ -321,17 +335,14 @@ pub async fn plan_rewind(
         });
     }
 
-    // A manifest ending at the target, when a moved manifest held part of
-    // the prefix and none ends there yet (without it, a chain whose
-    // objects gc removed would start late or show a gap).
-    let ends_at_target = list(store, &layout::manifests_dir(table, partition))
-        .await?
-        .iter()
-        .filter_map(|m| layout::parse_manifest_name(m.location.as_ref()))
-        .any(|(last, _)| last == keep);
+    // A manifest ending at the target, whenever a manifest moves (one that
+    // already ends there is kept, and is identical or as good: a gc may
+    // remove it while the newer one still stands, so it is written again
+    // if it is gone). Without it, a chain whose objects gc removed would
+    // start late or show a gap.
     // Its purge status: the old one's, up to the target (the records of
     // checkpoints up to the target stay where they are).
-    let manifest = (!listed.is_empty() && !ends_at_target).then(|| Manifest {
+    let manifest = (!listed.is_empty()).then(|| Manifest {
         purged_through: newest
             .as_ref()
             .and_then(|m| m.purged_through)
@@ -343,14 +354,20 @@ pub async fn plan_rewind(
     // checkpoint may start at the same offset and must be purged anew).
     let firsts = crate::purged_firsts(store, table, partition, Some(target_first)).await?;
     let firsts = firsts.into_iter().filter(|f| *f > keep);
-    for first in firsts {
-        let from = layout::purged_path(table, partition, first);
-        moves.push(RewindMove {
-            kind: "purge record".into(),
-            to: moved_to(table, rewind_id, &from),
-            from,
-        });
-    }
+    // First of all moves: a crash after the checkpoints moved must never
+    // leave a superseded checkpoint's record where a re-archived checkpoint
+    // at the same offset would take it for its own.
+    let records: Vec<RewindMove> = firsts
+        .map(|first| {
+            let from = layout::purged_path(table, partition, first);
+            RewindMove {
+                kind: "purge record".into(),
+                to: moved_to(table, rewind_id, &from),
+                from,
+            }
+        })
+        .collect();
+    moves.splice(0..0, records);
 
     Ok(RewindPlan {
         table: table.to_owned(),
@@ -391,30 +408,59 @@ pub async fn run_rewind(
     };
     let body = serde_json::to_vec_pretty(&record).expect("a rewind record always serialises");
     create_new(store, &layout::rewind_path(&plan.table, rewind_id), body).await?;
-    if let Some(m) = &plan.manifest {
-        write_manifest(store, m).await?;
-    }
+    // The target's object, which gc may have removed: the chain's last
+    // checkpoint always has one (`latest` reads it; a reader without the
+    // manifest then sees a gap, never a chain that ends early).
+    crate::create(store, &plan.target).await?;
     for m in &plan.moves {
+        if m.kind == "manifest" {
+            write_target_manifest(store, plan).await?;
+        }
         move_object(store, m).await?;
+    }
+    // What readers see now must be the prefix, ending at the target: a gc
+    // or a compaction that ran meanwhile (they take the table's lease,
+    // which a rewind holds, but an older binary does not) is an error to
+    // look at, never a silent half-rewind.
+    let chain = crate::read_chain(store, &plan.table, plan.partition).await?;
+    if chain.last() != Some(&plan.target) {
+        return Err(refuse(
+            &plan.table,
+            plan.partition,
+            format!(
+                "after the moves the chain ends at {:?}, not at the target {} (a gc or a compaction ran during the rewind?); `checkpoints list` shows it, the moved objects are under {}",
+                chain.end(),
+                plan.target.path(),
+                layout::rewinds_dir(&plan.table)
+            ),
+        ));
     }
     Ok(record)
 }
 
+/// Writes the plan's manifest unless one with its name already exists
+/// (an identical one, or an older compaction that ended at the target).
+async fn write_target_manifest(
+    store: &ArchiveStore,
+    plan: &RewindPlan,
+) -> Result<(), CheckpointError> {
+    let Some(m) = &plan.manifest else {
+        return Ok(());
+    };
+    match write_manifest(store, m).await {
+        Ok(_) | Err(CheckpointError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Copies `m.from` to `m.to` (conditional create), then removes `m.from`.
+/// A source already gone is done: moved by an interrupted run of this
+/// rewind, or removed by a gc that ran meanwhile (gc removes only what a
+/// manifest holds, and the end check reads the chain again).
 async fn move_object(store: &ArchiveStore, m: &RewindMove) -> Result<(), CheckpointError> {
     let from = store.path(&m.from);
     let Some(bytes) = get_bytes(store, &from).await? else {
-        return match get_bytes(store, &store.path(&m.to)).await? {
-            Some(_) => Ok(()),
-            None => Err(CheckpointError::Storage {
-                op: "get",
-                path: from.to_string(),
-                source: object_store::Error::NotFound {
-                    path: from.to_string(),
-                    source: "neither the object nor its copy exists: something else removed it during the rewind".into(),
-                },
-            }),
-        };
+        return Ok(());
     };
     create_new(store, &m.to, bytes.to_vec()).await?;
     match object_store::ObjectStoreExt::delete(&store.store, &from).await {

@@ -131,9 +131,9 @@ async fn rewind_after_gc(store: &ArchiveStore) {
     assert_eq!(
         moves,
         [
+            ("purge record", r40.as_str()),
             ("checkpoint", c50.as_str()),
             ("manifest", manifest_path.as_str()),
-            ("purge record", r40.as_str()),
         ]
     );
     let written = plan
@@ -179,6 +179,9 @@ async fn rewind_after_gc(store: &ArchiveStore) {
         latest(store, &table, 0).await.unwrap(),
         Some(chain[3].clone())
     );
+    // gc had removed the target's object: the rewind put it back (the
+    // chain's last checkpoint always has one).
+    assert!(exists(store, &chain[3].path()).await);
     assert!(read_purge_record(store, &table, 0, 40)
         .await
         .unwrap()
@@ -246,10 +249,10 @@ async fn rewind_plain_chain(store: &ArchiveStore) {
     assert_eq!(
         from,
         [
-            layout::checkpoint_path(&table, 0, 30),
-            layout::checkpoint_path(&table, 0, 20),
             layout::purged_path(&table, 0, 20),
             layout::purged_path(&table, 0, 30),
+            layout::checkpoint_path(&table, 0, 30),
+            layout::checkpoint_path(&table, 0, 20),
         ]
     );
     run_rewind(store, &plan, "r", None).await.unwrap();
@@ -270,11 +273,106 @@ async fn rewind_plain_chain(store: &ArchiveStore) {
     assert!(orphans(store, &table).await.is_err());
 }
 
+/// c0..c30 purged and compacted (a manifest ending at 39), then c40 and
+/// c50 and a second manifest (ending at 59).
+async fn two_manifests(store: &ArchiveStore, table: &str) -> Vec<Checkpoint> {
+    let mut chain = Vec::new();
+    let files = [
+        (0, Some("a")),
+        (10, Some("a")),
+        (20, Some("a")),
+        (30, Some("a")),
+        (40, Some("a")),
+        (50, None),
+    ];
+    for (first, file) in files {
+        let c = checkpoint(store, table, first, file).await;
+        create(store, &c).await.unwrap();
+        if first < 40 {
+            let record = PurgeRecord {
+                segment: c.segment.as_ref().map(|s| s.path.clone()),
+                ..fixtures::purge_record(table, 0, first, first + 9)
+            };
+            write_purge_record(store, &record).await.unwrap();
+        }
+        chain.push(c);
+        if first == 30 || first == 50 {
+            let m = plan_manifest(store, table, 0).await.unwrap().unwrap();
+            write_manifest(store, &m).await.unwrap();
+        }
+    }
+    chain
+}
+
+/// A gc planned while the newer manifest still stood removes the older
+/// one, which ends at the target, and the checkpoint objects: the rewind
+/// writes the manifest ending at the target again before it moves the
+/// newer one, so the chain still ends exactly at the target (found by the
+/// red-team review: it used to end at the gc's anchor, silently).
+async fn a_gc_during_the_rewind_does_not_cut_the_prefix(store: &ArchiveStore) {
+    let table = cdc_tests::unique("rewind_gc_race");
+    let chain = two_manifests(store, &table).await;
+    let plan = plan_rewind(store, &table, 0, 30, "r").await.unwrap();
+    let gc = plan_gc(store, &table, Duration::ZERO).await.unwrap();
+    run_gc(store, &gc, "gc-meanwhile").await.unwrap();
+    run_rewind(store, &plan, "r", None).await.unwrap();
+    let read = read_chain(store, &table, 0).await.unwrap();
+    assert_eq!(read.checkpoints.last(), Some(&chain[3]));
+    assert_eq!(read.start(), Some(0));
+    let m = newest_manifest(store, &table, 0).await.unwrap().unwrap();
+    assert_eq!((m.last_offset, m.purged_through), (39, Some(39)));
+    assert!(exists(store, &chain[3].path()).await);
+}
+
+/// A compaction that writes a manifest the rewind did not plan for makes
+/// the rewind fail loudly at its end check (the chain does not end at the
+/// target), never report success (found by the red-team review). The CLI
+/// prevents it with the table's maintenance lease, which compaction, gc
+/// and rewind take.
+async fn a_compaction_during_the_rewind_fails_it_loudly(store: &ArchiveStore) {
+    let table = cdc_tests::unique("rewind_compact_race");
+    let chain = two_manifests(store, &table).await;
+    for first in [60, 70] {
+        let c = checkpoint(store, &table, first, Some("a")).await;
+        create(store, &c).await.unwrap();
+    }
+    let plan = plan_rewind(store, &table, 0, 10, "r").await.unwrap();
+    let m = plan_manifest(store, &table, 0).await.unwrap().unwrap();
+    write_manifest(store, &m).await.unwrap();
+    let err = run_rewind(store, &plan, "r", None).await.unwrap_err();
+    assert!(err.to_string().contains("not at the target"), "{err}");
+    let end = read_chain(store, &table, 0).await.unwrap().end();
+    assert!(end > Some(chain[1].last_offset));
+
+    // The lease: one maintenance operation per table at a time.
+    let minute = Duration::from_secs(60);
+    let lease = take_lease(store, &table, "gc", minute).await.unwrap();
+    let refused = take_lease(store, &table, "compact", minute)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("holds the table's maintenance lease"),
+        "{refused}"
+    );
+    lease.release(store).await.unwrap();
+    // An expired lease (its holder died) is taken over.
+    let dead = take_lease(store, &table, "gc", Duration::ZERO)
+        .await
+        .unwrap();
+    std::mem::forget(dead);
+    let taken = take_lease(store, &table, "compact", minute).await.unwrap();
+    taken.release(store).await.unwrap();
+}
+
 #[tokio::test]
 async fn local_file_system() {
     let (store, _dir) = cdc_tests::local_archive();
     rewind_after_gc(&store).await;
     rewind_plain_chain(&store).await;
+    a_gc_during_the_rewind_does_not_cut_the_prefix(&store).await;
+    a_compaction_during_the_rewind_fails_it_loudly(&store).await;
 }
 
 #[tokio::test]
@@ -282,4 +380,6 @@ async fn s3_compatible_server() {
     let store = cdc_tests::s3_archive(&cdc_tests::unique("rewind"));
     rewind_after_gc(&store).await;
     rewind_plain_chain(&store).await;
+    a_gc_during_the_rewind_does_not_cut_the_prefix(&store).await;
+    a_compaction_during_the_rewind_fails_it_loudly(&store).await;
 }

@@ -152,7 +152,9 @@ async fn load_ahead(
                     return;
                 }
             };
+        let mut previous: Option<String> = None;
         for cp in chain.checkpoints {
+            let before = previous.replace(cp.path());
             // Purged, as the newest manifest records: its record is not
             // read (nor reported one by one: `Chains::folded` counts them).
             let folded = through.is_some_and(|t| cp.last_offset <= t);
@@ -189,6 +191,12 @@ async fn load_ahead(
                 } else {
                     None
                 };
+                if let Some(r) = record.as_ref().filter(|r| !r.describes(&cp)) {
+                    return Ok((
+                        None,
+                        Loaded::Refused(stale_record(r, &cp, before.as_deref())),
+                    ));
+                }
                 let loaded = if record.is_some() {
                     Loaded::NoSegment
                 } else {
@@ -211,6 +219,28 @@ async fn load_ahead(
             }
         }
     }
+}
+
+/// Why a checkpoint whose first offset holds another checkpoint's purge
+/// record is refused, and what resolves it.
+fn stale_record(r: &PurgeRecord, cp: &Checkpoint, previous: Option<&str>) -> String {
+    let fix = match previous {
+        Some(p) => format!(
+            "stop the sinks and purges, then rewind the partition to the checkpoint before it, `cdc-archiver sink rewind {p} --yes`: the record is moved aside with the others and the sink archives the offsets after it again"
+        ),
+        None => "it is the chain's first checkpoint: move the record aside by hand (it is the evidence of what that purge deleted: keep it)".to_owned(),
+    };
+    format!(
+        "{} is the purge record of another checkpoint (offsets {}..={}, segment {:?}), not of {} (offsets {}..={}, segment {:?}): a checkpoint a rewind superseded, purged by a purge that ran during the rewind. Nothing of this partition is purged past it; {fix}",
+        r.path(),
+        r.first_offset,
+        r.last_offset,
+        r.segment,
+        cp.path(),
+        cp.first_offset,
+        cp.last_offset,
+        cp.segment.as_ref().map(|s| &s.path)
+    )
 }
 
 /// Fetches and verifies a checkpoint's segment (size and sha256), decodes

@@ -13,7 +13,9 @@
 //!   chain's end (otherwise the sink could not archive them again and
 //!   would stop the partition at a gap).
 //!
-//! A sink started between the check and the end of the moves is the
+//! The table's maintenance lease is held while objects move, so no
+//! `checkpoints compact --yes` or `gc --yes` runs meanwhile. A sink (or a
+//! purge) started between the check and the end of the moves is the
 //! operator's race to avoid (the command says so); it can only make the
 //! chain unreadable, never let the purger delete a row it should not.
 
@@ -72,7 +74,13 @@ pub async fn rewind(
     }
     let kafka_offsets = check_kafka(config, &plan).await?;
     let record = if yes && !plan.is_empty() {
-        Some(cdc_checkpoint::run_rewind(&store, &plan, &id, reason).await?)
+        let what = format!("rewind of {table}/p{partition}");
+        let lease =
+            cdc_checkpoint::take_lease(&store, table, &what, cdc_checkpoint::MAINTENANCE_LEASE_TTL)
+                .await?;
+        let done = cdc_checkpoint::run_rewind(&store, &plan, &id, reason).await;
+        lease.release(&store).await?;
+        Some(done?)
     } else {
         None
     };

@@ -138,6 +138,18 @@ pub enum CheckpointsAction {
     },
 }
 
+/// The table's maintenance lease for `what` (one compaction, gc or rewind
+/// of a table at a time).
+async fn take_lease(
+    store: &ArchiveStore,
+    table: &str,
+    what: &str,
+) -> anyhow::Result<cdc_checkpoint::Lease> {
+    cdc_checkpoint::take_lease(store, table, what, cdc_checkpoint::MAINTENANCE_LEASE_TTL)
+        .await
+        .with_context(|| format!("taking the maintenance lease of table {t}", t = table))
+}
+
 fn open(global: &GlobalArgs, archive_url: Option<&str>) -> anyhow::Result<ArchiveStore> {
     let mut storage: StorageConfig =
         cdc_common::config::load_section(global.config.as_deref(), "storage", &[])?;
@@ -199,6 +211,11 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
         }
         CheckpointsAction::Compact { table, yes } => {
             for t in tables(&store, table).await? {
+                let lease = if yes {
+                    Some(take_lease(&store, &t, "compact").await?)
+                } else {
+                    None
+                };
                 for p in cdc_checkpoint::partitions(&store, &t).await? {
                     let plan = cdc_checkpoint::plan_manifest(&store, &t, p)
                         .await
@@ -227,6 +244,9 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
                         println!("{t} p{p}: would write {what} (--yes writes it)");
                     }
                 }
+                if let Some(l) = lease {
+                    l.release(&store).await?;
+                }
             }
             Ok(Exit::Success.into())
         }
@@ -241,10 +261,17 @@ pub async fn run(global: &GlobalArgs, args: CheckpointsArgs) -> anyhow::Result<E
                     .await
                     .with_context(|| format!("planning the gc of table {t}"))?;
                 let record = if yes && !plan.remove.is_empty() {
+                    // Planned again under the lease: nothing a rewind or a
+                    // compaction changed since the plan above is removed.
+                    let lease = take_lease(&store, &t, "gc").await?;
+                    let plan = cdc_checkpoint::plan_gc(&store, &t, older_than).await;
                     let id = cdc_checkpoint::layout::new_id(chrono::Utc::now());
-                    cdc_checkpoint::run_gc(&store, &plan, &id)
-                        .await
-                        .with_context(|| format!("gc of table {t}"))?;
+                    let done = match plan {
+                        Ok(plan) => cdc_checkpoint::run_gc(&store, &plan, &id).await,
+                        Err(e) => Err(e),
+                    };
+                    lease.release(&store).await?;
+                    done.with_context(|| format!("gc of table {t}"))?;
                     Some(cdc_checkpoint::layout::gc_path(&t, &id))
                 } else {
                     None
