@@ -216,6 +216,9 @@ async fn a_rewound_partition_is_archived_again_and_purged() {
     let before = chain(&p).await;
     let end = before.end().unwrap();
 
+    // Past purged checkpoints only with --including-purged.
+    let (ok, _, err) = cli(&config, &["sink", "rewind", &target.path(), "--yes"]);
+    assert!(!ok && err.contains("--including-purged"), "{err}");
     // The dry run says what would move and moves nothing.
     let (ok, out, err) = cli(&config, &["sink", "rewind", &target.path()]);
     assert!(ok, "{err}");
@@ -232,6 +235,7 @@ async fn a_rewound_partition_is_archived_again_and_purged() {
             "rewind",
             &target.path(),
             "--yes",
+            "--including-purged",
             "--reason",
             "test",
         ],

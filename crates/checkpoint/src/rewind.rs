@@ -93,6 +93,14 @@ impl RewindPlan {
         self.moves.is_empty()
     }
 
+    /// Superseded checkpoints that were purged (their purge records move).
+    pub fn purged_superseded(&self) -> usize {
+        self.moves
+            .iter()
+            .filter(|m| m.kind == "purge record")
+            .count()
+    }
+
     /// Where the sink resumes after the rewind.
     pub fn resume_offset(&self) -> i64 {
         self.target.last_offset + 1

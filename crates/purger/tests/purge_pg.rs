@@ -1257,6 +1257,48 @@ async fn a_compacted_and_collected_chain_purges_exactly_the_archived_versions() 
     f.drop().await;
 }
 
+/// A purge record at a checkpoint's first offset that describes another
+/// checkpoint (one a rewind superseded, purged by a purge that ran during
+/// the rewind) says nothing about this one: the purger refuses the
+/// checkpoint with the reason and the fix, deletes nothing of it, and
+/// compaction does not fold it as purged (found by the red-team review:
+/// the re-archived checkpoint used to be reported as already purged, its
+/// rows never deleted).
+#[tokio::test]
+async fn a_stale_purge_record_is_refused_not_taken_for_the_checkpoints() {
+    let f = Fixture::new(20).await;
+    f.mark(1, 20).await;
+    let cp = f.archive(0, 0, 1, 20, true).await;
+    let stale = cdc_checkpoint::PurgeRecord {
+        segment: Some(format!("{}/segments/p0/superseded.avro", f.table)),
+        deleted: 7,
+        ..cdc_checkpoint::fixtures::purge_record(&f.table, 0, 0, 9)
+    };
+    assert!(!stale.describes(&cp));
+    cdc_checkpoint::write_purge_record(&f.store, &stale)
+        .await
+        .unwrap();
+    let before = f.snapshot().await;
+    let s = f.purge(&opts()).await.unwrap();
+    assert!(!s.ok());
+    assert_eq!(s.refused.len(), 1, "{}", s.render());
+    assert!(
+        s.refused[0]
+            .reason
+            .contains("is the purge record of another checkpoint"),
+        "{}",
+        s.refused[0].reason
+    );
+    assert_eq!(s.totals.deleted, 0);
+    assert_eq!(f.snapshot().await, before);
+    let m = cdc_checkpoint::plan_manifest(&f.store, &f.table, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.purged_through, None);
+    f.drop().await;
+}
+
 /// A replay purges again only the checkpoints it names, whatever their
 /// purge records say, through the same guard: a row put back in its
 /// archived version (a restore that kept the archived flag) is counted by

@@ -11,7 +11,11 @@
 //!   gap that every reader refuses);
 //! - Kafka still holds every offset from the target's end + 1 to the
 //!   chain's end (otherwise the sink could not archive them again and
-//!   would stop the partition at a gap).
+//!   would stop the partition at a gap);
+//! - with `--yes`, a rewind past purged checkpoints needs
+//!   `--including-purged`: until the sink has archived those offsets
+//!   again, the rows their purges deleted are in no segment the chain
+//!   names (retrieve does not find them).
 //!
 //! The table's maintenance lease is held while objects move, so no
 //! `checkpoints compact --yes` or `gc --yes` runs meanwhile. A sink (or a
@@ -52,6 +56,7 @@ pub async fn rewind(
     config: &SinkConfig,
     checkpoint: &str,
     yes: bool,
+    including_purged: bool,
     reason: Option<String>,
 ) -> Result<RewindOutcome, SinkError> {
     let Some((table, partition, first)) = layout::parse_checkpoint_path(checkpoint) else {
@@ -73,6 +78,15 @@ pub async fn rewind(
         )));
     }
     let kafka_offsets = check_kafka(config, &plan).await?;
+    let purged = plan.purged_superseded();
+    if yes && purged > 0 && !including_purged {
+        return Err(refused(
+            &plan,
+            format!(
+                "{purged} of the checkpoints it supersedes were purged: until the sink has archived their offsets again, `retrieve` does not find the rows those purges deleted (their segments stay, named in the rewind record), and if Kafka loses the offsets first they stay out of the chain. Add --including-purged to rewind anyway"
+            ),
+        ));
+    }
     let record = if yes && !plan.is_empty() {
         let what = format!("rewind of {table}/p{partition}");
         let lease =

@@ -54,6 +54,11 @@ pub enum SinkAction {
         /// Do it (without it: only say what would move).
         #[arg(long)]
         yes: bool,
+        /// Rewind past checkpoints that were purged: until the sink has
+        /// archived their offsets again, `retrieve` does not find the rows
+        /// those purges deleted.
+        #[arg(long)]
+        including_purged: bool,
         /// Why, kept in the record (an incident id, a ticket).
         #[arg(long)]
         reason: Option<String>,
@@ -76,11 +81,12 @@ pub async fn run(global: &GlobalArgs, args: SinkArgs) -> anyhow::Result<ExitCode
     if let Some(SinkAction::Rewind {
         checkpoint,
         yes,
+        including_purged,
         reason,
         json,
     }) = args.action
     {
-        let out = cdc_sink::rewind(&config, &checkpoint, yes, reason)
+        let out = cdc_sink::rewind(&config, &checkpoint, yes, including_purged, reason)
             .await
             .with_context(|| format!("rewind to {checkpoint}"))?;
         if json {
@@ -179,10 +185,14 @@ fn print_rewind(out: &cdc_sink::RewindOutcome, yes: bool) {
         println!("{verb} {} {} -> {}", m.kind, m.from, m.to);
     }
     println!(
-        "{} checkpoint(s) superseded; {} segment/delete file(s) they name stay, kept from gc",
+        "{} checkpoint(s) superseded, {} of them purged; {} segment/delete file(s) they name stay, kept from gc",
         p.superseded_checkpoints,
+        p.purged_superseded(),
         p.files.len()
     );
+    if p.purged_superseded() > 0 {
+        println!("until the sink has archived those offsets again, `retrieve` does not find the rows their purges deleted (--including-purged is needed with --yes)");
+    }
     match &out.record {
         Some(r) => println!(
             "recorded as {}; start the sinks again: they archive offsets {}.. again",
