@@ -57,6 +57,16 @@ pub struct Manifest {
     /// and 2, which do not say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged_through: Option<i64>,
+    /// Format 3: the manifest this one superseded (the partition's newest
+    /// when it was written), relative to the archive root; `None` for a
+    /// partition's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_manifest: Option<String>,
+    /// Format 3: the SHA-256 of [`Manifest::previous_manifest`]'s bytes: a
+    /// later change to it, while it exists (gc removes superseded
+    /// manifests), is a `manifest_hash_mismatch` for `checkpoints verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_manifest_sha256: Option<String>,
 }
 
 /// Whether `next` may join the merged run that `prev` ends: both name no
@@ -118,6 +128,8 @@ impl Manifest {
             last_offset: checkpoints.last().map_or(-1, |c| c.last_offset),
             checkpoints,
             purged_through: None,
+            previous_manifest: None,
+            previous_manifest_sha256: None,
         }
     }
 
@@ -184,6 +196,14 @@ impl Manifest {
                 "entry {i} ({}) merges {:?} checkpoints: only format 2 merges, only runs of two or more that name no file, never the last",
                 c.path(),
                 c.merged
+            )));
+        }
+        if self.format_version < 3
+            && (self.previous_manifest.is_some() || self.previous_manifest_sha256.is_some())
+        {
+            return Err(broken(format!(
+                "a link to a previous manifest in a format {} manifest (only format 3 has one)",
+                self.format_version
             )));
         }
         if let Some(t) = self.purged_through {
@@ -340,8 +360,16 @@ pub async fn plan_manifest(
                 own.insert(c.first_offset);
             }
             let folded = |c: &Checkpoint| chain.folded(c) || own.contains(&c.first_offset);
-            let manifest =
+            let mut manifest =
                 Manifest::of(table, partition, chain.checkpoints.clone()).with_purged(folded);
+            // The link to the manifest it supersedes, as stored now.
+            if let Some((last, tail_first)) = newest_manifest_end(store, table, partition).await? {
+                let previous = layout::manifest_path(table, partition, last, tail_first);
+                if let Some(bytes) = crate::get_object(store, &previous).await? {
+                    manifest.previous_manifest_sha256 = Some(crate::sha256_hex(&bytes));
+                    manifest.previous_manifest = Some(previous);
+                }
+            }
             Ok(Some(manifest))
         }
         _ => Ok(None),

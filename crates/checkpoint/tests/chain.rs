@@ -530,6 +530,8 @@ async fn manifest_formats(store: &ArchiveStore) {
         last_offset: 39,
         checkpoints: chain.clone(),
         purged_through: None,
+        previous_manifest: None,
+        previous_manifest_sha256: None,
     };
     put(store, &v1.path(), serde_json::to_vec(&v1).unwrap()).await;
     assert_eq!(

@@ -34,8 +34,8 @@ pub struct Finding {
     pub partition: Option<i32>,
     /// What kind: `gap`, `overlap`, `unreadable_checkpoint`,
     /// `segment_missing`, `segment_corrupt`, `segment_mismatch`,
-    /// `unusable_manifest`, `manifest_mismatch`, `orphan`, `unpurged`,
-    /// `not_covered`.
+    /// `unusable_manifest`, `manifest_mismatch`, `manifest_hash_mismatch`,
+    /// `hash_mismatch`, `orphan`, `unpurged`, `not_covered`.
     pub kind: &'static str,
     /// What exactly, with paths and offsets.
     pub detail: String,
@@ -68,6 +68,24 @@ pub(crate) async fn checkpoints_of(
         }
         Err(e) => return Err(e),
     };
+    if let Some((previous, sha)) = manifest.as_ref().and_then(|m| {
+        m.previous_manifest
+            .clone()
+            .zip(m.previous_manifest_sha256.clone())
+    }) {
+        if let Some(bytes) = cdc_checkpoint::get_object(store, &previous).await? {
+            let actual = cdc_checkpoint::sha256_hex(&bytes);
+            if actual != sha {
+                findings.push(Finding {
+                    partition: Some(partition),
+                    kind: "manifest_hash_mismatch",
+                    detail: format!(
+                        "{previous} has SHA-256 {actual}, the manifest that superseded it recorded {sha}: it was changed after"
+                    ),
+                });
+            }
+        }
+    }
     let chain = match manifest {
         None => objects,
         Some(m) => {
