@@ -183,36 +183,6 @@ async fn wait_for_slot(p: &Pipeline, feed: &Proc) {
     }
 }
 
-/// The consumer group as the broker describes it.
-fn group(p: &Pipeline) -> cdc_sink::group::GroupView {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cdc_tests::kafka_brokers())
-        .create()
-        .unwrap();
-    cdc_sink::group::describe(
-        c.client(),
-        &p.sink_cfg.group_id,
-        std::slice::from_ref(&p.sink_cfg.topics[0].name),
-        Duration::from_secs(10),
-    )
-    .expect("describe the group")
-}
-
-/// Every deleted row (the witness table) is archived with exactly the
-/// values it was deleted with.
-async fn deleted_rows_are_archived_exactly(p: &Pipeline, witness: &str) -> usize {
-    let deleted = p.db_text(witness, COLUMNS).await;
-    let archived: std::collections::HashSet<Vec<Option<String>>> =
-        p.archived_text(COLUMNS).await.into_iter().collect();
-    for row in &deleted {
-        assert!(
-            archived.contains(row),
-            "deleted row {row:?} is not in the archive with those values"
-        );
-    }
-    deleted.len()
-}
-
 fn run_report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("the run's --report-json"))
         .expect("a JSON report")
@@ -266,7 +236,7 @@ async fn a_sink_killed_mid_run_is_replaced_and_the_run_completes() {
     // The new sink holds every partition within the session timeout plus
     // a margin (the killed member is expired by then).
     loop {
-        let g = group(&p);
+        let g = p.group();
         if g.members.len() == 1 && g.unassigned().is_empty() {
             eprintln!(
                 "the new sink held all partitions {:.1}s after it started",
@@ -295,7 +265,7 @@ async fn a_sink_killed_mid_run_is_replaced_and_the_run_completes() {
     assert_eq!(p.count("created < current_date - 5").await, 0);
     assert_eq!(p.count("true").await, RECENT);
     assert_eq!(
-        deleted_rows_are_archived_exactly(&p, &witness).await,
+        p.deleted_rows_are_archived_exactly(&witness, COLUMNS).await,
         OLD as usize
     );
     assert!(sink_b.term().success());
@@ -319,19 +289,19 @@ async fn a_static_member_restarted_takes_its_place_at_once() {
     );
     let sink = Proc::start(&config, &["sink"], &dir.path().join("sink-1.log"));
     let start = Instant::now();
-    while !(group(&p).members.len() == 1 && group(&p).unassigned().is_empty()) {
+    while !(p.group().members.len() == 1 && p.group().unassigned().is_empty()) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "first sink never joined"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let member = group(&p).members[0].member_id.clone();
+    let member = p.group().members[0].member_id.clone();
     sink.kill9();
     let sink = Proc::start(&config, &["sink"], &dir.path().join("sink-2.log"));
     let restarted = Instant::now();
     loop {
-        let g = group(&p);
+        let g = p.group();
         // The new process has its own member id in the old place.
         if g.members.len() == 1 && g.members[0].member_id != member && g.unassigned().is_empty() {
             break;
@@ -381,7 +351,7 @@ async fn two_sinks_one_killed_the_survivor_takes_its_partitions() {
     let b = Proc::start(&config, &["sink"], &dir.path().join("sink-b.log"));
     let start = Instant::now();
     loop {
-        let g = group(&p);
+        let g = p.group();
         if g.members.len() == 2
             && g.members.iter().all(|m| !m.assigned.is_empty())
             && g.unassigned().is_empty()
@@ -418,7 +388,7 @@ async fn two_sinks_one_killed_the_survivor_takes_its_partitions() {
         "archive caught up {:.1}s after one of two sinks was killed",
         killed.elapsed().as_secs_f64()
     );
-    let g = group(&p);
+    let g = p.group();
     assert_eq!(
         (g.members.len(), g.unassigned().len()),
         (1, 0),

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::Pipeline;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const TABLE: &str = "CREATE TABLE {t} (id bigint PRIMARY KEY, created date NOT NULL,
@@ -81,25 +80,9 @@ fn cli(config: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn members(p: &Pipeline) -> usize {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cdc_tests::kafka_brokers())
-        .create()
-        .unwrap();
-    cdc_sink::group::describe(
-        c.client(),
-        &p.sink_cfg.group_id,
-        std::slice::from_ref(&p.sink_cfg.topics[0].name),
-        Duration::from_secs(10),
-    )
-    .expect("describe the group")
-    .members
-    .len()
-}
-
 async fn wait_members(p: &Pipeline, n: usize) {
     let start = Instant::now();
-    while members(p) != n {
+    while p.group().members.len() != n {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the group never had {n} member(s)"
@@ -123,21 +106,6 @@ async fn chain(p: &Pipeline) -> cdc_checkpoint::Chain {
     cdc_checkpoint::read_chain(&p.archive, &p.table, 0)
         .await
         .expect("partition 0's chain reads")
-}
-
-/// Every deleted row (the witness table) is archived with exactly the
-/// values it was deleted with; returns how many were deleted.
-async fn deleted_rows_are_archived_exactly(p: &Pipeline, witness: &str) -> usize {
-    let deleted = p.db_text(witness, COLUMNS).await;
-    let archived: std::collections::HashSet<Vec<Option<String>>> =
-        p.archived_text(COLUMNS).await.into_iter().collect();
-    for row in &deleted {
-        assert!(
-            archived.contains(row),
-            "deleted row {row:?} is not in the archive with those values"
-        );
-    }
-    deleted.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -296,7 +264,10 @@ async fn a_rewound_partition_is_archived_again_and_purged() {
     );
     assert_eq!(second.totals.deleted, 2000);
     assert_eq!(p.count("true").await, 0);
-    assert_eq!(deleted_rows_are_archived_exactly(&p, &witness).await, 3000);
+    assert_eq!(
+        p.deleted_rows_are_archived_exactly(&witness, COLUMNS).await,
+        3000
+    );
 
     // The files the superseded checkpoints named are kept: gc and orphan
     // cleaning leave them.

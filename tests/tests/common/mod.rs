@@ -430,6 +430,41 @@ impl Pipeline {
         (counted, keys)
     }
 
+    /// Every row of the witness table (see [`Pipeline::witness_deletes`]) is
+    /// archived with exactly the values of `columns` it was deleted with;
+    /// returns how many rows were deleted.
+    pub async fn deleted_rows_are_archived_exactly(
+        &self,
+        witness: &str,
+        columns: &[&str],
+    ) -> usize {
+        let deleted = self.db_text(witness, columns).await;
+        let archived: std::collections::HashSet<Vec<Option<String>>> =
+            self.archived_text(columns).await.into_iter().collect();
+        for row in &deleted {
+            assert!(
+                archived.contains(row),
+                "deleted row {row:?} is not in the archive with those values"
+            );
+        }
+        deleted.len()
+    }
+
+    /// The sink's consumer group as the broker describes it.
+    pub fn group(&self) -> cdc_sink::group::GroupView {
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cdc_tests::kafka_brokers())
+            .create()
+            .unwrap();
+        cdc_sink::group::describe(
+            rdkafka::consumer::Consumer::client(&c),
+            &self.sink_cfg.group_id,
+            std::slice::from_ref(&self.sink_cfg.topics[0].name),
+            Duration::from_secs(10),
+        )
+        .expect("describe the group")
+    }
+
     /// Records every row the purger deletes, exactly as it was deleted, in
     /// `<table>_deleted` (a trigger: the database's own witness). Returns
     /// that table's quoted name.
