@@ -25,6 +25,10 @@ pub enum Exit {
     /// `checkpoints verify` / `checkpoints list --strict`: the archive has
     /// findings (printed); `checkpoints show`: no such checkpoint.
     Findings = 7,
+    /// `retrieve`: the answer may be incomplete: partitions whose
+    /// checkpoint chain does not read were skipped (named on stderr; their
+    /// `checkpoints list` findings say why).
+    Incomplete = 8,
 }
 
 impl From<Exit> for ExitCode {
@@ -47,6 +51,7 @@ mod tests {
             Exit::NotRestored,
             Exit::PartitionStopped,
             Exit::Findings,
+            Exit::Incomplete,
         ];
         let codes: std::collections::BTreeSet<u8> = all.iter().map(|e| *e as u8).collect();
         assert_eq!(codes.len(), all.len());

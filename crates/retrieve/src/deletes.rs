@@ -59,6 +59,9 @@ impl Hit for FoundDelete {
 /// What a delete look-up cost, and what it could not see.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct DeleteStats {
+    /// Partitions whose checkpoint chain does not read (`p<N>: why`):
+    /// skipped, so the answer may be incomplete.
+    pub unreadable_partitions: Vec<String>,
     /// Checkpoints read.
     pub checkpoints: usize,
     /// Delete files named by those checkpoints.
@@ -118,7 +121,9 @@ pub async fn retrieve_deletes(
     let mut stats = DeleteStats::default();
     let matcher = Matcher::new(&query.selector);
     let mut candidates = Vec::new();
-    for cp in checkpoints(store, &query.table).await? {
+    let (checkpoints, unreadable) = checkpoints(store, &query.table).await?;
+    stats.unreadable_partitions = unreadable;
+    for cp in checkpoints {
         stats.checkpoints += 1;
         match &cp.deletes {
             Some(d) => {

@@ -309,6 +309,9 @@ pub struct RetrieveStats {
     pub older_versions_omitted: usize,
     /// Rows returned.
     pub rows_returned: usize,
+    /// Partitions whose checkpoint chain does not read (`p<N>: why`):
+    /// skipped, so the answer may be incomplete.
+    pub unreadable_partitions: Vec<String>,
 }
 
 /// Errors of a look-up.
@@ -604,16 +607,25 @@ pub(crate) fn sort_by_key_and_version<T: Hit>(found: &mut [T]) {
 pub(crate) async fn checkpoints(
     store: &ArchiveStore,
     table: &str,
-) -> Result<Vec<Checkpoint>, RetrieveError> {
+) -> Result<(Vec<Checkpoint>, Vec<String>), RetrieveError> {
     let mut all = Vec::new();
+    let mut unreadable = Vec::new();
     for partition in cdc_checkpoint::partitions(store, table).await? {
-        all.extend(
-            cdc_checkpoint::read_chain(store, table, partition)
-                .await?
-                .checkpoints,
-        );
+        match cdc_checkpoint::read_chain(store, table, partition).await {
+            Ok(chain) => all.extend(chain.checkpoints),
+            // One partition whose chain does not read (a gap, an unusable
+            // manifest, an unreadable checkpoint) does not hide the
+            // others: it is named in the answer's stats, and the answer is
+            // marked incomplete. A storage failure still fails the look-up.
+            Err(
+                e @ (CheckpointError::Broken { .. }
+                | CheckpointError::Malformed { .. }
+                | CheckpointError::Refused { .. }),
+            ) => unreadable.push(format!("p{partition}: {e}")),
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(all)
+    Ok((all, unreadable))
 }
 
 /// Runs `query` against the archive.
@@ -643,7 +655,9 @@ pub async fn retrieve(
     // Every segment that a checkpoint names, pruned by checkpoint metadata.
     let mut candidates = Vec::new();
     let mut before_range = Vec::new();
-    for cp in checkpoints(store, &query.table).await? {
+    let (checkpoints, unreadable) = checkpoints(store, &query.table).await?;
+    stats.unreadable_partitions = unreadable;
+    for cp in checkpoints {
         stats.checkpoints += 1;
         let Some(seg) = &cp.segment else { continue };
         stats.segments_total += 1;

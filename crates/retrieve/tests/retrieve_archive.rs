@@ -390,3 +390,33 @@ async fn the_binary_exits_0_on_a_match_4_on_none_and_1_on_damage() {
     assert_eq!(damaged.status.code(), Some(1), "{damaged:?}");
     assert!(String::from_utf8_lossy(&damaged.stderr).contains("corrupt"));
 }
+
+/// A partition whose chain does not read (here a gap) does not hide the
+/// others: the answer holds what the readable partitions hold, names the
+/// skipped partition, and the binary exits 8 (incomplete), not 1 with
+/// nothing (found by the red-team review of rewind: one broken partition
+/// used to fail every look-up of the table).
+#[tokio::test]
+async fn a_partition_whose_chain_does_not_read_is_skipped_and_named() {
+    let (archive, _) = build("payments").await;
+    for first in [0, 20] {
+        let c = cdc_checkpoint::fixtures::checkpoint(&archive.table, 7, first, first + 9);
+        cdc_checkpoint::create(&archive.store, &c).await.unwrap();
+    }
+    let (found, stats) = get(&archive, Selector::Key(key(K)), false).await;
+    assert_eq!(found.len(), 1, "{stats:?}");
+    assert_eq!(stats.unreadable_partitions.len(), 1, "{stats:?}");
+    assert!(
+        stats.unreadable_partitions[0].starts_with("p7: "),
+        "{stats:?}"
+    );
+
+    let out = cli::retrieve(&archive, &["--key", K]);
+    assert_eq!(out.status.code(), Some(8), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped partition p7") && stderr.contains("may be incomplete"),
+        "{stderr}"
+    );
+}

@@ -178,6 +178,21 @@ fn open(global: &GlobalArgs, select: &SelectArgs) -> anyhow::Result<(ArchiveStor
     Ok((store, query(select)?))
 }
 
+/// Says on stderr which partitions a look-up skipped (their chain does not
+/// read); `true` when there are any: the answer may be incomplete.
+fn skipped(unreadable: &[String]) -> bool {
+    for p in unreadable {
+        eprintln!("warning: skipped partition {p}");
+    }
+    if !unreadable.is_empty() {
+        eprintln!(
+            "the answer may be incomplete: {} partition(s) could not be read (`checkpoints list` says why); exit code 8",
+            unreadable.len()
+        );
+    }
+    !unreadable.is_empty()
+}
+
 async fn find(
     global: &GlobalArgs,
     select: &SelectArgs,
@@ -262,25 +277,34 @@ fn print<T>(
 
 pub async fn retrieve(global: &GlobalArgs, args: RetrieveArgs) -> anyhow::Result<ExitCode> {
     let meta = args.with_meta;
+    let incomplete = |code: ExitCode, unreadable: &[String]| {
+        if skipped(unreadable) {
+            crate::exit::Exit::Incomplete.into()
+        } else {
+            code
+        }
+    };
     if args.deletes {
-        let (found, _) = find_deletes(global, &args.select).await?;
-        return print(
+        let (found, stats) = find_deletes(global, &args.select).await?;
+        let code = print(
             &found,
             args.format,
             |f| cdc_retrieve::delete_to_json_line(f, meta),
             |w, f| Ok(cdc_retrieve::write_deletes_csv(w, f, meta)?),
-        );
+        )?;
+        return Ok(incomplete(code, &stats.unreadable_partitions));
     }
-    let (found, _) = find(global, &args.select).await?;
+    let (found, stats) = find(global, &args.select).await?;
     if found.is_empty() {
         eprintln!("(rows only: deletes recorded at the source are listed with --deletes)");
     }
-    print(
+    let code = print(
         &found,
         args.format,
         |f| cdc_retrieve::to_json_line(f, meta),
         |w, f| Ok(cdc_retrieve::write_csv(w, f, meta)?),
-    )
+    )?;
+    Ok(incomplete(code, &stats.unreadable_partitions))
 }
 
 pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<ExitCode> {
@@ -290,7 +314,10 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<E
              restore old versions, so it is refused here (use it with retrieve to see them)"
         );
     }
-    let (found, _) = find(global, &args.select).await?;
+    let (found, stats) = find(global, &args.select).await?;
+    if skipped(&stats.unreadable_partitions) {
+        bail!("restore refuses an answer that may be incomplete: fix the partitions named above first (nothing was written)");
+    }
     let target = args
         .into
         .clone()
